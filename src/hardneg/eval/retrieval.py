@@ -1,0 +1,314 @@
+r"""Exact chunked top-k search and multi-positive image–text retrieval metrics.
+
+Both functions stream over blocks of queries *and* blocks of keys, so the largest temporary is
+one ``chunk_size × key_chunk_size`` score block: an N×M similarity matrix is never
+materialised, and memory stays flat as the gallery grows (BENCHMARK.md, "Metrics").
+
+Ranking convention. Scores are inner products ``s_ij = q_i · k_j`` computed in
+``promote_types(dtype, float32)`` (fp16/bf16 inputs are scored in fp32). Inputs are *not*
+normalised here: pass unit vectors for cosine similarity. Everything runs on the inputs' device
+(CPU or CUDA).
+
+References:
+    - Karpathy & Fei-Fei 2015, "Deep Visual-Semantic Alignments" (R@K for image–text
+      retrieval on COCO/Flickr30k, 5 captions per image).
+    - Manning, Raghavan & Schütze 2008, "Introduction to Information Retrieval", §8.4
+      (average precision over the full ranking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from hardneg.eval.checks import check_ids, check_matrix
+
+__all__ = ["chunked_topk", "retrieval_metrics"]
+
+
+def _check_pair(q_name: str, queries: Tensor, k_name: str, keys: Tensor) -> torch.dtype:
+    """Validate a query/key pair of matrices; return the dtype to score them in."""
+    check_matrix(q_name, queries)
+    check_matrix(k_name, keys)
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError(
+            f"{q_name} has {queries.shape[1]} columns but {k_name} has {keys.shape[1]}; "
+            "project both to the same dimension"
+        )
+    if queries.device != keys.device:
+        raise ValueError(
+            f"{q_name} is on {queries.device} but {k_name} is on {keys.device}; "
+            "move both to the same device"
+        )
+    return torch.promote_types(torch.promote_types(queries.dtype, keys.dtype), torch.float32)
+
+
+def _check_chunk(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer number of rows, got {value!r}")
+    return value
+
+
+def _lex_order(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row by (value descending, index ascending)."""
+    by_index = indices.argsort(dim=1)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    by_value = values.sort(dim=1, descending=True, stable=True).indices
+    return values.gather(1, by_value), indices.gather(1, by_value)
+
+
+def _block_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-``k`` of each row of ``scores``, lower column index first among equal scores.
+
+    ``torch.topk`` does not specify which of several equal scores it keeps at the k-th
+    position, so rows where more than ``k`` scores reach the k-th value are redone with a
+    stable sort (rare for real-valued embeddings; the check is one comparison pass).
+    """
+    values, indices = scores.topk(k, dim=1)
+    tied = (scores >= values[:, -1:]).sum(dim=1) > k
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        v, i = scores[rows].sort(dim=1, descending=True, stable=True)
+        values[rows], indices[rows] = v[:, :k], i[:, :k]
+    return _lex_order(values, indices)
+
+
+def chunked_topk(
+    queries: Tensor,
+    keys: Tensor,
+    k: int,
+    chunk_size: int = 4096,
+    key_chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Exact top-``k`` keys by inner product for every query, without an N×M matrix.
+
+    For each block of ``chunk_size`` queries, the scores against each block of
+    ``key_chunk_size`` keys are formed (``Q_b K_c^\top``, one matmul), reduced to their top-k
+    and merged into the running top-k of the query block (a streaming k-way merge); the block
+    is then freed. Peak extra memory is ``O(chunk_size · key_chunk_size)``.
+
+    Ties: the result is the first ``k`` keys of the total order (score descending, key index
+    ascending), i.e. among equal scores the lower key index ranks first. The output is
+    therefore deterministic and independent of the chunk sizes.
+
+    Args:
+        queries: (N, d) query embeddings (normalise them first for cosine similarity).
+        keys: (M, d) key embeddings on the same device.
+        k: number of neighbours, ``1 ≤ k ≤ M``.
+        chunk_size: queries per block.
+        key_chunk_size: keys per block; defaults to ``chunk_size``.
+
+    Returns:
+        ``(values, indices)``: (N, k) scores (fp32, or fp64 for fp64 inputs) sorted in the
+        order above, and (N, k) int64 key indices.
+
+    Example:
+        >>> import torch
+        >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> keys = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+        >>> chunked_topk(q, keys, k=2, chunk_size=1)[1]
+        tensor([[1, 2],
+                [0, 1]])
+    """
+    dtype = _check_pair("queries", queries, "keys", keys)
+    chunk_size = _check_chunk("chunk_size", chunk_size)
+    key_chunk = chunk_size if key_chunk_size is None else key_chunk_size
+    key_chunk = _check_chunk("key_chunk_size", key_chunk)
+    n_keys = keys.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_keys:
+        raise ValueError(f"k must be an integer in [1, {n_keys}] (the number of keys), got {k!r}")
+    queries, keys = queries.to(dtype), keys.to(dtype)
+    out_values, out_indices = [], []
+    for q_start in range(0, queries.shape[0], chunk_size):
+        block = queries[q_start : q_start + chunk_size]
+        best_v = best_i = None
+        for k_start in range(0, n_keys, key_chunk):
+            scores = block @ keys[k_start : k_start + key_chunk].T
+            v, i = _block_topk(scores, min(k, scores.shape[1]))
+            i = i + k_start
+            if best_v is not None:
+                # Earlier blocks hold lower key indices, and both parts are already sorted by
+                # (value desc, index asc): a stable sort on the values keeps that order.
+                v, i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
+                order = v.sort(dim=1, descending=True, stable=True).indices[:, :k]
+                v, i = v.gather(1, order), i.gather(1, order)
+            best_v, best_i = v, i
+        out_values.append(best_v)
+        out_indices.append(best_i)
+    values = torch.cat(out_values)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            "inner products overflowed to inf/NaN; normalise queries and keys before searching"
+        )
+    return values, torch.cat(out_indices)
+
+
+def _positive_scores(
+    block: Tensor, block_ids: Tensor, keys: Tensor, key_ids: Tensor, key_chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Scores of every (query, positive key) pair of a query block, as (row, column, score).
+
+    The scores come from the same ``block @ key_block.T`` products that :func:`_rank_counts`
+    recomputes, so a positive and a negative with equal embeddings score bit-identically
+    and the tie rule applies exactly. Only key blocks holding a positive are scored.
+    """
+    is_pos = torch.isin(key_ids, block_ids)
+    blocks = torch.unique(is_pos.nonzero().squeeze(1) // key_chunk).tolist()
+    rows, cols, scores = [], [], []
+    for b in blocks:
+        start = b * key_chunk
+        s = block @ keys[start : start + key_chunk].T
+        r, c = (block_ids[:, None] == key_ids[None, start : start + key_chunk]).nonzero(
+            as_tuple=True
+        )
+        rows.append(r)
+        cols.append(c + start)
+        scores.append(s[r, c])
+    rows, cols, scores = torch.cat(rows), torch.cat(cols), torch.cat(scores)
+    order = torch.sort(rows, stable=True).indices  # (row, column) order
+    return rows[order], cols[order], scores[order]
+
+
+def _rank_counts(
+    block: Tensor,
+    block_ids: Tensor,
+    keys: Tensor,
+    key_ids: Tensor,
+    key_chunk: int,
+    pos_rows: Tensor,
+    pos_scores: Tensor,
+) -> Tensor:
+    """For each (query, positive) pair, the number of negative keys scoring ``≥`` it."""
+    counts = torch.zeros_like(pos_rows)
+    step = max(1, block.shape[0])
+    for start in range(0, keys.shape[0], key_chunk):
+        s = block @ keys[start : start + key_chunk].T
+        s.masked_fill_(block_ids[:, None] == key_ids[None, start : start + key_chunk], -torch.inf)
+        for p in range(0, pos_rows.shape[0], step):
+            rows, thr = pos_rows[p : p + step], pos_scores[p : p + step, None]
+            counts[p : p + step] += (s[rows] >= thr).sum(dim=1)
+    return counts
+
+
+def _direction(
+    queries: Tensor,
+    keys: Tensor,
+    query_ids: Tensor,
+    key_ids: Tensor,
+    ks: Sequence[int],
+    chunk_size: int,
+) -> tuple[list[float], float]:
+    """Recall@K (percent, one per ``ks``) and mAP (percent) of one retrieval direction."""
+    hits = torch.zeros(len(ks), dtype=torch.long, device=queries.device)
+    ap_sum = torch.zeros((), dtype=torch.float64, device=queries.device)
+    ks_t = torch.tensor(list(ks), device=queries.device)
+    for q_start in range(0, queries.shape[0], chunk_size):
+        block = queries[q_start : q_start + chunk_size]
+        block_ids = query_ids[q_start : q_start + chunk_size]
+        rows, _, scores = _positive_scores(block, block_ids, keys, key_ids, chunk_size)
+        n_neg = _rank_counts(block, block_ids, keys, key_ids, chunk_size, rows, scores)
+        # Pad the positives of each query into a (c, P_max) table, best positive first.
+        n_pos = torch.bincount(rows, minlength=block.shape[0])
+        within = torch.arange(rows.shape[0], device=rows.device) - (n_pos.cumsum(0) - n_pos)[rows]
+        width = int(n_pos.max())
+        shape = (block.shape[0], width)
+        s_pad = torch.full(shape, -torch.inf, dtype=scores.dtype, device=rows.device)
+        n_pad = torch.zeros(shape, dtype=torch.long, device=rows.device)
+        s_pad[rows, within], n_pad[rows, within] = scores, n_neg
+        order = s_pad.sort(dim=1, descending=True, stable=True).indices
+        m = torch.arange(1, width + 1, device=rows.device)
+        rank = m + n_pad.gather(1, order)  # rank of the m-th best positive in the full list
+        valid = m[None, :] <= n_pos[:, None]
+        ap_sum += ((m.double() / rank) * valid).sum(dim=1).div(n_pos).sum()
+        hits += (rank[:, :1] <= ks_t[None, :]).sum(dim=0)
+    n = queries.shape[0]
+    return [100.0 * int(h) / n for h in hits.tolist()], 100.0 * float(ap_sum) / n
+
+
+def retrieval_metrics(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    image_ids: Tensor | Sequence[int],
+    text_ids: Tensor | Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    r"""Image→text and text→image Recall@K and mAP with multiple positives, in percent.
+
+    Positives are defined by semantic ids: the positives of image ``i`` are all captions with
+    ``text_ids == image_ids[i]`` (typically its 5 captions, plus any duplicate caption of an
+    identical scene), and symmetrically for captions. Every query must have at least one
+    positive. For one query with ``P`` positives, rank all keys by score and let ``r_m`` be the
+    rank of its m-th best positive; then
+
+    .. math::
+        \mathrm{R@K} = \mathbb 1[r_1 \le K],\qquad
+        \mathrm{AP} = \frac1P \sum_{m=1}^{P} \frac{m}{r_m},\qquad
+        r_m = m + \#\{\text{negatives } j : s_j \ge s_{(m)}\},
+
+    averaged over queries (AP over the *full* ranking). ``rsum`` is the sum of all recalls
+    (the six of the default ``ks``).
+
+    Tie rule (pessimistic): a negative that scores exactly as high as a positive ranks before
+    it, so a collapsed model (all scores equal) gets the worst possible metrics rather than
+    credit from the data order. Ties between positives do not change any metric. (This
+    differs from :func:`chunked_topk`'s index tie-break only when a negative exactly ties a
+    positive.)
+
+    Computed in blocks of ``chunk_size`` queries × ``chunk_size`` keys: the positives' scores
+    are taken from the key blocks that contain them, then each key block is scored once more
+    and, per (query, positive), the negatives scoring ``≥`` it are counted. Memory is
+    ``O(chunk_size²)``, never N×M; time is about one N×M matmul per direction plus the
+    key blocks holding positives.
+
+    Args:
+        image_emb: (N, d) image embeddings, normalised by the caller for cosine similarity.
+        text_emb: (M, d) caption embeddings on the same device.
+        image_ids: (N,) integer semantic id of each image.
+        text_ids: (M,) integer semantic id of each caption.
+        ks: recall cut-offs, distinct positive integers.
+        chunk_size: rows per query block and per key block.
+
+    Returns:
+        ``{"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", ..., "i2t_mAP", "t2i_mAP", "rsum"}``
+        (keys follow ``ks``), values in percent (0–100; ``rsum`` up to ``100·2·len(ks)``).
+
+    Example:
+        >>> import torch
+        >>> img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+        >>> m = retrieval_metrics(img, txt, [0, 1], [0, 1, 1], ks=(1,))
+        >>> m["i2t_R@1"], m["t2i_R@1"], round(m["i2t_mAP"], 1)
+        (100.0, 100.0, 100.0)
+    """
+    dtype = _check_pair("image_emb", image_emb, "text_emb", text_emb)
+    chunk_size = _check_chunk("chunk_size", chunk_size)
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"ks must not repeat a cut-off, got {ks!r}")
+    device = image_emb.device
+    img_ids = check_ids("image_ids", image_ids, image_emb.shape[0], device)
+    txt_ids = check_ids("text_ids", text_ids, text_emb.shape[0], device)
+    for name, ids, other, other_name in (
+        ("image_ids", img_ids, txt_ids, "text_ids"),
+        ("text_ids", txt_ids, img_ids, "image_ids"),
+    ):
+        orphan = ~torch.isin(ids, other)
+        if bool(orphan.any()):
+            first = orphan.nonzero().squeeze(1)[:5].tolist()
+            raise ValueError(
+                f"{name} has {int(orphan.sum())} row(s) (e.g. {first}) whose id appears nowhere "
+                f"in {other_name}, so they have no positive to retrieve; drop them or fix the ids"
+            )
+    image_emb, text_emb = image_emb.to(dtype), text_emb.to(dtype)
+    i2t_r, i2t_ap = _direction(image_emb, text_emb, img_ids, txt_ids, ks, chunk_size)
+    t2i_r, t2i_ap = _direction(text_emb, image_emb, txt_ids, img_ids, ks, chunk_size)
+    out = {f"i2t_R@{k}": r for k, r in zip(ks, i2t_r)}
+    out.update({f"t2i_R@{k}": r for k, r in zip(ks, t2i_r)})
+    out["i2t_mAP"], out["t2i_mAP"] = i2t_ap, t2i_ap
+    out["rsum"] = sum(i2t_r) + sum(t2i_r)
+    return out

@@ -1,0 +1,31 @@
+"""Contrastive objectives with one interface: ``loss(image_emb, text_emb, positive_ids=None,
+extra_text_emb=None) -> scalar``.
+
+- :class:`InfoNCELoss` (CLIP), :class:`NegCLIPLoss` (extra hard-negative captions)
+- :class:`SigLIPLoss` (pairwise sigmoid)
+- :class:`HCLLoss`, :class:`DCLLoss`, :class:`DecoupledInfoNCELoss`
+- :class:`SoftInfoNCELoss`
+- :class:`EGALoss` (explicit gradient amplifier for hard negatives)
+
+All are DDP-aware (local anchors vs. features gathered with gradient from every rank).
+"""
+
+from hardneg.losses.base import ContrastiveLoss, SymmetricRowLoss
+from hardneg.losses.debiased import DCLLoss, DecoupledInfoNCELoss, HCLLoss
+from hardneg.losses.ega import EGALoss
+from hardneg.losses.infonce import InfoNCELoss, NegCLIPLoss
+from hardneg.losses.siglip import SigLIPLoss
+from hardneg.losses.soft_infonce import SoftInfoNCELoss
+
+__all__ = [
+    "ContrastiveLoss",
+    "DCLLoss",
+    "DecoupledInfoNCELoss",
+    "EGALoss",
+    "HCLLoss",
+    "InfoNCELoss",
+    "NegCLIPLoss",
+    "SigLIPLoss",
+    "SoftInfoNCELoss",
+    "SymmetricRowLoss",
+]

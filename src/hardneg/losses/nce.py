@@ -1,0 +1,142 @@
+r"""Multi-positive InfoNCE rows with an optional EGA gradient amplifier (one autograd Function).
+
+For anchor row ``i`` with logits ``z_i·`` (fp32), positives ``P(i)`` and negatives ``N(i)``:
+
+.. math::
+
+    z^+_i = \log \frac{1}{|P(i)|} \sum_{p \in P(i)} e^{z_{ip}} \quad(\text{log-mean; log-sum
+    with } \texttt{aggregate="sum"}),\qquad
+    \ell_i = \operatorname{softplus}\Big(\log \sum_{n \in N(i)} e^{z_{in}} - z^+_i\Big)
+           = -\log \frac{e^{z^+_i}}{e^{z^+_i} + \sum_{n} e^{z_{in}}}.
+
+The positives are aggregated into one term and removed from each other's denominators, so a
+duplicated caption is never a negative; with a single positive this is the usual
+cross-entropy (open_clip's ``ClipLoss``). A row without negatives has loss 0 and zero gradient.
+
+EGA (Li et al. 2025, "Explicit Gradient Amplifier", arXiv:2506.02020, §3): the InfoNCE
+gradient on a negative is ``∂ℓ_i/∂z_in = P̃_in`` (its share of the softmax). EGA keeps the
+forward value and replaces it in the backward pass by
+
+.. math::  \bar P_{in} = P̃_{in} \, (1 + \alpha h_{in}),\qquad
+           h_{in} = \min\big(1, \exp((s_{in} - s^+_i)/\tau_h)\big)
+
+(``s`` cosines, ``s^+_i = z^+_i τ``; ``h`` detached; ``τ_h = τ`` by default so that
+``h = p_in / p_i^+``). Negatives as similar as the positive get ``(1+α)×`` the gradient;
+positive gradients are unchanged. It is the gradient of the stop-gradient surrogate
+``ℓ(z + sg(α h ⊙ 1_N) ⊙ (z − sg(z)))``, whose value is ``ℓ(z)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hardneg.losses.pairs import Positives
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """What the backward pass needs of a forward pass over a block of rows."""
+
+    lse_neg: Tensor  # (R,) log Σ_n e^{z_in}; -inf for rows without negatives (mask path)
+    z_pos: Tensor  # (R,) aggregated positive logit z⁺
+    lse_all: Tensor | None  # (R,) log Σ_j e^{z_ij} (index path only)
+
+
+def positive_logit(z: Tensor, pos_mask: Tensor, aggregate: str = "mean") -> Tensor:
+    """Aggregated positive logit ``z⁺`` per row: log-mean-exp (or log-sum-exp) of positives."""
+    z_pos = torch.logsumexp(z.masked_fill(~pos_mask, float("-inf")), dim=1)
+    if aggregate == "mean":
+        z_pos = z_pos - pos_mask.sum(dim=1).clamp(min=1).to(z.dtype).log()
+    return z_pos
+
+
+def nce_forward(z: Tensor, pos: Positives, aggregate: str = "mean") -> tuple[Tensor, RowStats]:
+    """Per-row loss ``ℓ_i`` of fp32 logits ``z`` (R, N) and the statistics for its gradient."""
+    if pos.index is not None:
+        lse_all = torch.logsumexp(z, dim=1)
+        z_pos = z.gather(1, pos.index[:, None]).squeeze(1)
+        loss = lse_all - z_pos
+        return loss, RowStats(lse_neg=lse_all, z_pos=z_pos, lse_all=lse_all)
+    mask = pos.mask
+    assert mask is not None
+    lse_neg = torch.logsumexp(z.masked_fill(mask, float("-inf")), dim=1)
+    z_pos = positive_logit(z, mask, aggregate)
+    return F.softplus(lse_neg - z_pos), RowStats(lse_neg=lse_neg, z_pos=z_pos, lse_all=None)
+
+
+def _amplify_(grad: Tensor, z: Tensor, z_pos: Tensor, alpha: float, ratio: float) -> None:
+    """In place ``grad *= 1 + α·min(1, exp((z − z⁺)·ratio))`` (EGA; applied to all entries)."""
+    h = z - z_pos[:, None]
+    if ratio != 1.0:
+        h.mul_(ratio)
+    h.clamp_(max=0).exp_().mul_(alpha).add_(1.0)
+    grad.mul_(h)
+
+
+def nce_grad(
+    z: Tensor, pos: Positives, stats: RowStats, alpha: float = 0.0, ratio: float = 1.0
+) -> Tensor:
+    """``∂ℓ_i/∂z_ij`` for every entry (EGA-amplified on negatives when ``alpha > 0``)."""
+    if pos.index is not None:
+        assert stats.lse_all is not None
+        grad = torch.exp(z - stats.lse_all[:, None])
+        p_pos = grad.gather(1, pos.index[:, None])
+        if alpha:
+            _amplify_(grad, z, stats.z_pos, alpha, ratio)
+        grad.scatter_(1, pos.index[:, None], p_pos - 1.0)
+        return grad
+    mask = pos.mask
+    assert mask is not None
+    # share of the loss gradient that goes to the negatives: σ(lse_neg − z⁺) ∈ [0, 1]
+    neg_share = torch.sigmoid(stats.lse_neg - stats.z_pos)
+    # rows without negatives: lse_neg = -inf; any finite stand-in keeps exp() NaN-free
+    lse_neg = torch.where(torch.isfinite(stats.lse_neg), stats.lse_neg, 0.0)
+    grad = torch.exp(z - lse_neg[:, None]).masked_fill_(mask, 0.0)
+    if alpha:
+        _amplify_(grad, z, stats.z_pos, alpha, ratio)
+    lse_pos = torch.logsumexp(z.masked_fill(~mask, float("-inf")), dim=1)
+    pos_grad = torch.exp(z - lse_pos[:, None]).masked_fill_(~mask, 0.0)
+    return (grad - pos_grad).mul_(neg_share[:, None])
+
+
+class _NCERows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, pos_index, pos_mask, alpha, ratio, aggregate):  # type: ignore[override]
+        pos = Positives(index=pos_index, mask=pos_mask)
+        loss, stats = nce_forward(z, pos, aggregate)
+        ctx.save_for_backward(z, pos_index, pos_mask, stats.lse_neg, stats.z_pos, stats.lse_all)
+        ctx.alpha, ctx.ratio = alpha, ratio
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        z, pos_index, pos_mask, lse_neg, z_pos, lse_all = ctx.saved_tensors
+        pos = Positives(index=pos_index, mask=pos_mask)
+        stats = RowStats(lse_neg=lse_neg, z_pos=z_pos, lse_all=lse_all)
+        grad = nce_grad(z, pos, stats, ctx.alpha, ctx.ratio)
+        return grad.mul_(grad_out[:, None]), None, None, None, None, None
+
+
+def nce_rows(
+    z: Tensor,
+    positives: Positives,
+    alpha: float = 0.0,
+    hardness_ratio: float = 1.0,
+    aggregate: str = "mean",
+) -> Tensor:
+    """Per-anchor multi-positive InfoNCE loss (R,) of fp32 logits ``z`` (R, N).
+
+    Args:
+        z: logits ``s/τ``.
+        positives: the positive column(s) of each row.
+        alpha: EGA amplification α (0 gives the plain InfoNCE gradient).
+        hardness_ratio: ``τ/τ_h`` of the EGA hardness (1 means ``τ_h = τ``).
+        aggregate: ``"mean"`` (log-mean-exp) or ``"sum"`` (log-sum-exp) of the positives.
+    """
+    if aggregate not in ("mean", "sum"):
+        raise ValueError(f"aggregate must be 'mean' or 'sum', got {aggregate!r}")
+    return _NCERows.apply(z, positives.index, positives.mask, alpha, hardness_ratio, aggregate)

@@ -1,0 +1,326 @@
+r"""BACL's boundary-aware negative sampler (BNS): a learned, curriculum-tilted negative miner.
+
+Reference: "Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal
+Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Boundary-aware Negative Sampler"; no
+code is public, so this follows hardneg's METHODS.md (BACL steps 1–7):
+
+1. boundary score ``BS_ij = s_ij − s_ii`` (detached cosine, ``s_ii`` = the anchor's positive);
+2. a 2-layer policy MLP on ``[s_ij, s_ii, BS_ij, rank-percentile of s_ij in its row]`` gives a
+   priority ``p_ij``;
+3. selection logit ``ℓ_ij = p_ij − α(η)·BS_ij`` with the logistic curriculum α(η);
+4. straight-through Gumbel top-k picks k negatives per anchor;
+5. the policy is trained "through Gumbel-Softmax using the boundary score as reward":
+   ``R_ij = −α(η)·BS_ij`` and ``L_policy = −mean_i Σ_j soft_ij R_ij − w_H·mean_i H(softmax(ℓ_i))``.
+
+The sampler is a miner in the pytorch-metric-learning sense: it picks, a contrastive loss scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hardneg.samplers.curriculum import CURRICULUM_PRESETS, LogisticCurriculum
+from hardneg.samplers.gumbel import gumbel_topk
+
+
+@dataclass
+class BNSConfig:
+    """Configuration of :class:`BoundaryAwareSampler`.
+
+    Attributes:
+        k: negatives selected per anchor.
+        hidden: hidden width of the 2-layer policy MLP (paper: 64).
+        tau_start: Gumbel-Softmax temperature at the start of training.
+        tau_end: temperature at the end; annealed geometrically,
+            ``τ(η) = τ_start·(τ_end/τ_start)^{η/total}``.
+        entropy_weight: weight w_H of the entropy bonus of the policy.
+        curriculum: name of a preset in :data:`~hardneg.samplers.CURRICULUM_PRESETS`.
+        midpoint: η₀ of the curriculum in epochs; None = the preset's fraction of training.
+        lr: Adam learning rate of the policy's own optimiser.
+        init_output_scale: scale of the policy's last-layer initial weights (bias starts at 0);
+            small, so that at the start the curriculum term ``−α·BS`` decides the selection.
+        seed: seed of the sampler's Gumbel noise generator.
+    """
+
+    k: int = 8
+    hidden: int = 64
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    entropy_weight: float = 0.01
+    curriculum: str = "default"
+    midpoint: float | None = None
+    lr: float = 1e-3
+    init_output_scale: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"BNSConfig.k must be a positive int, got {self.k!r}")
+        if self.hidden < 1:
+            raise ValueError(f"BNSConfig.hidden must be ≥ 1, got {self.hidden}")
+        if not (self.tau_start > 0 and self.tau_end > 0):
+            raise ValueError(
+                f"BNSConfig.tau_start and tau_end must be > 0, got {self.tau_start}, "
+                f"{self.tau_end}"
+            )
+        if self.entropy_weight < 0:
+            raise ValueError(f"BNSConfig.entropy_weight must be ≥ 0, got {self.entropy_weight}")
+        if self.curriculum not in CURRICULUM_PRESETS:
+            raise ValueError(
+                f"BNSConfig.curriculum={self.curriculum!r} is not a preset; choose one of "
+                f"{sorted(CURRICULUM_PRESETS)}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"BNSConfig.lr must be > 0, got {self.lr}")
+        if self.init_output_scale < 0:
+            raise ValueError(
+                f"BNSConfig.init_output_scale must be ≥ 0, got {self.init_output_scale}"
+            )
+
+
+@dataclass
+class Selection:
+    """Negatives chosen by :class:`BoundaryAwareSampler` for one set of anchors.
+
+    Attributes:
+        indices: (B, k) candidate columns picked per anchor.
+        hard: (B, C) 0/1 k-hot of the picks (detached: a data choice for the contrastive loss).
+        soft: (B, C) relaxed selection weights in [0, 1], each row summing to k (detached; use
+            them to weight the full-batch loss if wanted, METHODS.md BACL step 6).
+        alpha: curriculum α(η) used.
+        tau: Gumbel-Softmax temperature used.
+        policy_loss: scalar to ADD to the training loss; its gradient reaches only the policy.
+        entropy: mean entropy of ``softmax(ℓ_i)`` over the allowed candidates (detached, for
+            logging).
+    """
+
+    indices: Tensor
+    hard: Tensor
+    soft: Tensor
+    alpha: float
+    tau: float
+    policy_loss: Tensor
+    entropy: Tensor
+
+
+def boundary_scores(sim: Tensor, positive_index: Tensor) -> Tensor:
+    """Boundary scores ``BS_ij = s_ij − s_{i,pos(i)}`` (BACL §3).
+
+    Args:
+        sim: (B, C) cosine similarities of anchors (rows) vs candidates (columns).
+        positive_index: (B,) column of each anchor's positive (``arange(B)`` in-batch).
+
+    Returns:
+        (B, C) boundary scores; 0 at the positive, > 0 for negatives scored above it.
+
+    Example:
+        >>> sim = torch.tensor([[0.9, 0.5], [0.2, 0.6]])
+        >>> boundary_scores(sim, torch.arange(2)).tolist()
+        [[0.0, -0.4000000059604645], [-0.3999999761581421, 0.0]]
+    """
+    if sim.dim() != 2:
+        raise ValueError(f"sim must be (B, C), got shape {tuple(sim.shape)}")
+    index = torch.as_tensor(positive_index, device=sim.device)
+    if index.shape != (sim.shape[0],) or index.is_floating_point():
+        raise ValueError(
+            f"positive_index must be ({sim.shape[0]},) integer columns, got "
+            f"{index.dtype} {tuple(index.shape)}"
+        )
+    if bool(((index < 0) | (index >= sim.shape[1])).any()):
+        raise ValueError(f"positive_index must lie in [0, {sim.shape[1]}) (columns of sim)")
+    return sim - sim.gather(1, index.long().unsqueeze(1))
+
+
+def hardest_negative(selection: Selection, sim: Tensor) -> Tensor:
+    """(B,) column of the selected candidate with the largest similarity, per anchor.
+
+    CLA contrasts a caption's attention on its positive image with that on this negative.
+
+    Example:
+        >>> sim = torch.tensor([[1.0, 0.7, 0.2, 0.9]])
+        >>> sel = Selection(torch.tensor([[1, 2]]), torch.zeros(1, 4), torch.zeros(1, 4),
+        ...                 0.0, 1.0, torch.zeros(()), torch.zeros(()))
+        >>> hardest_negative(sel, sim).tolist()
+        [1]
+    """
+    if sim.dim() != 2 or sim.shape[0] != selection.indices.shape[0]:
+        raise ValueError(
+            f"sim must be (B, C) with B={selection.indices.shape[0]} rows like the selection, "
+            f"got shape {tuple(sim.shape)}"
+        )
+    picked = sim.detach().gather(1, selection.indices)
+    return selection.indices.gather(1, picked.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def rank_percentile(sim: Tensor, allowed: Tensor) -> Tensor:
+    """Rank of ``s_ij`` among the allowed candidates of row i, scaled to [0, 1] (1 = highest).
+
+    Disallowed entries get 0; a row with a single allowed candidate gives it 1.
+    """
+    neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device)
+    ranks = torch.where(allowed, sim, neg_inf).argsort(dim=1).argsort(dim=1)
+    n_allowed = allowed.sum(dim=1, keepdim=True)
+    # disallowed (−∞) occupy the lowest ranks; shift so the lowest allowed has rank 0
+    ranks = ranks - (allowed.shape[1] - n_allowed)
+    pct = ranks.to(sim.dtype) / (n_allowed - 1).clamp(min=1).to(sim.dtype)
+    pct = torch.where(n_allowed == 1, torch.ones_like(pct), pct)
+    return torch.where(allowed, pct, torch.zeros_like(pct))
+
+
+class BoundaryAwareSampler(nn.Module):
+    r"""Learned boundary-aware negative selection with an easy-to-hard curriculum (BACL BNS).
+
+    For anchors i and candidates j (in-batch captions, optionally followed by extra hard-negative
+    captions; positives given by ``positive_mask``):
+
+    .. math::
+        BS_{ij} = s_{ij} - s^+_i,\quad p_{ij} = \mathrm{MLP}([s_{ij}, s^+_i, BS_{ij},
+        r_{ij}]),\quad \ell_{ij} = p_{ij} - \alpha(\eta)\,BS_{ij}
+
+    (``r_ij`` the rank-percentile of ``s_ij`` among row i's allowed candidates), then
+    :func:`~hardneg.samplers.gumbel.gumbel_topk` picks k negatives per row with temperature
+    ``τ(η) = τ_start (τ_end/τ_start)^{η/total}``. The policy loss, with reward
+    ``R_ij = −α(η)·BS_ij`` (all features and BS detached), is
+
+    .. math::
+        \mathcal L_{policy} = -\frac1B\sum_i\sum_j \mathrm{soft}_{ij} R_{ij}
+        \; - \; w_H \frac1B\sum_i H\big(\mathrm{softmax}_{j\,\mathrm{allowed}}(\ell_{ij})\big)
+
+    Its gradient reaches only the policy MLP (through ``soft``); ``Selection.hard``/``soft`` are
+    returned detached so a contrastive loss weighted by them cannot train the policy to pick
+    easy negatives. For symmetric BACL call the sampler twice (``sim`` and ``sim.T``).
+
+    Training protocol: add ``selection.policy_loss`` to the loss, ``backward()``, then
+    :meth:`step_policy` (the policy has its own Adam; keep :meth:`policy_parameters` out of the
+    main optimiser). ``state_dict()`` holds the MLP, the policy optimiser and the noise
+    generator state, so a resumed run draws the same selections.
+
+    Args:
+        config: :class:`BNSConfig`.
+
+    Example:
+        >>> sampler = BoundaryAwareSampler(BNSConfig(k=2))
+        >>> emb = torch.nn.functional.normalize(torch.randn(6, 16), dim=1)
+        >>> sim = emb @ emb.T
+        >>> sel = sampler(sim, torch.eye(6, dtype=torch.bool), sim.diagonal(), 0.0, 10.0)
+        >>> sel.indices.shape
+        torch.Size([6, 2])
+        >>> sel.policy_loss.backward(); sampler.step_policy()
+    """
+
+    def __init__(self, config: BNSConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or BNSConfig()
+        cfg = self.config
+        self.curriculum = LogisticCurriculum.from_preset(cfg.curriculum, cfg.midpoint)
+        self.policy = nn.Sequential(nn.Linear(4, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1))
+        last = self.policy[-1]
+        with torch.no_grad():
+            last.weight.mul_(cfg.init_output_scale)
+            last.bias.zero_()
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the policy MLP (updated by :meth:`step_policy`, not the main optimiser)."""
+        return list(self.policy.parameters())
+
+    def step_policy(self) -> None:
+        """Adam step of the policy on the gradients left by ``policy_loss.backward()``."""
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def temperature(self, progress: float, total: float) -> float:
+        """Annealed Gumbel temperature ``τ_start (τ_end/τ_start)^{clamp(η/total, 0, 1)}``."""
+        frac = min(max(progress / total, 0.0), 1.0)
+        cfg = self.config
+        return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
+
+    def features(self, sim: Tensor, allowed: Tensor, pos_sim: Tensor) -> Tensor:
+        """(B, C, 4) detached policy inputs ``[s_ij, s_ii, BS_ij, rank-percentile]``."""
+        sim = sim.detach()
+        pos = pos_sim.detach().unsqueeze(1).expand_as(sim)
+        return torch.stack([sim, pos, sim - pos, rank_percentile(sim, allowed)], dim=-1)
+
+    def forward(
+        self, sim: Tensor, positive_mask: Tensor, pos_sim: Tensor, progress: float, total: float
+    ) -> Selection:
+        """Select ``config.k`` negatives per anchor.
+
+        Args:
+            sim: (B, C) cosine similarities of anchors vs candidates (detached inside).
+            positive_mask: (B, C) bool, True for each anchor's positives (never picked).
+            pos_sim: (B,) similarity of each anchor with its positive, ``s_ii``.
+            progress: training progress η in (fractional) epochs.
+            total: total number of epochs of the run (> 0).
+
+        Returns:
+            :class:`Selection`.
+        """
+        self._check_inputs(sim, positive_mask, pos_sim, progress, total)
+        dtype = torch.promote_types(sim.dtype, torch.float32)
+        sim = sim.detach().to(dtype)
+        pos_sim = pos_sim.detach().to(dtype)
+        allowed = ~positive_mask
+        alpha = self.curriculum(progress, total)
+        tau = self.temperature(progress, total)
+
+        feats = self.features(sim, allowed, pos_sim)
+        param = next(self.policy.parameters())
+        priority = self.policy(feats.to(param.dtype)).squeeze(-1).to(dtype)
+        boundary = sim - pos_sim.unsqueeze(1)
+        logits = priority - alpha * boundary
+        hard, soft, indices = gumbel_topk(logits, self.config.k, tau, allowed, self.generator)
+
+        reward = torch.where(allowed, -alpha * boundary, torch.zeros_like(boundary))
+        # log π over allowed candidates; disallowed set to 0 *after* log_softmax so that their
+        # p·log p term is 1·0 = 0 with a finite gradient (no −∞·0 = NaN in backward)
+        log_probs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=1)
+        log_probs = log_probs.masked_fill(~allowed, 0.0)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=1).mean()
+        policy_loss = -(soft * reward).sum(dim=1).mean() - self.config.entropy_weight * entropy
+        return Selection(
+            indices=indices,
+            hard=hard.detach(),
+            soft=soft.detach(),
+            alpha=alpha,
+            tau=tau,
+            policy_loss=policy_loss,
+            entropy=entropy.detach(),
+        )
+
+    def _check_inputs(
+        self, sim: Tensor, positive_mask: Tensor, pos_sim: Tensor, progress: float, total: float
+    ) -> None:
+        if sim.dim() != 2 or not sim.is_floating_point():
+            raise ValueError(f"sim must be a floating (B, C) tensor, got {sim.dtype} "
+                             f"{tuple(sim.shape)}")
+        if not bool(torch.isfinite(sim).all()):
+            raise ValueError("sim contains NaN or inf; check the embeddings before the sampler")
+        if positive_mask.shape != sim.shape or positive_mask.dtype != torch.bool:
+            raise ValueError(
+                f"positive_mask must be a bool tensor of shape {tuple(sim.shape)} (True at each "
+                f"anchor's positives), got {positive_mask.dtype} {tuple(positive_mask.shape)}"
+            )
+        if pos_sim.shape != (sim.shape[0],) or not bool(torch.isfinite(pos_sim).all()):
+            raise ValueError(
+                f"pos_sim must be a finite ({sim.shape[0]},) tensor of anchor-positive "
+                f"similarities, got shape {tuple(pos_sim.shape)}"
+            )
+        if not (total > 0 and math.isfinite(total) and math.isfinite(progress)):
+            raise ValueError(
+                f"progress and total must be finite epochs with total > 0, got {progress}, {total}"
+            )
+
+    def get_extra_state(self) -> dict:
+        """Policy optimiser and noise generator state (saved in ``state_dict()``)."""
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`get_extra_state` saved."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
