@@ -10,7 +10,8 @@ pre-LN transformer layers and a final LayerNorm; pooled = CLS state or mean of p
 Input: ``(B, 3, H, W)`` float images in [0, 1] (mapped to [-1, 1] inside).
 :func:`build_image_tower` picks one from an :class:`ImageTowerConfig`.
 
-Helpers shared with the CLIP adapters: :func:`check_images`, :func:`resize_and_normalize`.
+Helpers shared with the CLIP adapters: :func:`check_images`, :func:`resize_and_normalize`,
+``CLIP_MEAN`` / ``CLIP_STD``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.models.outputs import ImageOutput
+
+#: Per-channel mean / std CLIP was trained with (OpenAI CLIP, used by both CLIP adapters).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _ARCHS = ("conv", "vit")
 _POOLS = ("mean", "cls")
@@ -60,8 +65,9 @@ def resize_and_normalize(
     if (height, width) != tuple(size):
         scale = max(size[0] / height, size[1] / width)
         new = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
-        images = F.interpolate(images, size=new, mode="bicubic", align_corners=False,
-                               antialias=True)
+        images = F.interpolate(
+            images, size=new, mode="bicubic", align_corners=False, antialias=True
+        )
         top, left = (new[0] - size[0]) // 2, (new[1] - size[1]) // 2
         images = images[..., top : top + size[0], left : left + size[1]]
     mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
@@ -110,9 +116,7 @@ class ImageTowerConfig:
         if self.pool == "cls" and self.num_layers < 1:
             raise ValueError("pool='cls' needs num_layers >= 1 (the CLS token must attend)")
         if self.width % self.num_heads:
-            raise ValueError(
-                f"width {self.width} is not divisible by num_heads {self.num_heads}"
-            )
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.arch == "conv" and not 1 <= self.grid <= self.image_size:
             raise ValueError(f"grid must be in [1, image_size={self.image_size}], got {self.grid}")
         if self.arch == "vit" and self.image_size % self.patch_size:
@@ -181,8 +185,12 @@ class PatchTokenEncoder(nn.Module):
 
 
 class ConvPatchEncoder(PatchTokenEncoder):
-    """Conv stem (Conv3×3 stride 2 → BN → GELU, channels doubling up to ``width``) whose final
-    ``grid × grid`` map gives the patch tokens; fast on CPU (48×48 → 24 → 12 → 6).
+    """Conv stem whose final ``grid × grid`` map gives the patch tokens, fast on CPU.
+
+    Blocks are Conv → BatchNorm → GELU: a patchifying conv (kernel = stride = 4, or the whole
+    downsampling factor when it is smaller), then 3×3 stride-2 convs while the map stays at
+    least ``grid`` wide, channels doubling up to ``width``; an adaptive average pool fixes
+    the last non-power-of-two step. 48×48 → 12×12 → 6×6 by default (8×8 grid: 12×12 pooled).
 
     Args:
         config: :class:`ImageTowerConfig` with ``arch="conv"``.
@@ -196,14 +204,20 @@ class ConvPatchEncoder(PatchTokenEncoder):
 
     def __init__(self, config: ImageTowerConfig) -> None:
         super().__init__(config)
-        downs = int(math.log2(config.image_size / config.grid))  # stride-2 blocks that fit
-        blocks = max(downs, 1)
-        floor = min(16, config.width)
-        channels = [3] + [max(config.width >> (blocks - 1 - k), floor) for k in range(blocks)]
+        factor = config.image_size // config.grid
+        first = 4 if factor >= 4 else max(factor, 1)  # patchify stride of the first block
+        strides = [first]
+        while config.image_size // math.prod(strides) // 2 >= config.grid:
+            strides.append(2)
+        channels = [3] + [
+            max(config.width >> (len(strides) - 1 - k), 16) for k in range(len(strides))
+        ]
+        channels[-1] = config.width
         layers: list[nn.Module] = []
-        for k in range(blocks):
+        for k, stride in enumerate(strides):
+            kernel, pad = (stride, 0) if k == 0 else (3, 1)
             layers += [
-                nn.Conv2d(channels[k], channels[k + 1], 3, 2 if k < downs else 1, 1, bias=False),
+                nn.Conv2d(channels[k], channels[k + 1], kernel, stride, pad, bias=False),
                 nn.BatchNorm2d(channels[k + 1]),
                 nn.GELU(),
             ]

@@ -118,9 +118,9 @@ def boundary_scores(sim: Tensor, positive_index: Tensor) -> Tensor:
         (B, C) boundary scores; 0 at the positive, > 0 for negatives scored above it.
 
     Example:
-        >>> sim = torch.tensor([[0.9, 0.5], [0.2, 0.6]])
+        >>> sim = torch.tensor([[1.0, 0.5], [0.25, 0.75]])
         >>> boundary_scores(sim, torch.arange(2)).tolist()
-        [[0.0, -0.4000000059604645], [-0.3999999761581421, 0.0]]
+        [[0.0, -0.5], [-0.5, 0.0]]
     """
     if sim.dim() != 2:
         raise ValueError(f"sim must be (B, C), got shape {tuple(sim.shape)}")

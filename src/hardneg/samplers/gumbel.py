@@ -46,7 +46,7 @@ def gumbel_topk(
       and each row of ``soft`` sums to k.
 
     The returned ``hard`` is straight-through: its value is the 0/1 k-hot, its gradient is the
-    gradient of ``soft`` (``hard + soft − sg(soft)``).
+    gradient of ``soft`` (``hard + (soft − sg(soft))``).
 
     Args:
         logits: (B, C) selection logits ℓ.
@@ -107,4 +107,4 @@ def gumbel_topk(
         relaxed = relaxed + torch.log((1.0 - weights).clamp(min=eps))
     soft = soft.to(logits.dtype)
     hard = hard.to(logits.dtype)
-    return hard + soft - soft.detach(), soft, indices
+    return hard + (soft - soft.detach()), soft, indices  # value exactly 0/1

@@ -1,0 +1,301 @@
+"""What a DigitScenes scene says in words: semantics ids, paraphrased captions, hard negatives.
+
+A scene's *canonical description* is its relation (``"left_of"``: objects listed left → right,
+``"above"``: top → bottom) and its ordered (digit, colour) objects (BENCHMARK.md, "Scenes").
+Captions are drawn from templates with paraphrase and word-order variety; every template slot
+is one whitespace word, so a perturbed caption has the same words as its source caption except
+at the perturbed slots — that word range is the hard negative's annotated mismatch span
+(BENCHMARK.md, "Captions"; used by NegCLIP extra negatives, the compositional probe and AEL).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "COLOURS",
+    "DIGIT_WORDS",
+    "PERTURBATIONS",
+    "RELATIONS",
+    "HardNegative",
+    "describe_semantic_id",
+    "scene_captions",
+    "semantic_id",
+]
+
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
+DIGIT_WORDS: tuple[str, ...] = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+)
+RELATIONS: tuple[str, ...] = ("left_of", "above")
+PERTURBATIONS: tuple[str, ...] = (
+    "replace_digit", "change_colour", "swap_colours", "swap_digits", "flip_relation",
+)
+N_COMBOS = len(DIGIT_WORDS) * len(COLOURS)
+
+# Slots: c<k>/d<k> = colour/digit of object k in reading order; p0/p1 = the first/last
+# position word; {FWD}/{BWD} = "X <rel> Y" phrase with X before/after Y in reading order.
+_TEMPLATES: dict[int, tuple[str, ...]] = {
+    2: (
+        "a {c0} {d0} {FWD} a {c1} {d1}",
+        "a {c1} {d1} {BWD} a {c0} {d0}",
+        "{p0}: {c0} {d0}; {p1}: {c1} {d1}",
+        "{c0} {d0} on the {p0} and {c1} {d1} on the {p1}",
+        "on the {p1} a {c1} {d1}, on the {p0} a {c0} {d0}",
+        "the {d0} on the {p0} is {c0} and the {d1} on the {p1} is {c1}",
+        "there is a {c0} {d0} {FWD} a {c1} {d1}",
+    ),
+    3: (
+        "a {c0} {d0} {FWD} a {c1} {d1} {FWD} a {c2} {d2}",
+        "{p0}: {c0} {d0}; middle: {c1} {d1}; {p1}: {c2} {d2}",
+        "from {p0} to {p1}: {c0} {d0}, {c1} {d1} and {c2} {d2}",
+        "a {c0} {d0}, a {c1} {d1} and a {c2} {d2} from {p0} to {p1}",
+        "{c2} {d2} on the {p1}, {c1} {d1} in the middle and {c0} {d0} on the {p0}",
+        "the {d0} on the {p0} is {c0}, the {d1} in the middle is {c1} and the {d2} on the "
+        "{p1} is {c2}",
+    ),
+}
+_RELATION_PHRASES = (("to the {fwd} of", "to the {bwd} of"), ("{fwd}", "{bwd}"))
+_AXIS_WORDS = (
+    {"fwd": "left", "bwd": "right", "p0": "left", "p1": "right"},
+    {"fwd": "above", "bwd": "below", "p0": "top", "p1": "bottom"},
+)
+_FLIPPED_AXIS_WORDS = tuple(
+    {"fwd": w["bwd"], "bwd": w["fwd"], "p0": w["p1"], "p1": w["p0"]} for w in _AXIS_WORDS
+)
+_COMPILED: dict[tuple[int, int], tuple[str, ...]] = {
+    (n, axis): tuple(
+        t.replace("{FWD}", _RELATION_PHRASES[axis][0]).replace("{BWD}", _RELATION_PHRASES[axis][1])
+        for t in templates
+    )
+    for n, templates in _TEMPLATES.items()
+    for axis in range(len(RELATIONS))
+}
+MIN_TEMPLATES = min(len(t) for t in _TEMPLATES.values())
+
+# semantics id = offset of the (n objects, relation) block + mixed-radix code of the objects
+_ID_BLOCKS = [(n, axis) for n in (2, 3) for axis in range(len(RELATIONS))]
+_ID_OFFSET: dict[tuple[int, int], int] = {}
+N_SEMANTIC_IDS = 0
+for _block in _ID_BLOCKS:
+    _ID_OFFSET[_block] = N_SEMANTIC_IDS
+    N_SEMANTIC_IDS += N_COMBOS ** _block[0]
+del _block
+
+
+@dataclass(frozen=True)
+class HardNegative:
+    """A caption that differs from a scene in exactly one annotated way.
+
+    Attributes:
+        caption: the negative caption (a source positive with some slot words replaced).
+        kind: one of :data:`PERTURBATIONS`.
+        span: ``(start, end)`` indices into ``caption.split()``, end exclusive: the smallest
+            word range holding every word that differs from the source caption.
+        box: ``(x0, y0, x1, y1)`` pixels, right/bottom exclusive: the union of the boxes of the
+            objects whose (digit, colour) at their position differs from the scene.
+        source: index of the positive caption (of the same scene) it was made from.
+        semantic_id: semantics id of what the negative describes (never the scene's own).
+    """
+
+    caption: str
+    kind: str
+    span: tuple[int, int]
+    box: tuple[int, int, int, int]
+    source: int
+    semantic_id: int
+
+
+def semantic_id(relation: str, digits: Sequence[int], colours: Sequence[int]) -> int:
+    """Integer id of a canonical scene description; equal iff the descriptions are equal.
+
+    The id is ``offset(n, relation) + Σ_k combo_k · 60^(n-1-k)`` with ``combo_k = 6·digit_k +
+    colour_k`` for objects in reading order: a bijection between descriptions and
+    ``[0, 439200)``, identical in every split and run.
+
+    Args:
+        relation: ``"left_of"`` (objects listed left → right) or ``"above"`` (top → bottom).
+        digits: 2 or 3 digits (0–9) in reading order.
+        colours: matching colour indices into :data:`COLOURS`.
+
+    Example:
+        >>> semantic_id("left_of", (3, 7), (0, 2))  # red 3 left of blue 7
+        1320
+        >>> describe_semantic_id(1320)
+        ('left_of', (3, 7), (0, 2))
+    """
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    n = len(digits)
+    if n not in (2, 3) or len(colours) != n:
+        raise ValueError(
+            f"a scene has 2 or 3 objects with one colour each; got {n} digits and "
+            f"{len(colours)} colours"
+        )
+    code = 0
+    for d, c in zip(digits, colours):
+        if not (0 <= d < len(DIGIT_WORDS) and 0 <= c < len(COLOURS)):
+            raise ValueError(f"digit {d} / colour {c} out of range (0–9 / 0–{len(COLOURS) - 1})")
+        code = code * N_COMBOS + int(d) * len(COLOURS) + int(c)
+    return _ID_OFFSET[(n, RELATIONS.index(relation))] + code
+
+
+def describe_semantic_id(sid: int) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """Inverse of :func:`semantic_id`: ``(relation, digits, colours)`` of an id."""
+    for n, axis in reversed(_ID_BLOCKS):
+        offset = _ID_OFFSET[(n, axis)]
+        if offset <= sid < offset + N_COMBOS**n:
+            code, combos = sid - offset, []
+            for _ in range(n):
+                code, combo = divmod(code, N_COMBOS)
+                combos.append(combo)
+            combos.reverse()
+            digits = tuple(c // len(COLOURS) for c in combos)
+            return RELATIONS[axis], digits, tuple(c % len(COLOURS) for c in combos)
+    raise ValueError(f"semantic id {sid} is outside [0, {N_SEMANTIC_IDS}), so it is not a scene id")
+
+
+def _slots(
+    axis: int, digits: Sequence[int], colours: Sequence[int], words: bool, flipped: bool
+) -> dict[str, str]:
+    slots = dict((_FLIPPED_AXIS_WORDS if flipped else _AXIS_WORDS)[axis])
+    for k, (d, c) in enumerate(zip(digits, colours)):
+        slots[f"c{k}"] = COLOURS[c]
+        slots[f"d{k}"] = DIGIT_WORDS[d] if words else str(d)
+    return slots
+
+
+def _perturb(
+    kind: str,
+    digits: tuple[int, ...],
+    colours: tuple[int, ...],
+    allowed: Sequence[bool],
+    rnd: random.Random,
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """New (digits, colours) for a slot perturbation, or None if it cannot change the meaning."""
+    n, n_col = len(digits), len(COLOURS)
+    d, c = list(digits), list(colours)
+    if kind == "replace_digit":
+        k = rnd.randrange(n)
+        options = [x for x in range(10) if x != d[k] and allowed[x * n_col + c[k]]]
+        if not options:
+            return None
+        d[k] = rnd.choice(options)
+    elif kind == "change_colour":
+        k = rnd.randrange(n)
+        options = [x for x in range(n_col) if x != c[k] and allowed[d[k] * n_col + x]]
+        if not options:
+            return None
+        c[k] = rnd.choice(options)
+    else:  # swap_colours / swap_digits: a pair whose swapped attributes differ
+        attr = c if kind == "swap_colours" else d
+        options = []
+        for i in range(n):
+            for j in range(i + 1, n):
+                if attr[i] == attr[j]:
+                    continue
+                new_attr = list(attr)
+                new_attr[i], new_attr[j] = attr[j], attr[i]
+                new_d, new_c = (d, new_attr) if kind == "swap_colours" else (new_attr, c)
+                if allowed[new_d[i] * n_col + new_c[i]] and allowed[new_d[j] * n_col + new_c[j]]:
+                    options.append((new_d, new_c))
+        if not options:
+            return None
+        d, c = rnd.choice(options)
+    return tuple(d), tuple(c)
+
+
+def _union_box(boxes: Sequence[Sequence[int]], which: Sequence[int]) -> tuple[int, int, int, int]:
+    sel = [boxes[k] for k in which]
+    return (
+        min(b[0] for b in sel), min(b[1] for b in sel),
+        max(b[2] for b in sel), max(b[3] for b in sel),
+    )
+
+
+def scene_captions(
+    relation: str,
+    digits: Sequence[int],
+    colours: Sequence[int],
+    boxes: Sequence[Sequence[int]],
+    allowed: Sequence[bool],
+    n_captions: int,
+    rnd: random.Random,
+) -> tuple[list[str], list[HardNegative]]:
+    """Positive captions and one hard negative per applicable perturbation for one scene.
+
+    Positives: ``n_captions`` distinct templates (paraphrases with different word orders),
+    each with digits written as numerals or words at random. Hard negatives (BENCHMARK.md,
+    "Captions"), in :data:`PERTURBATIONS` order, each re-rendered from a random positive's
+    template: ``replace_digit`` / ``change_colour`` (one object), ``swap_colours`` /
+    ``swap_digits`` (two objects whose swapped attributes differ), ``flip_relation`` (relation
+    words reversed, i.e. the objects' order reversed; skipped when that order reads the same).
+    A perturbation is skipped rather than produce a (digit, colour) combination outside
+    ``allowed`` (held-out combinations stay out of the train/val/test text).
+
+    Args:
+        relation: ``"left_of"`` or ``"above"``.
+        digits: digits of the objects in reading order.
+        colours: colour indices of the objects.
+        boxes: ``(x0, y0, x1, y1)`` box of each object.
+        allowed: 60 flags, ``allowed[6·digit + colour]`` for each usable combination.
+        n_captions: number of positive captions (≤ number of templates).
+        rnd: the random stream (the caller owns seeding).
+
+    Returns:
+        ``(captions, hard_negatives)``.
+
+    Example:
+        >>> caps, negs = scene_captions("left_of", (3, 7), (0, 2), [(0, 0, 9, 9), (20, 0, 29, 9)],
+        ...                             [True] * 60, 5, random.Random(0))
+        >>> len(caps), [n.kind for n in negs]
+        (5, ['replace_digit', 'change_colour', 'swap_colours', 'swap_digits', 'flip_relation'])
+    """
+    axis = RELATIONS.index(relation)
+    digits, colours = tuple(digits), tuple(colours)
+    templates = _COMPILED[(len(digits), axis)]
+    if not 1 <= n_captions <= len(templates):
+        raise ValueError(f"n_captions must be in [1, {len(templates)}], got {n_captions}")
+    chosen = rnd.sample(range(len(templates)), n_captions)
+    styles = [rnd.random() < 0.5 for _ in chosen]
+    captions = [
+        templates[t].format_map(_slots(axis, digits, colours, words, False))
+        for t, words in zip(chosen, styles)
+    ]
+    negatives = []
+    for kind in PERTURBATIONS:
+        flipped = kind == "flip_relation"
+        if flipped:
+            if digits[0] == digits[-1] and colours[0] == colours[-1]:
+                continue
+            new_d, new_c = digits, colours
+            meaning = (digits[::-1], colours[::-1])
+        else:
+            changed = _perturb(kind, digits, colours, allowed, rnd)
+            if changed is None:
+                continue
+            new_d, new_c = meaning = changed
+        source = rnd.randrange(n_captions)
+        caption = templates[chosen[source]].format_map(
+            _slots(axis, new_d, new_c, styles[source], flipped)
+        )
+        diff = [
+            i for i, (a, b) in enumerate(zip(captions[source].split(), caption.split())) if a != b
+        ]
+        moved = [
+            k for k in range(len(digits))
+            if (meaning[0][k], meaning[1][k]) != (digits[k], colours[k])
+        ]
+        negatives.append(
+            HardNegative(
+                caption=caption,
+                kind=kind,
+                span=(diff[0], diff[-1] + 1),
+                box=_union_box(boxes, moved),
+                source=source,
+                semantic_id=semantic_id(relation, *meaning),
+            )
+        )
+    return captions, negatives

@@ -1,0 +1,160 @@
+r"""CLA: BACL's contrastive local attention loss (token-level mismatch localisation).
+
+Reference: "Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal
+Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Contrastive Local Attention"; hardneg's
+METHODS.md (BACL, CLA). No code is public; the choices the paper leaves open are documented on
+:func:`contrastive_local_attention_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def contrastive_local_attention_loss(
+    attn_pos: Tensor,
+    attn_neg: Tensor,
+    token_mask: Tensor,
+    rho: float = 0.1,
+    beta: float = 1.0,
+    eps: float = 1e-6,
+) -> Tensor:
+    r"""Local mismatch loss of BACL's CLA.
+
+    For each pair b (caption b with its positive image: ``A⁺``; with its hardest BNS-selected
+    negative image: ``A⁻``), over the valid cells (valid tokens × all patches):
+
+    .. math::
+        \Delta A = \mathrm{sg}(|A^+ - A^-|),\qquad
+        A_b = A^- \odot (1 + \beta\,\Delta A),\qquad
+        \mathcal L_b = \frac{1}{|\Omega_b|}\sum_{(t,p)\in\Omega_b}
+        -\log\big(A_b(t,p) + \varepsilon\big)
+
+    with ``Ω_b`` the ``max(1, ⌈ρ·n_b⌉)`` valid cells of largest ``ΔA`` (``n_b`` = valid tokens ×
+    patches). The loss is the mean of ``L_b`` over pairs (each pair weighs the same whatever its
+    caption length; METHODS.md: mean over Ω instead of the paper's sum).
+
+    Gradient: ``ΔA`` is **detached** (stop-gradient). In the seed it only *identifies* the most
+    divergent cells (the choice of Ω is not differentiable anyway) and *scales* the negative
+    attention there; letting gradient through ``|A⁺ − A⁻|`` would add an unstated term that
+    pushes ``A⁺`` away from ``A⁻``. So the gradient flows only through ``A⁻`` (and the
+    cross-attention parameters producing it): it raises the negative pair's attention on the
+    cells where it differs most from the positive pair, i.e. it teaches the model to localise
+    the mismatch.
+
+    Args:
+        attn_pos: (B, T, P) cross-attention of caption tokens over image patches, positive image
+            (e.g. last layer, averaged over heads).
+        attn_neg: (B, T, P) same caption over its hardest negative image.
+        token_mask: (B, T) bool, True for valid (non-padding) caption tokens.
+        rho: fraction ρ ∈ (0, 1] of valid cells in Ω (default 0.1, at least one cell).
+        beta: amplification β ≥ 0 (default 1).
+        eps: ε > 0 inside the log, so zero-attention cells give a finite loss (default 1e-6).
+
+    Returns:
+        Scalar loss (λ_local = 0.3 is applied by the trainer).
+
+    Example:
+        >>> pos = torch.softmax(torch.randn(2, 4, 9), dim=-1)
+        >>> neg = torch.softmax(torch.randn(2, 4, 9, requires_grad=True), dim=-1)
+        >>> mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+        >>> contrastive_local_attention_loss(pos, neg, mask).backward()
+    """
+    _check_inputs(attn_pos, attn_neg, token_mask, rho, beta, eps)
+    dtype = torch.promote_types(attn_neg.dtype, torch.float32)
+    a_pos, a_neg = attn_pos.to(dtype), attn_neg.to(dtype)
+    batch, tokens, patches = a_neg.shape
+
+    delta = (a_pos - a_neg).abs().detach()
+    cell_valid = token_mask.unsqueeze(-1).expand(batch, tokens, patches).reshape(batch, -1)
+    n_valid = cell_valid.sum(dim=1)
+    n_omega = torch.clamp(torch.ceil(rho * n_valid.to(dtype)), min=1).long()
+
+    # rank cells by ΔA inside each pair; invalid cells rank last
+    scores = delta.reshape(batch, -1).masked_fill(~cell_valid, float("-inf"))
+    order = scores.argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    omega = (ranks < n_omega.unsqueeze(1)) & cell_valid
+
+    boosted = a_neg.reshape(batch, -1) * (1.0 + beta * delta.reshape(batch, -1))
+    cell_loss = -torch.log(boosted + eps)
+    per_pair = torch.where(omega, cell_loss, torch.zeros_like(cell_loss)).sum(dim=1)
+    return (per_pair / n_omega.to(dtype)).mean()
+
+
+def _check_inputs(
+    attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor, rho: float, beta: float, eps: float
+) -> None:
+    for name, attn in (("attn_pos", attn_pos), ("attn_neg", attn_neg)):
+        if not isinstance(attn, Tensor) or attn.dim() != 3 or not attn.is_floating_point():
+            shape = tuple(attn.shape) if isinstance(attn, Tensor) else type(attn).__name__
+            raise ValueError(
+                f"{name} must be a floating (B, T, P) attention map (tokens × patches), got "
+                f"{shape}"
+            )
+        if not bool(torch.isfinite(attn).all()):
+            raise ValueError(f"{name} contains NaN or inf; check the cross-attention module")
+        if bool((attn < 0).any()):
+            raise ValueError(f"{name} has negative entries; pass attention probabilities "
+                             "(after softmax), not scores")
+    if attn_pos.shape != attn_neg.shape:
+        raise ValueError(
+            f"attn_pos has shape {tuple(attn_pos.shape)} but attn_neg has "
+            f"{tuple(attn_neg.shape)}; both maps must be of the same caption (B, T, P)"
+        )
+    if token_mask.dtype != torch.bool or token_mask.shape != attn_pos.shape[:2]:
+        raise ValueError(
+            f"token_mask must be a bool tensor of shape {tuple(attn_pos.shape[:2])} (True for "
+            f"valid tokens), got {token_mask.dtype} {tuple(token_mask.shape)}"
+        )
+    if not bool(token_mask.any(dim=1).all()):
+        raise ValueError("token_mask has a caption with no valid token; drop empty captions")
+    _check_hyper(rho, beta, eps)
+
+
+def _check_hyper(rho: float, beta: float, eps: float) -> None:
+    if not (0.0 < rho <= 1.0):
+        raise ValueError(f"rho must be in (0, 1] (fraction of cells in Ω), got {rho}")
+    if not (beta >= 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be a finite number ≥ 0, got {beta}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (keeps −log finite at zero attention), got {eps}")
+
+
+class ContrastiveLocalAttentionLoss(nn.Module):
+    """Module wrapper of :func:`contrastive_local_attention_loss` (no learnable state).
+
+    Args:
+        rho: fraction of valid cells in Ω (default 0.1).
+        beta: amplification β (default 1.0).
+        eps: ε inside the log (default 1e-6).
+
+    Relations: the auxiliary loss of BACL; add ``λ_local · CLA`` (λ_local = 0.3, trainer config)
+    to any contrastive loss, with ``A⁻`` from the hardest negative of
+    :class:`~hardneg.samplers.BoundaryAwareSampler` (:func:`~hardneg.samplers.hardest_negative`).
+
+    Example:
+        >>> loss_fn = ContrastiveLocalAttentionLoss(rho=0.2)
+        >>> pos, neg = torch.rand(2, 3, 4), torch.rand(2, 3, 4)
+        >>> loss_fn(pos, neg, torch.ones(2, 3, dtype=torch.bool)).shape
+        torch.Size([])
+    """
+
+    def __init__(self, rho: float = 0.1, beta: float = 1.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        _check_hyper(rho, beta, eps)
+        self.rho, self.beta, self.eps = rho, beta, eps
+
+    def forward(self, attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor) -> Tensor:
+        """CLA loss of one batch; see :func:`contrastive_local_attention_loss`."""
+        return contrastive_local_attention_loss(
+            attn_pos, attn_neg, token_mask, self.rho, self.beta, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"rho={self.rho}, beta={self.beta}, eps={self.eps}"

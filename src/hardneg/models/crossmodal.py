@@ -1,0 +1,373 @@
+r"""Cross-modal transformer: caption tokens attend to image patch tokens (BACL seed 001, §Model).
+
+Each of the ``num_layers`` pre-LN layers is
+
+.. math::
+    x \leftarrow x + \mathrm{SelfAttn}(\mathrm{LN}(x); \text{key padding mask}),\quad
+    x \leftarrow x + \mathrm{CrossAttn}(\mathrm{LN}(x), M),\quad
+    x \leftarrow x + \mathrm{MLP}(\mathrm{LN}(x)),
+
+with ``x`` the projected caption token states (+ learned positions) and ``M`` the projected
+image patch tokens. Attention is written out (``softmax(q kᵀ / √d_h)``) so that the
+cross-attention maps ``A ∈ (B, H, T, P)`` are returned exactly — post-softmax, before
+dropout, differentiable — for the contrastive local attention loss (CLA) and AEL.
+
+Heads: ITM (image–text match logit from the first token or a masked mean, as ALBEF/BLIP) and
+MLM (masked-token prediction, used by FALCON's reward, seed 003 §Reward). The text tower is
+frozen and its states cached, so masking happens at the cross-modal input: masked positions'
+token states are replaced by a learned [MASK] vector (always; no 80/10/10 split, since random
+replacement tokens would need fresh text-tower states).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hardneg.models.outputs import ImageOutput, TextOutput
+
+_ITM_POOLS = ("cls", "mean")
+
+
+@dataclass
+class CrossModalConfig:
+    """Configuration of :class:`CrossModalTransformer`.
+
+    Args:
+        text_dim: size ``D_t`` of the text token states (384 for MiniLM).
+        image_dim: size ``D_v`` of the image patch tokens.
+        d_model: transformer width (128–256).
+        num_layers: number of layers (4 in BACL).
+        num_heads: attention heads; must divide ``d_model``.
+        mlp_ratio: MLP hidden size relative to ``d_model``.
+        dropout: dropout on attention probabilities (after they are recorded) and residuals.
+        vocab_size: MLM output size (the text tokenizer's vocabulary).
+        max_text_len: longest caption in tokens (size of the learned text positions).
+        itm_pool: ``"cls"`` (first token, [CLS]/SOT) or ``"mean"`` (masked mean) for ITM.
+        special_token_ids: ids never chosen as MLM targets (the tower's ``special_token_ids``).
+        mask_prob: default probability of masking a token for MLM.
+
+    Example:
+        >>> CrossModalConfig(text_dim=384, image_dim=128).d_model
+        128
+    """
+
+    text_dim: int = 384
+    image_dim: int = 128
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    vocab_size: int = 30522
+    max_text_len: int = 64
+    itm_pool: str = "cls"
+    special_token_ids: tuple[int, ...] = ()
+    mask_prob: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.itm_pool not in _ITM_POOLS:
+            raise ValueError(f"itm_pool must be one of {_ITM_POOLS}, got {self.itm_pool!r}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        for name in ("text_dim", "image_dim", "num_layers", "vocab_size", "max_text_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.special_token_ids = tuple(int(i) for i in self.special_token_ids)
+
+
+@dataclass
+class CrossModalOutput:
+    """Result of :class:`CrossModalTransformer` on B (caption, image) pairs.
+
+    Args:
+        hidden: ``(B, T, d_model)`` final (layer-normed) caption token states.
+        cross_attentions: per layer ``(B, H, T, P)`` text→image attention, rows sum to 1.
+        self_attentions: per layer ``(B, H, T, T)`` text self-attention.
+        itm_logit: ``(B,)`` match score (logit; > 0 means "matched").
+        text_mask: ``(B, T)`` True for real caption tokens (rows of padding queries in the
+            attention maps are computed but meaningless).
+    """
+
+    hidden: Tensor
+    cross_attentions: list[Tensor]
+    self_attentions: list[Tensor]
+    itm_logit: Tensor
+    text_mask: Tensor
+
+
+def last_layer_attention(out: CrossModalOutput) -> Tensor:
+    """Head-averaged last-layer cross-attention ``(B, T, P)`` (the map CLA and AEL use).
+
+    Example:
+        >>> cfg = CrossModalConfig(text_dim=8, image_dim=4, d_model=16, vocab_size=10)
+        >>> model = CrossModalTransformer(cfg)
+        >>> out = model(torch.randn(2, 5, 8), torch.randn(2, 9, 4))
+        >>> last_layer_attention(out).shape
+        torch.Size([2, 5, 9])
+    """
+    return out.cross_attentions[-1].mean(dim=1)
+
+
+class Attention(nn.Module):
+    r"""Multi-head scaled dot-product attention that returns its probabilities.
+
+    :math:`A = \mathrm{softmax}(Q K^\top / \sqrt{d_h})` per head (Vaswani et al. 2017 §3.2),
+    computed in fp32; masked keys get the dtype's lowest value, so their weight is exactly 0
+    and a fully masked row stays finite. Output ``\mathrm{Dropout}(A) V`` → output projection.
+
+    Args:
+        d_model: model width; num_heads: heads (``d_h = d_model / num_heads``);
+        dropout: dropout on ``A`` after it is returned.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.value = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, query: Tensor, memory: Tensor, key_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``query (B, T, d)`` attends to ``memory (B, S, d)``; ``key_mask (B, S)`` True = keep.
+
+        Returns the output ``(B, T, d)`` and the probabilities ``(B, H, T, S)``.
+        """
+        q, k, v = (
+            self._heads(self.query(query)),
+            self._heads(self.key(memory)),
+            self._heads(self.value(memory)),
+        )
+        scores = (q @ k.transpose(-2, -1)).float() * self.head_dim**-0.5
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        probs = scores.softmax(dim=-1)
+        context = self.drop(probs).to(v.dtype) @ v
+        context = context.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
+        return self.out(context), probs
+
+
+class CrossModalLayer(nn.Module):
+    """One pre-LN layer: text self-attention, text→image cross-attention, MLP."""
+
+    def __init__(self, config: CrossModalConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.norm_self = nn.LayerNorm(d)
+        self.self_attn = Attention(d, config.num_heads, config.dropout)
+        self.norm_cross = nn.LayerNorm(d)
+        self.cross_attn = Attention(d, config.num_heads, config.dropout)
+        self.norm_mlp = nn.LayerNorm(d)
+        hidden = int(d * config.mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, d)
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, text_mask: Tensor, memory: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns the new states and the self- and cross-attention probabilities."""
+        h = self.norm_self(x)
+        update, self_probs = self.self_attn(h, h, text_mask)
+        x = x + self.drop(update)
+        update, cross_probs = self.cross_attn(self.norm_cross(x), memory)
+        x = x + self.drop(update)
+        x = x + self.drop(self.mlp(self.norm_mlp(x)))
+        return x, self_probs, cross_probs
+
+
+class CrossModalTransformer(nn.Module):
+    """Caption-over-image transformer with ITM and MLM heads (see the module docstring).
+
+    Inputs are token states from the towers: text ``(B, T, D_t)`` with a padding mask and
+    image patches ``(B, P, D_v)``; both are projected to ``d_model`` (Linear + LayerNorm) and
+    learned positions are added to the text side (the [MASK] vector has no position of its
+    own). Weights start as BERT's (normal, std 0.02), so attention is near-uniform and the MLM
+    loss ≈ ln(vocab) at initialisation.
+
+    Args:
+        config: :class:`CrossModalConfig`.
+
+    Example:
+        >>> cfg = CrossModalConfig(text_dim=8, image_dim=4, d_model=16, vocab_size=10)
+        >>> model = CrossModalTransformer(cfg)
+        >>> text = TextOutput(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool),
+        ...                   torch.randn(2, 8), torch.randint(0, 10, (2, 5)))
+        >>> image = ImageOutput(torch.randn(2, 9, 4), torch.randn(2, 4), (3, 3))
+        >>> out = model(text, image)
+        >>> out.itm_logit.shape, out.cross_attentions[0].shape
+        (torch.Size([2]), torch.Size([2, 4, 5, 9]))
+        >>> model.mlm_loss(text, image, torch.Generator().manual_seed(0)).dim()
+        0
+    """
+
+    def __init__(self, config: CrossModalConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.text_in = nn.Sequential(nn.Linear(config.text_dim, d), nn.LayerNorm(d))
+        self.image_in = nn.Sequential(nn.Linear(config.image_dim, d), nn.LayerNorm(d))
+        self.text_pos = nn.Parameter(torch.zeros(1, config.max_text_len, d))
+        self.mask_embedding = nn.Parameter(torch.zeros(config.text_dim))
+        self.layers = nn.ModuleList(CrossModalLayer(config) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(d)
+        self.itm_head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
+        self.mlm_head = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, config.vocab_size)
+        )
+        self.register_buffer(
+            "special_ids",
+            torch.tensor(config.special_token_ids, dtype=torch.long),
+            persistent=False,
+        )
+        self.apply(_init_weights)
+        nn.init.normal_(self.text_pos, std=0.02)
+        nn.init.normal_(self.mask_embedding, std=0.02)
+
+    def forward(
+        self,
+        text: TextOutput | Tensor,
+        image: ImageOutput | Tensor,
+        text_mask: Tensor | None = None,
+    ) -> CrossModalOutput:
+        """Run B (caption, image) pairs.
+
+        Args:
+            text: a :class:`TextOutput` or token states ``(B, T, D_t)`` (e.g. masked states).
+            image: an :class:`ImageOutput` or patch tokens ``(B, P, D_v)``.
+            text_mask: ``(B, T)`` bool, True = real token; defaults to ``text.mask`` for a
+                TextOutput and to all-True for a tensor.
+        """
+        tokens = text.tokens if isinstance(text, TextOutput) else text
+        if text_mask is None:
+            text_mask = text.mask if isinstance(text, TextOutput) else None
+        patches = image.tokens if isinstance(image, ImageOutput) else image
+        text_mask = self._check_inputs(tokens, text_mask, patches)
+
+        x = self.text_in(tokens) + self.text_pos[:, : tokens.shape[1]]
+        memory = self.image_in(patches)
+        self_maps, cross_maps = [], []
+        for layer in self.layers:
+            x, self_probs, cross_probs = layer(x, text_mask, memory)
+            self_maps.append(self_probs)
+            cross_maps.append(cross_probs)
+        hidden = self.norm(x)
+        if self.config.itm_pool == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = text_mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        itm_logit = self.itm_head(pooled).squeeze(-1)
+        return CrossModalOutput(hidden, cross_maps, self_maps, itm_logit, text_mask)
+
+    def _check_inputs(self, tokens: Tensor, text_mask: Tensor | None, patches: Tensor) -> Tensor:
+        cfg = self.config
+        if tokens.dim() != 3 or tokens.shape[-1] != cfg.text_dim:
+            raise ValueError(
+                f"text tokens must be (B, T, text_dim={cfg.text_dim}), got "
+                f"{tuple(tokens.shape)}; set CrossModalConfig.text_dim to the tower's token_dim"
+            )
+        if patches.dim() != 3 or patches.shape[-1] != cfg.image_dim:
+            raise ValueError(
+                f"image tokens must be (B, P, image_dim={cfg.image_dim}), got "
+                f"{tuple(patches.shape)}; set CrossModalConfig.image_dim to the tower's token_dim"
+            )
+        if patches.shape[0] != tokens.shape[0]:
+            raise ValueError(
+                f"{tokens.shape[0]} captions but {patches.shape[0]} images; pass one image per "
+                "caption (use TextOutput.select / ImageOutput.select to build pairs)"
+            )
+        if tokens.shape[1] > cfg.max_text_len:
+            raise ValueError(
+                f"captions have {tokens.shape[1]} tokens but max_text_len is {cfg.max_text_len};"
+                " raise CrossModalConfig.max_text_len or tokenize with a smaller max_length"
+            )
+        if text_mask is None:
+            return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if text_mask.shape != tokens.shape[:2] or text_mask.dtype != torch.bool:
+            raise ValueError(
+                f"text_mask must be bool {tuple(tokens.shape[:2])}, got {text_mask.dtype} "
+                f"{tuple(text_mask.shape)}"
+            )
+        return text_mask
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits ``(..., vocab_size)`` for hidden states ``(..., d_model)``."""
+        return self.mlm_head(hidden)
+
+    def mask_tokens(
+        self,
+        text: TextOutput,
+        prob: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Choose MLM targets and replace their input states by the learned [MASK] vector.
+
+        Each real, non-special token is chosen independently with probability ``prob``
+        (default ``config.mask_prob``); a caption with no chosen token gets its maskable token
+        of smallest draw, so every caption with a maskable token contributes (BERT §3.1 masks
+        15% of tokens; short captions would otherwise often have none). Random draws come from
+        ``generator`` (same seed ⇒ same mask, as FALCON's before/after reward needs).
+
+        Returns:
+            masked token states ``(B, T, D_t)`` and labels ``(B, T)``: the token id at chosen
+            positions, -100 elsewhere.
+        """
+        prob = self.config.mask_prob if prob is None else prob
+        if not 0.0 < prob < 1.0:
+            raise ValueError(f"prob must be in (0, 1), got {prob}")
+        ids = text.input_ids
+        maskable = text.mask & ~torch.isin(ids, self.special_ids.to(ids.device))
+        draw_device = generator.device if generator is not None else ids.device
+        draws = torch.rand(ids.shape, generator=generator, device=draw_device).to(ids.device)
+        chosen = (draws < prob) & maskable
+        fallback = draws.masked_fill(~maskable, 2.0).argmin(dim=1)
+        needs = maskable.any(dim=1) & ~chosen.any(dim=1)
+        chosen |= F.one_hot(fallback, ids.shape[1]).bool() & needs.unsqueeze(1)
+        mask_vec = self.mask_embedding.to(text.tokens.dtype)
+        masked = torch.where(chosen.unsqueeze(-1), mask_vec, text.tokens)
+        return masked, ids.masked_fill(~chosen, -100)
+
+    def mlm_loss(
+        self,
+        text: TextOutput,
+        image: ImageOutput | Tensor,
+        generator: torch.Generator | None = None,
+        prob: float | None = None,
+    ) -> Tensor:
+        """Mean cross-entropy over masked tokens given the image (0 if nothing is maskable).
+
+        Logits are computed for the masked positions only (B·T·vocab would not fit in memory).
+        """
+        masked, labels = self.mask_tokens(text, prob, generator)
+        out = self(masked, image, text_mask=text.mask)
+        picked = labels >= 0
+        logits = self.mlm_logits(out.hidden[picked]).float()
+        total = F.cross_entropy(logits, labels[picked], reduction="sum")
+        return total / picked.sum().clamp_min(1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,467 @@
+r"""GRIT-style grouped batch construction with a hardness quantile (GRIT-VLP, FALCON baselines).
+
+References: Byun et al. 2022, "GRIT-VLP: Grouped Mini-batch Sampling for Efficient
+Vision-Language Pre-training" (``jaeseokbyun/GRIT-VLP``, ``models/GRIT_utils.py``): random search
+spaces of the cached embeddings, batches built by chaining hardest pairs; FALCON
+(arXiv:2505.11192) §3: the chain picks the candidate at hardness quantile q instead of the
+hardest. METHODS.md, FALCON steps 1–4 and its baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from hardneg.samplers.falcon import FalconScheduler
+from hardneg.samplers.quantile import quantile_pick
+from hardneg.samplers.store import EmbeddingStore
+
+MODES = (
+    "random",
+    "grit",
+    "fixed",
+    "progressive_hardening",
+    "progressive_softening",
+    "batch_level",
+    "falcon",
+)
+"""Batch construction modes of :class:`HardnessBatchSampler`."""
+
+SCHEDULER_MODES = ("batch_level", "falcon")
+PROGRESSIVE_DEFAULTS = {"progressive_hardening": (0.5, 1.0), "progressive_softening": (1.0, 0.5)}
+
+
+@dataclass
+class HardnessSamplerConfig:
+    """Configuration of :class:`HardnessBatchSampler`.
+
+    Attributes:
+        batch_size: global batch size B (all ranks together).
+        search_space_size: |M|, items per search space; None = 8·B (FALCON default).
+        mode: one of :data:`MODES`:
+            ``random`` plain shuffled batches; ``grit`` q = 1 (GRIT-VLP hardest chain);
+            ``fixed`` q = ``q``; ``progressive_hardening`` / ``progressive_softening`` q moves
+            linearly from ``q_start`` to ``q_end`` over ``total_epochs`` (defaults 0.5→1 and
+            1→0.5); ``falcon`` q per anchor from a :class:`FalconScheduler`; ``batch_level``
+            one scheduler q per batch (scheduler with ``instance_level=False``).
+        q: the quantile of mode ``fixed``.
+        q_start, q_end: endpoints of the progressive modes (None = mode default).
+        total_epochs: run length used by the progressive modes.
+        seed: seed of every random choice (epoch e uses ``default_rng([seed, e])``).
+    """
+
+    batch_size: int
+    search_space_size: int | None = None
+    mode: str = "random"
+    q: float = 0.5
+    q_start: float | None = None
+    q_end: float | None = None
+    total_epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be ≥ 2 (a contrastive batch), got {self.batch_size}")
+        if self.search_space_size is None:
+            self.search_space_size = 8 * self.batch_size
+        if self.search_space_size < self.batch_size:
+            raise ValueError(
+                f"search_space_size={self.search_space_size} is smaller than batch_size="
+                f"{self.batch_size}; use at least one batch per search space (default 8·B)"
+            )
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is unknown; choose one of {MODES}")
+        if self.mode in PROGRESSIVE_DEFAULTS:
+            start, end = PROGRESSIVE_DEFAULTS[self.mode]
+            self.q_start = start if self.q_start is None else self.q_start
+            self.q_end = end if self.q_end is None else self.q_end
+            rising = self.q_end >= self.q_start
+            if rising != (self.mode == "progressive_hardening"):
+                raise ValueError(
+                    f"mode={self.mode!r} needs q_end {'≥' if not rising else '≤'} q_start, got "
+                    f"q_start={self.q_start}, q_end={self.q_end}; swap them or change the mode"
+                )
+        for name in ("q", "q_start", "q_end"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] (0 = easiest, 1 = hardest), got "
+                                 f"{value}")
+        if self.total_epochs < 1:
+            raise ValueError(f"total_epochs must be ≥ 1, got {self.total_epochs}")
+
+
+@dataclass
+class ChainResult:
+    """Batches of one search space built by :func:`chain_batches` (local indices).
+
+    Attributes:
+        batches: B items each, in pick order.
+        anchors: per batch, the B − 1 anchors whose rows chose the next item.
+        qs: per batch, the B − 1 quantiles used.
+        pick_sims: per batch, the B − 1 similarities anchor → picked item.
+    """
+
+    batches: list[list[int]] = field(default_factory=list)
+    anchors: list[list[int]] = field(default_factory=list)
+    qs: list[list[float]] = field(default_factory=list)
+    pick_sims: list[list[float]] = field(default_factory=list)
+
+
+def chain_batches(
+    sim: np.ndarray,
+    batch_size: int,
+    q_of: Callable[[int, int], float],
+    rng: np.random.Generator,
+) -> ChainResult:
+    """Fill batches of one search space by the hardness-quantile chain (FALCON step 4).
+
+    Per batch: sample the first anchor uniformly among the unused items; repeatedly pick the
+    candidate at quantile ``q_of(anchor, batch_number)`` of the anchor's row (excluding every
+    item already used in this search space, the anchor included) and make it the next anchor,
+    until the batch holds ``batch_size`` items. ``⌊n / B⌋`` batches are built; the < B leftover
+    items are not used this epoch (the next epoch reshuffles). With q ≡ 1 this is GRIT-VLP's
+    hardest chain on the symmetric ``S = S_i2t + S_t2i``.
+
+    Args:
+        sim: (n, n) similarity within the search space.
+        batch_size: B.
+        q_of: quantile for (local anchor index, batch number).
+        rng: numpy Generator for the first anchors.
+    """
+    n = sim.shape[0]
+    used = np.zeros(n, dtype=bool)
+    result = ChainResult()
+    for number in range(n // batch_size):
+        anchor = int(rng.choice(np.flatnonzero(~used)))
+        used[anchor] = True
+        batch, anchors, qs, sims = [anchor], [], [], []
+        while len(batch) < batch_size:
+            q = float(q_of(anchor, number))
+            pick = quantile_pick(sim[anchor], q, used)
+            used[pick] = True
+            anchors.append(anchor)
+            qs.append(q)
+            sims.append(float(sim[anchor, pick]))
+            batch.append(pick)
+            anchor = pick
+        result.batches.append(batch)
+        result.anchors.append(anchors)
+        result.qs.append(qs)
+        result.pick_sims.append(sims)
+    return result
+
+
+def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """The contiguous slice of a global batch that rank ``rank`` loads (DDP).
+
+    Example:
+        >>> shard([10, 11, 12, 13, 14, 15], rank=1, world_size=3)
+        [12, 13]
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")
+    if len(batch) % world_size != 0:
+        raise ValueError(
+            f"global batch of {len(batch)} items does not split over {world_size} ranks; make "
+            "batch_size a multiple of the world size"
+        )
+    per = len(batch) // world_size
+    return list(batch[rank * per : (rank + 1) * per])
+
+
+@dataclass
+class _EpochProgress:
+    """Where the sampler is inside an epoch (everything needed to resume it)."""
+
+    epoch: int
+    rng: np.random.Generator
+    spaces: list[np.ndarray]
+    random_epoch: bool
+    built: list[list[int]] = field(default_factory=list)
+    stats: list[dict] = field(default_factory=list)
+    yielded: int = 0
+    next_space: int = 0
+    finished: bool = False
+
+
+class HardnessBatchSampler(Sampler[list[int]]):
+    r"""Batch sampler of GRIT-VLP / FALCON and their heuristic baselines.
+
+    Each epoch (seeded by ``(seed, epoch)``), the items are shuffled and cut into search spaces
+    of |M| items (``⌊N/|M|⌋`` spaces, the remainder joining the last one; mode ``random``: one
+    space of all items). A space's batches are built when the iteration reaches it (so a
+    FALCON scheduler updated during the epoch is used for later spaces): from the embedding
+    store, ``S = U Vᵀ + V Uᵀ`` over the space, then :func:`chain_batches` with the mode's q, and
+    the space's batches are yielded in shuffled order. Leftover items (< B per space) are
+    dropped for the epoch (as ``drop_last``). An epoch that starts before every item has an
+    embedding (the first epoch) uses random batches with the same space layout, as GRIT-VLP.
+
+    Training protocol: ``set_epoch(e)`` before iterating; after each step
+    ``update_embeddings(batch_indices, image_emb, text_emb)`` with the detached pooled
+    embeddings already computed (the global batch under DDP, so all ranks hold the same store);
+    in modes ``falcon``/``batch_level``, ``scheduler.reinforce(Δ)`` once per trained batch (Δ
+    identical on all ranks).
+
+    DDP: every rank holds an identical sampler (no rank in any seed) and iterates the same
+    global batches; load ``shard(batch, rank, world_size)``.
+
+    Diagnostics: :attr:`last_batch_stats` describes the last yielded batch: ``epoch``,
+    ``batch`` (index in the epoch), ``random`` (fallback/random batch), ``q_mean``, ``q_p10``,
+    ``q_p50``, ``q_p90`` (quantiles used), ``pick_sim_mean`` (similarity of each pick to its
+    anchor), ``fn_rate`` (share of ordered in-batch pairs i ≠ j with the same semantic id, i.e.
+    false negatives; None without ``semantic_ids``). Unavailable values are None.
+
+    Args:
+        num_items: dataset size N (≥ B).
+        config: :class:`HardnessSamplerConfig`.
+        scheduler: the :class:`FalconScheduler` of modes ``falcon`` (instance level) and
+            ``batch_level`` (``instance_level=False``); None otherwise.
+        semantic_ids: optional (N,) ground-truth semantic ids for the FN-rate diagnostic.
+
+    Example:
+        >>> sampler = HardnessBatchSampler(40, HardnessSamplerConfig(4, mode="grit"))
+        >>> sampler.set_epoch(0)
+        >>> first = list(sampler)  # no embeddings yet: random batches
+        >>> len(first), len(first[0])
+        (10, 4)
+        >>> sampler.update_embeddings(torch.arange(40), torch.randn(40, 8), torch.randn(40, 8))
+        >>> sampler.set_epoch(1)
+        >>> batch = next(iter(sampler)); sampler.last_batch_stats["q_mean"]
+        1.0
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        config: HardnessSamplerConfig,
+        scheduler: FalconScheduler | None = None,
+        semantic_ids: ArrayLike | None = None,
+    ) -> None:
+        if num_items < config.batch_size:
+            raise ValueError(
+                f"num_items={num_items} is smaller than batch_size={config.batch_size}; use a "
+                "smaller batch or a larger dataset"
+            )
+        if config.mode in SCHEDULER_MODES:
+            if scheduler is None:
+                raise ValueError(f"mode={config.mode!r} needs a FalconScheduler (scheduler=...)")
+            wanted = config.mode == "falcon"
+            if scheduler.config.instance_level != wanted:
+                raise ValueError(
+                    f"mode={config.mode!r} needs a scheduler with instance_level={wanted}, got "
+                    f"{scheduler.config.instance_level}; set FalconConfig.instance_level"
+                )
+        elif scheduler is not None:
+            raise ValueError(
+                f"scheduler is only used in modes {SCHEDULER_MODES}, but mode={config.mode!r}"
+            )
+        if semantic_ids is not None:
+            semantic_ids = np.asarray(semantic_ids)
+            if semantic_ids.shape != (num_items,):
+                raise ValueError(
+                    f"semantic_ids must have shape ({num_items},) (one id per item), got "
+                    f"{semantic_ids.shape}"
+                )
+        super().__init__()
+        self.num_items = num_items
+        self.config = config
+        self.scheduler = scheduler
+        self.semantic_ids = semantic_ids
+        self.store = EmbeddingStore(num_items)
+        self.epoch = 0
+        self.last_batch_stats: dict = {}
+        self._progress: _EpochProgress | None = None
+
+    # ------------------------------------------------------------------ public protocol
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to iterate (keeps an unfinished, resumed epoch of the same number)."""
+        p = self._progress
+        if p is not None and p.epoch == epoch and not p.finished:
+            return
+        self.epoch = epoch
+        self._progress = None
+
+    def update_embeddings(self, indices: Tensor, image_emb: Tensor, text_emb: Tensor) -> None:
+        """Store the detached pooled embeddings of a trained batch (see :class:`EmbeddingStore`)."""
+        self.store.update(indices, image_emb, text_emb)
+
+    def __len__(self) -> int:
+        return sum(len(space) // self.config.batch_size for space in self._layout(
+            np.arange(self.num_items)))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self._progress is None or self._progress.finished:
+            self._progress = self._start_epoch(self.epoch)
+        p = self._progress
+        while True:
+            while p.yielded < len(p.built):
+                batch, stats = p.built[p.yielded], p.stats[p.yielded]
+                self.last_batch_stats = {"epoch": p.epoch, "batch": p.yielded, **stats}
+                p.yielded += 1
+                yield list(batch)
+            if p.next_space >= len(p.spaces):
+                break
+            self._build_space(p, p.next_space)
+            p.next_space += 1
+        p.finished = True
+
+    def state_dict(self, consumed: int | None = None) -> dict:
+        """Everything needed to continue the run: epoch position, RNG, store, scheduler.
+
+        Args:
+            consumed: batches of the current epoch actually trained, when a DataLoader
+                prefetches ahead of training (``num_workers > 0``); None = all yielded ones.
+                The batches yielded after that are replayed on resume.
+        """
+        p = self._progress
+        progress = None
+        if p is not None:
+            position = p.yielded if consumed is None else consumed
+            if not 0 <= position <= p.yielded:
+                raise ValueError(
+                    f"consumed={consumed} but {p.yielded} batches of epoch {p.epoch} were "
+                    "yielded; pass the number of batches trained in this epoch"
+                )
+            progress = {
+                "epoch": p.epoch,
+                "rng": p.rng.bit_generator.state,
+                "random_epoch": p.random_epoch,
+                "built": [list(b) for b in p.built],
+                "stats": [dict(s) for s in p.stats],
+                "yielded": position,
+                "next_space": p.next_space,
+                "finished": p.finished and position == p.yielded,
+            }
+        return {
+            "num_items": self.num_items,
+            "epoch": self.epoch,
+            "progress": progress,
+            "store": self.store.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; the next iteration continues where it stopped."""
+        if state["num_items"] != self.num_items:
+            raise ValueError(
+                f"sampler state is for {state['num_items']} items but this sampler has "
+                f"{self.num_items}; resume with the same dataset"
+            )
+        if (state["scheduler"] is None) != (self.scheduler is None):
+            raise ValueError("sampler state and this sampler disagree on having a scheduler; "
+                             "resume with the same mode")
+        self.epoch = int(state["epoch"])
+        self.store.load_state_dict(state["store"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        saved = state["progress"]
+        if saved is None:
+            self._progress = None
+            return
+        p = self._start_epoch(int(saved["epoch"]))  # re-derives the same space layout
+        p.rng.bit_generator.state = saved["rng"]
+        p.random_epoch = bool(saved["random_epoch"])
+        p.built = [list(b) for b in saved["built"]]
+        p.stats = [dict(s) for s in saved["stats"]]
+        p.yielded = int(saved["yielded"])
+        p.next_space = int(saved["next_space"])
+        p.finished = bool(saved["finished"])
+        self._progress = p
+
+    # ------------------------------------------------------------------ internals
+    def _layout(self, perm: np.ndarray) -> list[np.ndarray]:
+        """Cut a permutation into search spaces (the remainder joins the last one)."""
+        if self.config.mode == "random":
+            return [perm]
+        size = self.config.search_space_size
+        assert size is not None  # set by HardnessSamplerConfig.__post_init__
+        count = max(1, len(perm) // size)
+        return [perm[i * size : (i + 1) * size if i < count - 1 else None] for i in range(count)]
+
+    def _start_epoch(self, epoch: int) -> _EpochProgress:
+        rng = np.random.default_rng([self.config.seed, epoch])
+        spaces = self._layout(rng.permutation(self.num_items))
+        random_epoch = self.config.mode == "random" or not self.store.is_complete()
+        return _EpochProgress(epoch=epoch, rng=rng, spaces=spaces, random_epoch=random_epoch)
+
+    def _build_space(self, p: _EpochProgress, index: int) -> None:
+        items = p.spaces[index]
+        bsz = self.config.batch_size
+        if p.random_epoch:
+            for start in range(0, len(items) - bsz + 1, bsz):
+                batch = [int(i) for i in items[start : start + bsz]]
+                self._append(p, batch, None, None)
+                if self.scheduler is not None:
+                    self.scheduler.record(torch.zeros(0, self.scheduler.config.m), torch.zeros(0))
+            return
+        sim = self.store.similarity(items)
+        q_of, decide = self._quantile_rule(p, index, sim, len(items) // bsz)
+        chain = chain_batches(sim.numpy(), bsz, q_of, p.rng)
+        for number in p.rng.permutation(len(chain.batches)):
+            batch = [int(items[i]) for i in chain.batches[number]]
+            self._append(p, batch, chain.qs[number], chain.pick_sims[number])
+            if decide is not None:
+                decide(int(number), chain.anchors[number])
+
+    def _quantile_rule(
+        self, p: _EpochProgress, index: int, sim: Tensor, n_batches: int
+    ) -> tuple[Callable[[int, int], float], Callable[[int, list[int]], None] | None]:
+        """``q_of(anchor, batch)`` of the mode, and a hook recording scheduler decisions."""
+        cfg = self.config
+        if cfg.mode == "grit":
+            return (lambda anchor, number: 1.0), None
+        if cfg.mode == "fixed":
+            return (lambda anchor, number: cfg.q), None
+        if cfg.mode in PROGRESSIVE_DEFAULTS:
+            assert cfg.q_start is not None and cfg.q_end is not None
+            frac = (p.epoch + index / len(p.spaces)) / cfg.total_epochs
+            q = cfg.q_start + (cfg.q_end - cfg.q_start) * min(max(frac, 0.0), 1.0)
+            return (lambda anchor, number: q), None
+        scheduler = self.scheduler
+        assert scheduler is not None  # checked in __init__
+        n = sim.shape[0]
+        rows = sim[~torch.eye(n, dtype=torch.bool)].reshape(n, n - 1)  # each row without itself
+        with torch.no_grad():
+            feats = scheduler.summarize(rows)
+            if cfg.mode == "falcon":
+                q_all = scheduler.sample_features(feats, p.rng)[0].cpu()
+
+                def record(number: int, anchors: list[int]) -> None:
+                    scheduler.record(feats[anchors], q_all[anchors])
+
+                return (lambda anchor, number: float(q_all[anchor])), record
+            q_batch = scheduler.sample_features(feats.expand(n_batches, -1), p.rng)[0].cpu()
+
+        def record_batch(number: int, anchors: list[int]) -> None:
+            scheduler.record(feats, q_batch[number : number + 1])
+
+        return (lambda anchor, number: float(q_batch[number])), record_batch
+
+    def _append(
+        self,
+        p: _EpochProgress,
+        batch: list[int],
+        qs: list[float] | None,
+        pick_sims: list[float] | None,
+    ) -> None:
+        stats: dict = {"random": qs is None, "fn_rate": None}
+        for key in ("q_mean", "q_p10", "q_p50", "q_p90", "pick_sim_mean"):
+            stats[key] = None
+        if qs is not None and pick_sims is not None:
+            q_arr = np.asarray(qs)
+            stats["q_mean"] = float(q_arr.mean())
+            for pct in (10, 50, 90):
+                stats[f"q_p{pct}"] = float(np.percentile(q_arr, pct))
+            stats["pick_sim_mean"] = float(np.mean(pick_sims))
+        if self.semantic_ids is not None:
+            ids = self.semantic_ids[batch]
+            same = int((ids[:, None] == ids[None, :]).sum()) - len(batch)
+            stats["fn_rate"] = same / (len(batch) * (len(batch) - 1))
+        p.built.append(batch)
+        p.stats.append(stats)

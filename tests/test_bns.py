@@ -1,0 +1,307 @@
+"""BACL boundary-aware negative sampler: curriculum, Gumbel top-k, policy and selection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hardneg.samplers import (
+    CURRICULUM_PRESETS,
+    BNSConfig,
+    BoundaryAwareSampler,
+    LogisticCurriculum,
+    boundary_scores,
+    gumbel_topk,
+    hardest_negative,
+)
+from hardneg.samplers.bns import rank_percentile
+
+
+def sigmoid_via_tanh(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(x / 2.0))
+
+
+def unit_sims(n_anchor: int, n_cand: int, dim: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(n_anchor, dim, generator=g), dim=1)
+    c = F.normalize(torch.randn(n_cand, dim, generator=g), dim=1)
+    return a @ c.T
+
+
+# ---------------------------------------------------------------------------- curriculum
+def test_curriculum_values_at_start_middle_end_match_hand_computation():
+    cur = LogisticCurriculum()  # (0.3, −0.5, 1.5), η₀ = total/2 = 5
+    # start: σ(−1.5·(0−5)) = σ(7.5) = 0.999447221…  → −0.5 + 0.8·0.999447221 = 0.299557777
+    assert cur(0.0, 10.0) == pytest.approx(0.2995577770, abs=1e-9)
+    assert cur(0.0, 10.0) == pytest.approx(-0.5 + 0.8 * sigmoid_via_tanh(7.5), abs=1e-12)
+    # middle: σ(0) = 1/2 → the mean of both ends
+    assert cur(5.0, 10.0) == pytest.approx(-0.1, abs=1e-12)
+    # end: σ(−7.5) = 0.000552779… → −0.499557777
+    assert cur(10.0, 10.0) == pytest.approx(-0.4995577770, abs=1e-9)
+    # one epoch past the midpoint: σ(−1.5) = 0.182425524 → −0.5 + 0.8·0.182425524
+    assert cur(6.0, 10.0) == pytest.approx(-0.354059581, abs=1e-9)
+
+
+def test_curriculum_explicit_midpoint_overrides_half_of_training():
+    cur = LogisticCurriculum(alpha_early=1.0, alpha_late=-1.0, kappa=2.0, midpoint=1.0)
+    assert cur(1.0, 100.0) == pytest.approx(0.0, abs=1e-12)
+    assert cur(2.0, 100.0) == pytest.approx(-1.0 + 2.0 * sigmoid_via_tanh(-2.0), abs=1e-12)
+
+
+def test_curriculum_is_monotone_from_early_to_late():
+    cur = LogisticCurriculum()
+    values = [cur(e / 10, 10.0) for e in range(0, 101)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert values[0] > 0 > values[-1]
+
+
+def test_curriculum_presets_ordering():
+    default, aggressive, shallow = (CURRICULUM_PRESETS[k] for k in
+                                    ("default", "aggressive", "shallow"))
+    assert tuple(default[:3]) == (0.3, -0.5, 1.5)
+    # aggressive: more negative late α, steeper, earlier
+    assert aggressive.alpha_late < default.alpha_late
+    assert aggressive.kappa > default.kappa
+    assert aggressive.midpoint_fraction < default.midpoint_fraction
+    # shallow: late α closer to 0 (still ≤ 0) and flatter
+    assert default.alpha_late < shallow.alpha_late <= 0.0
+    assert shallow.kappa < default.kappa
+    # late in training the α values order accordingly
+    late = {k: LogisticCurriculum.from_preset(k)(9.0, 10.0) for k in CURRICULUM_PRESETS}
+    assert late["aggressive"] < late["default"] < late["shallow"]
+
+
+def test_curriculum_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="kappa"):
+        LogisticCurriculum(kappa=0.0)
+    with pytest.raises(ValueError, match="total_epochs"):
+        LogisticCurriculum()(1.0, 0.0)
+    with pytest.raises(ValueError, match="preset"):
+        LogisticCurriculum.from_preset("steep")
+
+
+# ---------------------------------------------------------------------------- gumbel top-k
+@pytest.mark.parametrize("seed", range(5))
+def test_gumbel_topk_selects_exactly_k_distinct_allowed_candidates(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, 10, generator=g) * 3
+    mask = torch.rand(6, 10, generator=g) > 0.3
+    mask[:, :4] = True  # at least 4 allowed per row
+    hard, soft, idx = gumbel_topk(logits, 3, tau=0.5, mask=mask, generator=g)
+    assert idx.shape == (6, 3)
+    for row in range(6):
+        picked = idx[row].tolist()
+        assert len(set(picked)) == 3
+        assert all(bool(mask[row, j]) for j in picked)
+        expected = torch.zeros(10)
+        expected[picked] = 1.0
+        assert torch.equal(hard[row], expected)  # value exactly 0/1
+    assert torch.all(soft[~mask] == 0)
+    torch.testing.assert_close(soft.sum(dim=1), torch.full((6,), 3.0), atol=1e-5, rtol=0)
+
+
+def test_gumbel_topk_never_picks_a_positive():
+    logits = torch.zeros(4, 4)
+    logits.fill_diagonal_(50.0)  # positives would win by far if allowed
+    hard, _, idx = gumbel_topk(logits, 2, mask=~torch.eye(4, dtype=torch.bool))
+    assert not bool(hard.diagonal().any())
+    assert not bool((idx == torch.arange(4).unsqueeze(1)).any())
+
+
+def test_gumbel_topk_k1_samples_from_softmax_of_logits():
+    # Gumbel-max: P(pick j) = softmax(ℓ)_j ; compare empirical frequencies on 20000 rows
+    row = torch.tensor([0.0, 1.0, -1.0, 0.5])
+    logits = row.expand(20000, 4).contiguous()
+    _, _, idx = gumbel_topk(logits, 1, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(idx[:, 0], minlength=4).float() / 20000
+    expected = torch.exp(row) / torch.exp(row).sum()
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+
+
+def test_gumbel_topk_soft_approaches_hard_at_low_temperature():
+    logits = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    hard, soft, _ = gumbel_topk(logits, 3, tau=1e-3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(soft, hard.detach(), atol=1e-3, rtol=0)
+
+
+def test_gumbel_topk_straight_through_gradient_equals_soft_gradient():
+    logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    w = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    hard, _, _ = gumbel_topk(logits, 2, tau=0.7, generator=torch.Generator().manual_seed(5))
+    (hard * w).sum().backward()
+    grad_st = logits.grad.clone()
+    logits.grad = None
+    _, soft, _ = gumbel_topk(logits, 2, tau=0.7, generator=torch.Generator().manual_seed(5))
+    (soft * w).sum().backward()
+    torch.testing.assert_close(grad_st, logits.grad)
+    assert grad_st.abs().sum() > 0
+
+
+def test_gumbel_topk_k_larger_than_allowed_raises_naming_k_and_count():
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    with pytest.raises(ValueError, match=r"k=3.*only 2 allowed"):
+        gumbel_topk(torch.zeros(2, 3), 3, mask=mask)
+
+
+# ---------------------------------------------------------------------------- helpers
+def test_boundary_scores_subtract_the_positive_similarity():
+    sim = torch.tensor([[0.5, 0.25, -0.5], [0.75, 0.125, 0.0]])
+    bs = boundary_scores(sim, torch.tensor([0, 2]))
+    assert bs.tolist() == [[0.0, -0.25, -1.0], [0.75, 0.125, 0.0]]
+
+
+def test_rank_percentile_matches_brute_force_rank_among_allowed():
+    sim = unit_sims(5, 7, 4, seed=0)
+    allowed = ~torch.eye(5, 7, dtype=torch.bool)
+    allowed[0, 3] = False
+    pct = rank_percentile(sim, allowed)
+    for i in range(5):
+        cols = [j for j in range(7) if allowed[i, j]]
+        for j in cols:
+            below = sum(1 for c in cols if sim[i, c] < sim[i, j])
+            assert pct[i, j].item() == pytest.approx(below / (len(cols) - 1))
+        for j in range(7):
+            if not allowed[i, j]:
+                assert pct[i, j].item() == 0.0
+
+
+def test_hardest_negative_is_the_selected_candidate_with_largest_similarity():
+    sampler = BoundaryAwareSampler(BNSConfig(k=3))
+    sim = unit_sims(6, 6, 8, seed=1)
+    pos = torch.eye(6, dtype=torch.bool)
+    sel = sampler(sim, pos, sim.diagonal(), 0.0, 4.0)
+    hardest = hardest_negative(sel, sim)
+    for i in range(6):
+        chosen = sel.indices[i].tolist()
+        assert hardest[i].item() == max(chosen, key=lambda j: sim[i, j].item())
+
+
+# ---------------------------------------------------------------------------- sampler
+def test_sampler_never_selects_positives_with_extra_hard_negative_candidates():
+    b, k_extra = 5, 2
+    sim = unit_sims(b, b + k_extra * b, 8, seed=2)  # in-batch captions then 2 extra per anchor
+    positive = torch.zeros(b, b + k_extra * b, dtype=torch.bool)
+    positive[torch.arange(b), torch.arange(b)] = True
+    sel = BoundaryAwareSampler(BNSConfig(k=4))(sim, positive, sim.diagonal(), 1.0, 2.0)
+    assert sel.indices.shape == (b, 4)
+    assert not bool((sel.hard.bool() & positive).any())
+    assert torch.equal(sel.hard.sum(dim=1), torch.full((b,), 4.0))
+
+
+def test_sampler_k_larger_than_candidates_raises():
+    sim = unit_sims(4, 4, 8, seed=3)
+    sampler = BoundaryAwareSampler(BNSConfig(k=4))  # only 3 negatives per row
+    with pytest.raises(ValueError, match=r"k=4.*only 3 allowed"):
+        sampler(sim, torch.eye(4, dtype=torch.bool), sim.diagonal(), 0.0, 1.0)
+
+
+def test_policy_loss_gradient_reaches_every_policy_parameter_and_nothing_else():
+    sampler = BoundaryAwareSampler(BNSConfig(k=2))
+    sim = unit_sims(6, 6, 8, seed=4).requires_grad_(True)
+    sel = sampler(sim, torch.eye(6, dtype=torch.bool), sim.diagonal(), 1.0, 3.0)
+    sel.policy_loss.backward()
+    for name, p in sampler.policy.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert sim.grad is None  # similarities are detached: the policy loss does not train encoders
+    assert not sel.hard.requires_grad and not sel.soft.requires_grad
+
+
+def test_policy_loss_equals_reward_formula_without_entropy():
+    sampler = BoundaryAwareSampler(BNSConfig(k=3, entropy_weight=0.0))
+    sim = unit_sims(5, 5, 8, seed=5)
+    sel = sampler(sim, torch.eye(5, dtype=torch.bool), sim.diagonal(), 7.0, 10.0)
+    bs = sim - sim.diagonal().unsqueeze(1)
+    reward = -sel.alpha * bs * (1 - torch.eye(5))
+    expected = -(sel.soft * reward).sum(dim=1).mean()
+    torch.testing.assert_close(sel.policy_loss.detach(), expected)
+    assert sel.alpha == pytest.approx(LogisticCurriculum()(7.0, 10.0))
+    assert sel.tau == pytest.approx(1.0 * (0.1 / 1.0) ** 0.7)
+
+
+def _mean_selected_bs(progress: float) -> tuple[float, float]:
+    """Mean BS of picked negatives vs the uniform-selection mean (exact expectation)."""
+    torch.manual_seed(0)
+    sampler = BoundaryAwareSampler(BNSConfig(k=8, init_output_scale=0.0, seed=11))
+    n = 256
+    sim = unit_sims(n, n, 6, seed=6)
+    positive = torch.eye(n, dtype=torch.bool)
+    bs = sim - sim.diagonal().unsqueeze(1)
+    sel = sampler(sim, positive, sim.diagonal(), progress, 10.0)
+    picked = bs.gather(1, sel.indices).mean().item()
+    uniform = bs[~positive].mean().item()  # every row has n−1 negatives: the uniform mean
+    return picked, uniform
+
+
+def test_early_curriculum_selects_lower_boundary_scores_than_uniform():
+    picked, uniform = _mean_selected_bs(progress=0.0)  # α ≈ +0.3: suppress hard negatives
+    assert picked < uniform - 0.01
+
+
+def test_late_curriculum_selects_higher_boundary_scores_than_uniform():
+    picked, uniform = _mean_selected_bs(progress=10.0)  # α ≈ −0.5: favour hard negatives
+    assert picked > uniform + 0.01
+
+
+def test_policy_training_raises_the_curriculum_reward():
+    # late (α<0): reward −α·BS favours large BS; a few policy steps should raise E_π[BS]
+    sampler = BoundaryAwareSampler(BNSConfig(k=4, lr=1e-2, entropy_weight=0.0, seed=1))
+    sim = unit_sims(32, 32, 6, seed=7)
+    positive = torch.eye(32, dtype=torch.bool)
+    bs = sim - sim.diagonal().unsqueeze(1)
+
+    def expected_bs() -> float:
+        with torch.no_grad():
+            feats = sampler.features(sim, ~positive, sim.diagonal())
+            logits = sampler.policy(feats).squeeze(-1) - sampler.curriculum(10.0, 10.0) * bs
+            probs = torch.softmax(logits.masked_fill(positive, float("-inf")), dim=1)
+        return float((probs * bs.masked_fill(positive, 0.0)).sum(dim=1).mean())
+
+    before = expected_bs()
+    for _ in range(30):
+        sampler(sim, positive, sim.diagonal(), 10.0, 10.0).policy_loss.backward()
+        sampler.step_policy()
+    assert expected_bs() > before + 0.01
+
+
+def test_state_dict_roundtrip_reproduces_the_next_selection():
+    sim = unit_sims(8, 8, 8, seed=8)
+    positive = torch.eye(8, dtype=torch.bool)
+    a = BoundaryAwareSampler(BNSConfig(k=3, seed=3))
+    a(sim, positive, sim.diagonal(), 0.5, 2.0).policy_loss.backward()
+    a.step_policy()
+    state = a.state_dict()
+    b = BoundaryAwareSampler(BNSConfig(k=3, seed=99))
+    b.load_state_dict(state)
+    sel_a = a(sim, positive, sim.diagonal(), 1.0, 2.0)
+    sel_b = b(sim, positive, sim.diagonal(), 1.0, 2.0)
+    assert torch.equal(sel_a.indices, sel_b.indices)
+    torch.testing.assert_close(sel_a.policy_loss, sel_b.policy_loss)
+    assert b.optimizer.state_dict()["state"]  # Adam moments restored
+
+
+def test_same_seed_gives_same_selection():
+    sim = unit_sims(8, 8, 8, seed=9)
+    positive = torch.eye(8, dtype=torch.bool)
+    torch.manual_seed(0)
+    s1 = BoundaryAwareSampler(BNSConfig(k=3, seed=5))
+    torch.manual_seed(0)
+    s2 = BoundaryAwareSampler(BNSConfig(k=3, seed=5))
+    i1 = s1(sim, positive, sim.diagonal(), 0.0, 1.0).indices
+    i2 = s2(sim, positive, sim.diagonal(), 0.0, 1.0).indices
+    assert torch.equal(i1, i2)
+
+
+def test_sampler_rejects_bad_inputs():
+    sampler = BoundaryAwareSampler(BNSConfig(k=1))
+    sim = unit_sims(3, 3, 4, seed=10)
+    with pytest.raises(ValueError, match="positive_mask"):
+        sampler(sim, torch.eye(3), sim.diagonal(), 0.0, 1.0)
+    with pytest.raises(ValueError, match="pos_sim"):
+        sampler(sim, torch.eye(3, dtype=torch.bool), sim[:2, 0], 0.0, 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        sampler(sim * float("nan"), torch.eye(3, dtype=torch.bool), sim.diagonal(), 0.0, 1.0)
+    with pytest.raises(ValueError, match="curriculum"):
+        BNSConfig(curriculum="fast")
