@@ -511,3 +511,33 @@ def test_temperature_is_clamped_and_learnable():
     assert loss.scale().item() == pytest.approx(100.0)
     fixed = InfoNCELoss(learn_temperature=False)
     assert not any(p.requires_grad for p in fixed.parameters())
+
+
+# --------------------------------------------------------------------- selected negatives only
+
+
+@pytest.mark.parametrize(
+    "loss_cls", [InfoNCELoss, EGALoss, HCLLoss, DecoupledInfoNCELoss, SoftInfoNCELoss]
+)
+def test_restrict_scores_only_the_selected_negatives(loss_cls):
+    """The loss on a restricted batch equals the reference formula on {positive ∪ selected}."""
+    u, v = _pair(b=7, seed=21)
+    g = torch.Generator().manual_seed(22)
+    keep_i2t = torch.rand(7, 7, generator=g) < 0.5
+    keep_t2i = torch.rand(7, 7, generator=g) < 0.5
+    loss_fn = loss_cls().double()
+    got = loss_fn.loss(loss_fn.prepare(u, v).restrict(keep_i2t, keep_t2i))
+    # reference: the unrestricted loss of each row with only its kept negatives present
+    scale = loss_fn.scale()
+    un, vn = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
+    total = 0.0
+    for anchors, cands, keep in ((un, vn, keep_i2t), (vn, un, keep_t2i)):
+        for i in range(7):
+            cols = [i] + [j for j in range(7) if j != i and keep[i, j]]
+            sub_loss = loss_cls().double()
+            with torch.no_grad():
+                sub_loss.logit_scale.copy_(loss_fn.logit_scale)
+            pairs = sub_loss.prepare(anchors[i : i + 1].expand(len(cols), -1), cands[cols])
+            z = scale * (pairs.image[:1] @ pairs.all_text.T)
+            total += float(sub_loss.row_loss(z, Positives(index=torch.tensor([0])), scale)[0])
+    assert got.item() == pytest.approx(total / 14, rel=1e-9)

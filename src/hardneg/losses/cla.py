@@ -94,14 +94,15 @@ def _check_inputs(
         if not isinstance(attn, Tensor) or attn.dim() != 3 or not attn.is_floating_point():
             shape = tuple(attn.shape) if isinstance(attn, Tensor) else type(attn).__name__
             raise ValueError(
-                f"{name} must be a floating (B, T, P) attention map (tokens × patches), got "
-                f"{shape}"
+                f"{name} must be a floating (B, T, P) attention map (tokens × patches), got {shape}"
             )
         if not bool(torch.isfinite(attn).all()):
             raise ValueError(f"{name} contains NaN or inf; check the cross-attention module")
         if bool((attn < 0).any()):
-            raise ValueError(f"{name} has negative entries; pass attention probabilities "
-                             "(after softmax), not scores")
+            raise ValueError(
+                f"{name} has negative entries; pass attention probabilities "
+                "(after softmax), not scores"
+            )
     if attn_pos.shape != attn_neg.shape:
         raise ValueError(
             f"attn_pos has shape {tuple(attn_pos.shape)} but attn_neg has "

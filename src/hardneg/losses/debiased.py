@@ -32,12 +32,12 @@ def hcl_rows(z: Tensor, pos_mask: Tensor, scale: Tensor, beta: float, tau_plus: 
 
     Every exponential is shifted by the row maximum (and ``imp`` by the negatives' maximum),
     which leaves ``ℓ`` unchanged and keeps fp32 finite for any temperature. Rows without
-    negatives give 0.
+    negatives give 0; ``-inf`` logits (candidates removed by selection) are not negatives.
     """
-    neg_mask = ~pos_mask
+    neg_mask = ~pos_mask & torch.isfinite(z)  # -inf logits are not candidates (restrict())
     n_neg = neg_mask.sum(dim=1).to(z.dtype)
     z_pos = positive_logit(z, pos_mask)
-    z_neg = z.masked_fill(pos_mask, float("-inf"))
+    z_neg = z.masked_fill(~neg_mask, float("-inf"))
     shift = torch.maximum(z_neg.max(dim=1).values, z_pos).detach()
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     neg = torch.exp(z_neg - shift[:, None])  # 0 on positives

@@ -74,6 +74,11 @@ class InfoNCELoss(SymmetricRowLoss):
     def loss(self, pairs: ContrastivePairs) -> Tensor:
         if self.chunk_size is None:
             return super().loss(pairs)
+        if pairs.i2t_keep is not None or pairs.t2i_keep is not None:
+            raise ValueError(
+                "chunk_size (blockwise mode) scores every candidate; it cannot be combined with "
+                "a negative selector (restrict()): use chunk_size=None with BNS"
+            )
         scale = self.scale().to(pairs.image.dtype)
         opts = dict(
             offset=pairs.offset,

@@ -10,7 +10,7 @@ captions, and the semantic ids that decide which (anchor, candidate) pairs are p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -87,6 +87,26 @@ class ContrastivePairs:
     all_ids: Tensor | None
     offset: int
     world: int
+    i2t_keep: Tensor | None = None
+    t2i_keep: Tensor | None = None
+
+    def restrict(self, i2t_keep: Tensor | None, t2i_keep: Tensor | None) -> ContrastivePairs:
+        """Score only selected candidates (e.g. BNS negatives): (R, G+M) and (R, G) bool masks.
+
+        Candidates outside the masks get logit ``-inf`` and leave every denominator; positives
+        are always kept.
+        """
+        i2t_keep = (
+            None
+            if i2t_keep is None
+            else i2t_keep | self.image_to_text_positives().as_mask(i2t_keep.shape[1])
+        )
+        t2i_keep = (
+            None
+            if t2i_keep is None
+            else t2i_keep | self.text_to_image_positives().as_mask(t2i_keep.shape[1])
+        )
+        return replace(self, i2t_keep=i2t_keep, t2i_keep=t2i_keep)
 
     @property
     def text_candidates(self) -> Tensor:
@@ -114,10 +134,17 @@ class ContrastivePairs:
     def symmetric_logits(self, scale: Tensor) -> tuple[Tensor, Tensor]:
         """fp32 logits ``scale * cos`` of image anchors (R, G+M) and text anchors (R, G).
 
-        In a single process the text-anchor logits are the transpose of the image-anchor ones,
-        so one matrix product serves both directions.
+        Candidates removed by :meth:`restrict` get ``-inf``. In a single process the
+        text-anchor logits are the transpose of the image-anchor ones, so one matrix product
+        serves both directions.
         """
         z_i2t = scale * (self.image @ self.text_candidates.T)
         if self.world == 1:
-            return z_i2t, z_i2t[:, : self.all_image.shape[0]].T
-        return z_i2t, scale * (self.text @ self.all_image.T)
+            z_t2i = z_i2t[:, : self.all_image.shape[0]].T
+        else:
+            z_t2i = scale * (self.text @ self.all_image.T)
+        if self.i2t_keep is not None:
+            z_i2t = z_i2t.masked_fill(~self.i2t_keep, float("-inf"))
+        if self.t2i_keep is not None:
+            z_t2i = z_t2i.masked_fill(~self.t2i_keep, float("-inf"))
+        return z_i2t, z_t2i

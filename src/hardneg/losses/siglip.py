@@ -56,4 +56,7 @@ class SigLIPLoss(ContrastiveLoss):
             pairs.image @ pairs.text_candidates.T
         ) + self.logit_bias.to(pairs.image.dtype)
         labels = 2.0 * pairs.image_to_text_positives().as_mask(logits.shape[1]).float() - 1.0
-        return -F.logsigmoid(labels * logits).sum() / pairs.image.shape[0]
+        terms = -F.logsigmoid(labels * logits)
+        if pairs.i2t_keep is not None:  # only selected negatives take part
+            terms = terms.masked_fill(~pairs.i2t_keep, 0.0)
+        return terms.sum() / pairs.image.shape[0]

@@ -29,14 +29,14 @@ def soft_infonce_rows(z: Tensor, pos_mask: Tensor, log_w: Tensor) -> Tensor:
     return torch.where(torch.isfinite(lse_neg), loss, torch.zeros_like(loss))
 
 
-def similarity_log_weights(cos: Tensor, pos_mask: Tensor, weight_temperature: float) -> Tensor:
+def similarity_log_weights(cos: Tensor, excluded: Tensor, weight_temperature: float) -> Tensor:
     r"""Default weights ``w_in = N_i · softmax_n(−s_in / τ_w)`` over the negatives (detached).
 
     Less similar negatives weigh more; ``τ_w → ∞`` gives uniform weights (plain InfoNCE).
-    Returned as ``log w`` (R, N), ``-inf`` on positives.
+    Returned as ``log w`` (R, N), ``-inf`` on ``excluded`` entries (positives, unselected).
     """
-    n_neg = (~pos_mask).sum(dim=1, keepdim=True).clamp(min=1).to(cos.dtype)
-    scores = (-cos.detach() / weight_temperature).masked_fill(pos_mask, float("-inf"))
+    n_neg = (~excluded).sum(dim=1, keepdim=True).clamp(min=1).to(cos.dtype)
+    scores = (-cos.detach() / weight_temperature).masked_fill(excluded, float("-inf"))
     return torch.log_softmax(scores, dim=1) + n_neg.log()
 
 
@@ -75,5 +75,6 @@ class SoftInfoNCELoss(SymmetricRowLoss):
 
     def row_loss(self, logits: Tensor, positives: Positives, scale: Tensor) -> Tensor:
         mask = positives.as_mask(logits.shape[1])
-        log_w = similarity_log_weights(logits / scale, mask, self.weight_temperature)
+        excluded = mask | ~torch.isfinite(logits)  # positives and unselected candidates
+        log_w = similarity_log_weights(logits / scale, excluded, self.weight_temperature)
         return soft_infonce_rows(logits, mask, log_w)
