@@ -18,8 +18,10 @@ A_NEG = [[0.2, 0.25, 0.55], [0.3, 0.5, 0.2]]
 
 
 def maps(pos, neg, dtype=torch.float64):
-    return (torch.tensor(pos, dtype=dtype).unsqueeze(0),
-            torch.tensor(neg, dtype=dtype).unsqueeze(0).requires_grad_(True))
+    return (
+        torch.tensor(pos, dtype=dtype).unsqueeze(0),
+        torch.tensor(neg, dtype=dtype).unsqueeze(0).requires_grad_(True),
+    )
 
 
 def test_hand_computed_example_top_half_of_cells():
@@ -35,8 +37,9 @@ def test_hand_computed_example_top_half_of_cells():
 
 def test_small_rho_keeps_at_least_one_cell():
     pos, neg = maps(A_POS, A_NEG)
-    loss = contrastive_local_attention_loss(pos, neg, torch.ones(1, 2, dtype=torch.bool),
-                                            rho=0.01, beta=2.0, eps=EPS)
+    loss = contrastive_local_attention_loss(
+        pos, neg, torch.ones(1, 2, dtype=torch.bool), rho=0.01, beta=2.0, eps=EPS
+    )
     assert loss.item() == pytest.approx(-math.log(0.2 * (1 + 2 * 0.5) + EPS), rel=1e-12)
 
 
@@ -66,14 +69,16 @@ def test_padding_values_do_not_change_the_loss():
     pos2[~mask] = 1.0
     neg2[~mask] = 0.0  # maximal ΔA on padding
     assert contrastive_local_attention_loss(pos2, neg2, mask, rho=0.2).item() == pytest.approx(
-        base.item(), rel=1e-6)
+        base.item(), rel=1e-6
+    )
 
 
 def test_gradient_reaches_negative_attention_with_the_formula_value_and_not_positive():
     pos, neg = maps(A_POS, A_NEG)
     pos.requires_grad_(True)
-    loss = contrastive_local_attention_loss(pos, neg, torch.ones(1, 2, dtype=torch.bool),
-                                            rho=0.5, beta=1.0, eps=EPS)
+    loss = contrastive_local_attention_loss(
+        pos, neg, torch.ones(1, 2, dtype=torch.bool), rho=0.5, beta=1.0, eps=EPS
+    )
     loss.backward()
     # ΔA is detached: ∂L/∂A⁻ = −(1+ΔA)/(A_b+ε)/|Ω| on Ω, 0 elsewhere; A⁺ gets no gradient
     expected = torch.zeros(2, 3, dtype=torch.float64)
@@ -96,8 +101,7 @@ def test_gradient_reaches_a_toy_cross_attention_module():
         return torch.softmax(scores, dim=-1)  # (B, T, P), caption tokens over patches
 
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
-    loss = ContrastiveLocalAttentionLoss(rho=0.25)(attention(image_pos), attention(image_neg),
-                                                   mask)
+    loss = ContrastiveLocalAttentionLoss(rho=0.25)(attention(image_pos), attention(image_neg), mask)
     loss.backward()
     for module in (q_proj, k_proj):
         assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
@@ -119,8 +123,10 @@ def test_module_wrapper_equals_function():
     neg = torch.softmax(torch.randn(2, 3, 4, generator=g), dim=-1)
     mask = torch.ones(2, 3, dtype=torch.bool)
     module = ContrastiveLocalAttentionLoss(rho=0.3, beta=0.5, eps=1e-4)
-    assert module(pos, neg, mask).item() == contrastive_local_attention_loss(
-        pos, neg, mask, 0.3, 0.5, 1e-4).item()
+    assert (
+        module(pos, neg, mask).item()
+        == contrastive_local_attention_loss(pos, neg, mask, 0.3, 0.5, 1e-4).item()
+    )
 
 
 def test_bad_inputs_raise_value_errors_naming_the_argument():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -15,25 +16,31 @@ from hardneg.samplers import (
     quantile_pick,
     shard,
 )
+from hardneg.samplers.grit import off_diagonal_rows
 
 
 def fake_embeddings(indices: list[int], step: int, dim: int = 8):
     """Deterministic stand-in for the trainer's pooled embeddings of a batch at a step."""
     g = torch.Generator().manual_seed(1000 * step + sum(indices))
     image = torch.randn(len(indices), dim, generator=g)
-    return torch.as_tensor(indices), image, image + 0.5 * torch.randn(len(indices), dim,
-                                                                     generator=g)
+    return (
+        torch.as_tensor(indices),
+        image,
+        image + 0.5 * torch.randn(len(indices), dim, generator=g),
+    )
 
 
 def warm(sampler: HardnessBatchSampler, n: int, dim: int = 8, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(n, dim, generator=g)
-    sampler.update_embeddings(torch.arange(n), image, image + 0.3 * torch.randn(n, dim,
-                                                                                generator=g))
+    sampler.update_embeddings(
+        torch.arange(n), image, image + 0.3 * torch.randn(n, dim, generator=g)
+    )
 
 
-def run_epoch(sampler: HardnessBatchSampler, epoch: int, start_step: int = 0,
-              limit: int | None = None) -> list[list[int]]:
+def run_epoch(
+    sampler: HardnessBatchSampler, epoch: int, start_step: int = 0, limit: int | None = None
+) -> list[list[int]]:
     """Iterate one epoch as a trainer does, feeding embeddings back after every batch."""
     sampler.set_epoch(epoch)
     out = []
@@ -57,10 +64,29 @@ def test_quantile_pick_matches_a_direct_sort(seed):
     for q in (0.0, 0.2, 0.5, 0.77, 1.0):
         position = int(np.floor(q * (len(cands) - 1) + 0.5))
         assert quantile_pick(scores, q, excluded) == ascending[position]
-        assert quantile_pick(torch.as_tensor(scores), q, torch.as_tensor(excluded)) == \
-            ascending[position]
+        assert (
+            quantile_pick(torch.as_tensor(scores), q, torch.as_tensor(excluded))
+            == ascending[position]
+        )
     assert quantile_pick(scores, 1.0, excluded) == max(cands, key=lambda j: scores[j])
     assert quantile_pick(scores, 0.0, excluded) == min(cands, key=lambda j: scores[j])
+
+
+def test_quantile_pick_breaks_ties_like_a_stable_sort():
+    scores = np.array([0.3, 0.5, 0.3, 0.5, 0.5, 0.1, 0.3])
+    excluded = np.array([False, False, False, True, False, False, False])
+    cands = [j for j in range(7) if not excluded[j]]
+    ascending = sorted(cands, key=lambda j: (scores[j], j))
+    for position in range(len(cands)):
+        q = position / (len(cands) - 1)
+        assert quantile_pick(scores, q, excluded) == ascending[position]
+
+
+def test_off_diagonal_rows_drop_exactly_the_diagonal():
+    sim = torch.randn(5, 5)
+    rows = off_diagonal_rows(sim)
+    for i in range(5):
+        assert rows[i].tolist() == [sim[i, j].item() for j in range(5) if j != i]
 
 
 def test_quantile_pick_rejects_bad_arguments():
@@ -86,7 +112,7 @@ def test_chain_picks_the_quantile_of_the_unused_candidates_and_never_repeats(q):
     for batch in result.batches:  # replay with a brute-force sort
         assert len(batch) == 5
         used.add(batch[0])
-        for anchor, pick in zip(batch, batch[1:]):
+        for anchor, pick in itertools.pairwise(batch):
             cands = sorted((j for j in range(23) if j not in used), key=lambda j: sim[anchor, j])
             assert pick == cands[int(np.floor(q * (len(cands) - 1) + 0.5))]
             used.add(pick)
@@ -106,8 +132,7 @@ def test_random_mode_yields_disjoint_shuffled_batches_of_b_items():
 
 def test_search_space_remainder_joins_the_last_space_and_leftovers_are_dropped():
     # N=50, |M|=16 → spaces of 16, 16, 18 → 4 + 4 + 4 batches of 4
-    sampler = HardnessBatchSampler(50, HardnessSamplerConfig(4, search_space_size=16,
-                                                              mode="grit"))
+    sampler = HardnessBatchSampler(50, HardnessSamplerConfig(4, search_space_size=16, mode="grit"))
     warm(sampler, 50)
     batches = run_epoch(sampler, 1)
     assert len(batches) == len(sampler) == 12
@@ -141,8 +166,7 @@ def test_fixed_q_zero_builds_easiest_chains_with_lower_similarity_than_grit():
 
 def test_same_seed_same_batches_and_different_seed_differs():
     def batches(seed: int) -> list[list[int]]:
-        sampler = HardnessBatchSampler(48, HardnessSamplerConfig(4, mode="fixed", q=0.7,
-                                                                  seed=seed))
+        sampler = HardnessBatchSampler(48, HardnessSamplerConfig(4, mode="fixed", q=0.7, seed=seed))
         warm(sampler, 48)
         return run_epoch(sampler, 0) + run_epoch(sampler, 1)
 
@@ -203,6 +227,11 @@ def test_resume_with_prefetched_batches_replays_the_unconsumed_ones():
     assert prefetched[:3] + list(resumed) == expected
     with pytest.raises(ValueError, match="consumed"):
         part.state_dict(consumed=9)
+    other = HardnessBatchSampler(
+        40, HardnessSamplerConfig(4, search_space_size=8, mode="grit", seed=3)
+    )
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(state)
 
 
 def test_shards_cover_the_global_batch_exactly():
@@ -237,8 +266,14 @@ def test_fn_rate_matches_brute_force_count_of_same_semantic_pairs():
 
 
 def test_progressive_hardening_q_rises_from_q_start_to_q_end():
-    config = HardnessSamplerConfig(4, search_space_size=16, mode="progressive_hardening",
-                                   q_start=0.2, q_end=0.8, total_epochs=2)
+    config = HardnessSamplerConfig(
+        4,
+        search_space_size=16,
+        mode="progressive_hardening",
+        q_start=0.2,
+        q_end=0.8,
+        total_epochs=2,
+    )
     sampler = HardnessBatchSampler(32, config)
     warm(sampler, 32)
     seen = []

@@ -105,6 +105,26 @@ def module_fingerprint(module: nn.Module) -> str:
     return content_fingerprint(f"{cls.__module__}.{cls.__qualname__}", dict(module.state_dict()))
 
 
+def _open_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
+    """Open a ``.npy`` memmap read-write after checking its header and exact file size.
+
+    (``open_memmap(mode="r+")`` would silently zero-extend a truncated file.)
+    """
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        if fmt.read_magic(f) == (1, 0):
+            header = fmt.read_array_header_1_0(f)  # (shape, fortran_order, dtype)
+        else:
+            header = fmt.read_array_header_2_0(f)
+        offset = f.tell()
+    if header[0] != shape or header[2] != dtype or header[1]:
+        raise ValueError(f"{path.name} holds {header[0]} {header[2]}, expected {shape} {dtype}")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if path.stat().st_size != expected:
+        raise ValueError(f"{path.name} has {path.stat().st_size} bytes, expected {expected}")
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
 class FeatureCache:
     """Per-item features of a frozen tower, memory-mapped on disk and computed once.
 
@@ -123,7 +143,9 @@ class FeatureCache:
     Example:
         >>> import tempfile
         >>> cache = FeatureCache(tempfile.mkdtemp(), "model-a", "data-1", n_items=4, shape=(2,))
-        >>> cache.get_or_compute([3, 1], lambda idx: torch.tensor(idx).float()[:, None] * [1, 0])
+        >>> def tower(idx):  # stands in for a frozen encoder
+        ...     return torch.from_numpy(idx).float()[:, None] * torch.tensor([1.0, 0.0])
+        >>> cache.get_or_compute([3, 1], tower)
         tensor([[3., 0.],
                 [1., 0.]])
         >>> cache.n_filled
@@ -180,12 +202,9 @@ class FeatureCache:
             meta.pop("complete", None)
             if meta != self.meta:
                 raise ValueError(f"{_META} describes a different cache: {meta}")
-            features = np.lib.format.open_memmap(self.directory / _FEATURES, mode="r+")
-            filled = np.lib.format.open_memmap(self.directory / _FILLED, mode="r+")
-            if features.shape != (self.n_items, *self.shape) or features.dtype != self.dtype:
-                raise ValueError(f"{_FEATURES} has shape {features.shape} {features.dtype}")
-            if filled.shape != (self.n_items,) or filled.dtype != np.bool_:
-                raise ValueError(f"{_FILLED} has shape {filled.shape} {filled.dtype}")
+            features = _open_npy(self.directory / _FEATURES, (self.n_items, *self.shape),
+                                 self.dtype)
+            filled = _open_npy(self.directory / _FILLED, (self.n_items,), np.dtype(np.bool_))
         except (OSError, ValueError, EOFError) as err:
             warnings.warn(
                 f"feature cache {self.directory} is corrupt or stale ({err}); rebuilding it",

@@ -42,7 +42,7 @@ def split_summary(split: SceneSplit) -> dict:
     return {
         "split": split.name,
         "scenes": len(split),
-        "unique_semantic_ids": int(len(np.unique(split.semantic_ids))),
+        "unique_semantic_ids": len(np.unique(split.semantic_ids)),
         "image_shape": list(split.images.shape[1:]),
         "scenes_with_2_objects": int(n_objects.get(2, 0)),
         "scenes_with_3_objects": int(n_objects.get(3, 0)),

@@ -68,10 +68,14 @@ def write_contact_sheet(
     columns = min(columns, n)
     rows = math.ceil(n / columns)
     picks = np.linspace(0, len(split) - 1, n).round().astype(int)
-    fig = Figure(figsize=(3.4 * columns, 4.3 * rows))
+    fig = Figure(figsize=(3.6 * columns, 5.0 * rows))
     FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[3, 2] * rows, left=0.02,
+                            right=0.98, top=1 - 0.7 / (5.0 * rows), bottom=0.01, hspace=0.05,
+                            wspace=0.12)
     for panel, i in enumerate(picks):
-        ax = fig.add_subplot(rows, columns, panel + 1)
+        row, col = divmod(panel, columns)
+        ax = fig.add_subplot(grid[2 * row, col])
         ax.imshow(split.images[i], interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -83,11 +87,13 @@ def write_contact_sheet(
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                    edgecolor=colour, linewidth=1.2, linestyle="--"))
             lines.append(f"- {neg.kind} ({colour} box): {_bracket_span(neg.caption, neg.span)}")
-        text = "\n".join(textwrap.fill(line, 52, subsequent_indent="   ") for line in lines)
-        ax.text(0.0, -0.03, text, transform=ax.transAxes, va="top", ha="left", fontsize=6.5,
-                family="monospace")
-    fig.suptitle(f"DigitScenes {split.name}: {len(split)} scenes", fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.95, bottom=0.02, hspace=0.9, wspace=0.15)
+        text_ax = fig.add_subplot(grid[2 * row + 1, col])
+        text_ax.axis("off")
+        text = "\n".join(textwrap.fill(line, 50, subsequent_indent="   ") for line in lines)
+        text_ax.text(0.0, 1.0, text, transform=text_ax.transAxes, va="top", ha="left",
+                     fontsize=6.5, family="monospace")
+    fig.suptitle(f"DigitScenes {split.name}: {len(split)} scenes "
+                 "(+ positive, - hard negative, [mismatch span])", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

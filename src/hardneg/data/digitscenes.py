@@ -25,7 +25,6 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,13 +34,14 @@ from hardneg.data.atomic_files import atomic_write
 from hardneg.data.dataset import ImageCaptionDataset
 from hardneg.data.scene_captions import (
     COLOURS,
+    MIN_TEMPLATES,
+    N_COMBOS,
     PERTURBATIONS,
     RELATIONS,
     HardNegative,
     scene_captions,
     semantic_id,
 )
-from hardneg.data.scene_captions import MIN_TEMPLATES, N_COMBOS
 from hardneg.data.scene_render import digit_scans, layout_boxes, rasterise, scan_pools
 
 __all__ = [
@@ -260,7 +260,7 @@ def generate_split(config: DigitScenesConfig, split: str) -> SceneSplit:
     """
     n = config.size(split)
     rng = np.random.default_rng([config.seed, SPLITS.index(split)])
-    scans, labels = digit_scans()
+    labels = digit_scans()[1]
     pools = scan_pools(labels, config.scan_fractions, np.random.default_rng([config.seed, 99]))
     pool = pools[_SCAN_POOL[split]]
 
@@ -401,7 +401,8 @@ def load_digitscenes(
         ``{split name: SceneSplit}``.
 
     Example:
-        >>>         >>> cfg = DigitScenesConfig(n_train=8, n_val=2, n_test=2, n_test_novel=2)
+        >>> import tempfile
+        >>> cfg = DigitScenesConfig(n_train=8, n_val=2, n_test=2, n_test_novel=2)
         >>> data = load_digitscenes(cfg, tempfile.mkdtemp(), splits=["train", "test_novel"])
         >>> {k: len(v) for k, v in data.items()}
         {'train': 8, 'test_novel': 2}

@@ -36,7 +36,7 @@ KARPATHY_SPLITS: tuple[str, ...] = ("train", "val", "test", "restval")
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Tensor:
-    """Resize the short side to ``size`` (bicubic), center-crop ``size``², return (3, H, W) in [0, 1].
+    """Resize the short side to ``size`` (bicubic), center-crop, return (3, size, size) in [0, 1].
 
     Example:
         >>> resize_center_crop(Image.new("RGB", (40, 20), (255, 0, 0)), 10)[:, 0, 0]

@@ -122,8 +122,8 @@ def semantic_id(relation: str, digits: Sequence[int], colours: Sequence[int]) ->
 
     Example:
         >>> semantic_id("left_of", (3, 7), (0, 2))  # red 3 left of blue 7
-        1320
-        >>> describe_semantic_id(1320)
+        1124
+        >>> describe_semantic_id(1124)
         ('left_of', (3, 7), (0, 2))
     """
     if relation not in RELATIONS:

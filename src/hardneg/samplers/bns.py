@@ -64,8 +64,7 @@ class BNSConfig:
             raise ValueError(f"BNSConfig.hidden must be ≥ 1, got {self.hidden}")
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ValueError(
-                f"BNSConfig.tau_start and tau_end must be > 0, got {self.tau_start}, "
-                f"{self.tau_end}"
+                f"BNSConfig.tau_start and tau_end must be > 0, got {self.tau_start}, {self.tau_end}"
             )
         if self.entropy_weight < 0:
             raise ValueError(f"BNSConfig.entropy_weight must be ≥ 0, got {self.entropy_weight}")
@@ -297,8 +296,9 @@ class BoundaryAwareSampler(nn.Module):
         self, sim: Tensor, positive_mask: Tensor, pos_sim: Tensor, progress: float, total: float
     ) -> None:
         if sim.dim() != 2 or not sim.is_floating_point():
-            raise ValueError(f"sim must be a floating (B, C) tensor, got {sim.dtype} "
-                             f"{tuple(sim.shape)}")
+            raise ValueError(
+                f"sim must be a floating (B, C) tensor, got {sim.dtype} {tuple(sim.shape)}"
+            )
         if not bool(torch.isfinite(sim).all()):
             raise ValueError("sim contains NaN or inf; check the embeddings before the sampler")
         if positive_mask.shape != sim.shape or positive_mask.dtype != torch.bool:

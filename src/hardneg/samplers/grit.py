@@ -34,6 +34,8 @@ MODES = (
 """Batch construction modes of :class:`HardnessBatchSampler`."""
 
 SCHEDULER_MODES = ("batch_level", "falcon")
+RESUME_KEYS = ("batch_size", "search_space_size", "mode", "seed")
+"""Config fields that must match between a saved sampler state and the sampler loading it."""
 PROGRESSIVE_DEFAULTS = {"progressive_hardening": (0.5, 1.0), "progressive_softening": (1.0, 0.5)}
 
 
@@ -90,8 +92,9 @@ class HardnessSamplerConfig:
         for name in ("q", "q_start", "q_end"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1] (0 = easiest, 1 = hardest), got "
-                                 f"{value}")
+                raise ValueError(
+                    f"{name} must be in [0, 1] (0 = easiest, 1 = hardest), got {value}"
+                )
         if self.total_epochs < 1:
             raise ValueError(f"total_epochs must be ≥ 1, got {self.total_epochs}")
 
@@ -155,6 +158,18 @@ def chain_batches(
         result.qs.append(qs)
         result.pick_sims.append(sims)
     return result
+
+
+def off_diagonal_rows(sim: Tensor) -> Tensor:
+    """(n, n−1) rows of a square matrix without their diagonal entry (each anchor's candidates).
+
+    Example:
+        >>> off_diagonal_rows(torch.arange(9.0).reshape(3, 3)).tolist()
+        [[1.0, 2.0], [3.0, 5.0], [6.0, 7.0]]
+    """
+    n = sim.shape[0]
+    # drop every (n+1)-th element of the flattened matrix: a strided copy, no boolean mask
+    return sim.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
 
 
 def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
@@ -292,8 +307,10 @@ class HardnessBatchSampler(Sampler[list[int]]):
         self.store.update(indices, image_emb, text_emb)
 
     def __len__(self) -> int:
-        return sum(len(space) // self.config.batch_size for space in self._layout(
-            np.arange(self.num_items)))
+        return sum(
+            len(space) // self.config.batch_size
+            for space in self._layout(np.arange(self.num_items))
+        )
 
     def __iter__(self) -> Iterator[list[int]]:
         if self._progress is None or self._progress.finished:
@@ -340,6 +357,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
             }
         return {
             "num_items": self.num_items,
+            "config": {key: getattr(self.config, key) for key in RESUME_KEYS},
             "epoch": self.epoch,
             "progress": progress,
             "store": self.store.state_dict(),
@@ -353,9 +371,17 @@ class HardnessBatchSampler(Sampler[list[int]]):
                 f"sampler state is for {state['num_items']} items but this sampler has "
                 f"{self.num_items}; resume with the same dataset"
             )
+        for key in RESUME_KEYS:
+            if state["config"][key] != getattr(self.config, key):
+                raise ValueError(
+                    f"sampler state has {key}={state['config'][key]!r} but this sampler has "
+                    f"{getattr(self.config, key)!r}; resume with the same HardnessSamplerConfig"
+                )
         if (state["scheduler"] is None) != (self.scheduler is None):
-            raise ValueError("sampler state and this sampler disagree on having a scheduler; "
-                             "resume with the same mode")
+            raise ValueError(
+                "sampler state and this sampler disagree on having a scheduler; "
+                "resume with the same mode"
+            )
         self.epoch = int(state["epoch"])
         self.store.load_state_dict(state["store"])
         if self.scheduler is not None:
@@ -425,17 +451,18 @@ class HardnessBatchSampler(Sampler[list[int]]):
             return (lambda anchor, number: q), None
         scheduler = self.scheduler
         assert scheduler is not None  # checked in __init__
-        n = sim.shape[0]
-        rows = sim[~torch.eye(n, dtype=torch.bool)].reshape(n, n - 1)  # each row without itself
+        rows = off_diagonal_rows(sim)
         with torch.no_grad():
             feats = scheduler.summarize(rows)
             if cfg.mode == "falcon":
                 q_all = scheduler.sample_features(feats, p.rng)[0].cpu()
+                q_np = q_all.numpy()
 
                 def record(number: int, anchors: list[int]) -> None:
-                    scheduler.record(feats[anchors], q_all[anchors])
+                    index = torch.as_tensor(anchors)
+                    scheduler.record(feats[index.to(feats.device)], q_all[index])
 
-                return (lambda anchor, number: float(q_all[anchor])), record
+                return (lambda anchor, number: float(q_np[anchor])), record
             q_batch = scheduler.sample_features(feats.expand(n_batches, -1), p.rng)[0].cpu()
 
         def record_batch(number: int, anchors: list[int]) -> None:

@@ -60,5 +60,9 @@ def quantile_pick(row_scores: ArrayLike | torch.Tensor, q: float, excluded: Arra
     values = scores[candidates]
     if not np.isfinite(values).all():
         raise ValueError("row_scores contains NaN or inf among the candidates")
-    order = np.argsort(values, kind="stable")
-    return int(candidates[order[quantile_position(q, candidates.size)]])
+    # O(n) selection equal to the stable sort: the value at `position`, then among the tied
+    # candidates (in index order) the one the stable sort would place there
+    position = quantile_position(q, candidates.size)
+    value = np.partition(values, position)[position]
+    below = np.count_nonzero(values < value)
+    return int(candidates[values == value][position - below])

@@ -44,8 +44,9 @@ class EmbeddingStore:
         """
         idx = torch.as_tensor(indices).detach().cpu()
         if idx.dim() != 1 or idx.is_floating_point():
-            raise ValueError(f"indices must be a 1-D integer tensor, got {idx.dtype} "
-                             f"{tuple(idx.shape)}")
+            raise ValueError(
+                f"indices must be a 1-D integer tensor, got {idx.dtype} {tuple(idx.shape)}"
+            )
         if bool(((idx < 0) | (idx >= self.num_items)).any()):
             raise ValueError(f"indices must lie in [0, {self.num_items}) (dataset items)")
         n = idx.shape[0]
