@@ -120,8 +120,8 @@ class Attention(nn.Module):
     r"""Multi-head scaled dot-product attention that returns its probabilities.
 
     :math:`A = \mathrm{softmax}(Q K^\top / \sqrt{d_h})` per head (Vaswani et al. 2017 §3.2),
-    computed in fp32; masked keys get the dtype's lowest value, so their weight is exactly 0
-    and a fully masked row stays finite. Output ``\mathrm{Dropout}(A) V`` → output projection.
+    computed in (at least) fp32; masked keys get the dtype's lowest value, so their weight is
+    exactly 0 and a fully masked row stays finite. Output: ``Dropout(A) V`` → output projection.
 
     Args:
         d_model: model width; num_heads: heads (``d_h = d_model / num_heads``);
@@ -153,7 +153,8 @@ class Attention(nn.Module):
             self._heads(self.key(memory)),
             self._heads(self.value(memory)),
         )
-        scores = (q @ k.transpose(-2, -1)).float() * self.head_dim**-0.5
+        scores = q @ k.transpose(-2, -1)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.head_dim**-0.5
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1)
@@ -198,8 +199,11 @@ class CrossModalTransformer(nn.Module):
     Inputs are token states from the towers: text ``(B, T, D_t)`` with a padding mask and
     image patches ``(B, P, D_v)``; both are projected to ``d_model`` (Linear + LayerNorm) and
     learned positions are added to the text side (the [MASK] vector has no position of its
-    own). Weights start as BERT's (normal, std 0.02), so attention is near-uniform and the MLM
-    loss ≈ ln(vocab) at initialisation.
+    own); patch tokens already carry their tower's positional embedding. Weights start as
+    BERT's (normal, std 0.02), so attention is near-uniform and the MLM loss ≈ ln(vocab) at
+    initialisation. Build the config from the towers: ``text_dim=text_tower.token_dim``,
+    ``image_dim=image_tower.token_dim``, ``vocab_size=text_tower.vocab_size``,
+    ``special_token_ids=text_tower.special_token_ids``.
 
     Args:
         config: :class:`CrossModalConfig`.

@@ -14,6 +14,7 @@ any open_clip tokenizer for encoding; ``word_ids`` needs a tokenizer with ``enco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -153,7 +154,12 @@ class OpenCLIPImageTower(nn.Module):
             open_clip set them, else CLIP's.
     """
 
-    def __init__(self, model: Any, image_mean: Any = None, image_std: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         _check_clip(model)
         visual = model.visual
@@ -193,7 +199,11 @@ class OpenCLIPAdapter(nn.Module):
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, image_mean: Any = None, image_std: Any = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.text = OpenCLIPTextTower(model, tokenizer)

@@ -1,0 +1,131 @@
+"""The ``hardneg`` command line: ``train``, ``eval``, ``data``, ``bench``, ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _train_values(args: argparse.Namespace) -> dict[str, Any]:
+    from hardneg.train.config import load_yaml, merge, parse_overrides
+
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    values.pop("method", None)
+    values = merge(values, parse_overrides(args.set or []))
+    if args.out:
+        values["out_dir"] = args.out
+    if args.steps:
+        values["steps"] = args.steps
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one method, evaluate it on test and test_novel, write metrics.json."""
+    from hardneg.train.run import train_and_evaluate
+    from hardneg.train.trainer import resolve_config
+
+    config = resolve_config(args.method, _train_values(args))
+    result = train_and_evaluate(config, resume=not args.restart)
+    if result is not None:
+        print(json.dumps(result["metrics"], indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Re-evaluate the checkpoint of a finished run."""
+    from hardneg.train.run import evaluate_run
+
+    metrics = evaluate_run(Path(args.run))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from hardneg.data import commands
+
+    if args.action == "generate":
+        commands.generate(args.out, preset=args.preset, seed=args.seed)
+    else:
+        commands.inspect(args.path, split=args.split, n=args.n)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hardneg.bench.runner import run_bench
+
+    run_bench(args.preset, Path(args.out), methods=args.methods, seeds=args.seeds)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hardneg.bench.report import write_report
+
+    write_report(Path(args.run))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hardneg.train.methods import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="hardneg", description="Hard-negative contrastive learning for image-text alignment."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one method on DigitScenes and evaluate it")
+    p.add_argument("--method", default="infonce", choices=sorted(METHODS))
+    p.add_argument("--config", help="YAML file of TrainConfig fields (see configs/)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
+    p.add_argument("--out", help="run directory (default: config out_dir)")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate the checkpoint of a run directory")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="generate or inspect DigitScenes")
+    dsub = p.add_subparsers(dest="action", required=True)
+    g = dsub.add_parser("generate", help="generate, cache and draw a contact sheet")
+    g.add_argument("--out", default="runs/data")
+    g.add_argument("--preset", default="quick")
+    g.add_argument("--seed", type=int, default=0)
+    i = dsub.add_parser("inspect", help="summarise a generated split and draw a contact sheet")
+    i.add_argument("path")
+    i.add_argument("--split", default="train")
+    i.add_argument("-n", type=int, default=16)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("bench", help="every method side by side, with tables and plots")
+    p.add_argument("--preset", default="quick", choices=["quick", "full"])
+    p.add_argument("--methods", nargs="*", help="subset of methods (default: the preset's)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
+    p.add_argument("--out", default="runs/quick")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="rebuild results tables and plots from a bench's logs")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"hardneg: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

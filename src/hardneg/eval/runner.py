@@ -1,0 +1,135 @@
+"""Evaluate a trained alignment model on a DigitScenes split with every hardneg metric.
+
+- retrieval (dual encoder): I→T / T→I R@1/5/10 and mAP, positives by semantic id;
+- compositional accuracy per perturbation: the image scores its true caption above each hard
+  negative caption, with the dual encoder's cosine and with the cross-modal ITM head;
+- AEL: for (image, hard-negative caption) pairs, % whose top last-layer cross-attention cell
+  lies in the annotated mismatch words × mismatch region (BACL §5, "attention error
+  localisation"). Only word tokens are ranked ([CLS]/[SEP]/padding are not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hardneg.eval.compositional import compositional_accuracy
+from hardneg.eval.localisation import (
+    attention_error_localisation,
+    box_to_patch_mask,
+    word_span_to_token_mask,
+)
+from hardneg.eval.retrieval import retrieval_metrics
+from hardneg.models.crossmodal import last_layer_attention
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: Any,
+    bank: Any,
+    split: Any,
+    tower: Any,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """All metrics of ``model`` (an ``AlignmentModel``) on one ``SplitTensors``.
+
+    Args:
+        model: dual encoder + cross-modal transformer (``model.dual``, ``model.crossmodal``).
+        bank: the :class:`~hardneg.train.textbank.TextBank` holding the split's captions.
+        split: :class:`~hardneg.train.data.SplitTensors`.
+        tower: the text tower (its tokenizer maps words to tokens for AEL).
+        device: where to run.
+        batch_size: images per forward.
+
+    Returns:
+        flat ``{metric: value}``: ``i2t_R@1`` … ``rsum``, ``comp_<kind>``/``comp_overall``
+        (cosine), ``itm_comp_overall``, ``ael``.
+    """
+    was_training = model.training
+    model.eval()
+    n = len(split)
+    image_emb, image_tokens = [], []
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(n, start + batch_size))
+        emb, out = model.dual.encode_image(split.image_batch(idx, device))
+        image_emb.append(F.normalize(emb.float(), dim=-1))
+        image_tokens.append(out.tokens)
+    u = torch.cat(image_emb)
+    tokens = torch.cat(image_tokens)
+    grid = out.grid
+
+    caption_rows = split.caption_rows.reshape(-1)
+    text_ids = split.semantic_ids.repeat_interleave(split.caption_rows.shape[1])
+    v = _text_embeddings(model, bank, caption_rows, device, batch_size)
+    metrics = retrieval_metrics(u, v, split.semantic_ids.to(u.device), text_ids.to(u.device))
+
+    # hard-negative probes: one row per (scene, hard negative)
+    scene, neg_rows, kinds, spans, boxes, texts = [], [], [], [], [], []
+    for i, negs in enumerate(split.scenes.hard_negatives):
+        for h in negs:
+            if h.caption in bank.index:
+                scene.append(i)
+                neg_rows.append(bank.index[h.caption])
+                kinds.append(h.kind)
+                spans.append(h.span)
+                boxes.append(h.box)
+                texts.append(h.caption)
+    if not scene:
+        metrics["ael"] = float("nan")
+        return metrics
+    scene_t = torch.tensor(scene)
+    neg_t = torch.tensor(neg_rows)
+    pos_rows = split.caption_rows[scene_t, 0]
+    v_pos = _text_embeddings(model, bank, pos_rows, device, batch_size)
+    v_neg = _text_embeddings(model, bank, neg_t, device, batch_size)
+    u_s = u[scene_t.to(u.device)]
+    acc = compositional_accuracy((u_s * v_pos).sum(-1), (u_s * v_neg).sum(-1), kinds)
+    metrics.update({f"comp_{k}": val for k, val in acc.items()})
+
+    itm_pos, itm_neg, attn = [], [], []
+    for start in range(0, len(scene), batch_size):
+        sl = slice(start, start + batch_size)
+        img = tokens[scene_t[sl].to(tokens.device)]
+        out_pos = model.crossmodal(bank.take(pos_rows[sl], device), img)
+        out_neg = model.crossmodal(bank.take(neg_t[sl], device), img)
+        itm_pos.append(out_pos.itm_logit.float())
+        itm_neg.append(out_neg.itm_logit.float())
+        attn.append(last_layer_attention(out_neg).float().cpu())
+    itm_acc = compositional_accuracy(torch.cat(itm_pos), torch.cat(itm_neg), kinds)
+    metrics.update({f"itm_comp_{k}": val for k, val in itm_acc.items()})
+    metrics["ael"] = _ael(torch.cat(attn), tower, texts, spans, boxes, bank, neg_t, split, grid)
+    model.train(was_training)
+    return metrics
+
+
+def _text_embeddings(model, bank, rows: Tensor, device, batch_size: int) -> Tensor:
+    out = []
+    for start in range(0, len(rows), 4 * batch_size):
+        pooled = bank.pooled[rows[start : start + 4 * batch_size]].to(device)
+        out.append(F.normalize(model.dual.text_head(pooled).float(), dim=-1))
+    return torch.cat(out)
+
+
+def _ael(attn, tower, texts, spans, boxes, bank, rows, split, grid) -> float:
+    """AEL over the probes: mismatch words → tokens (tokenizer word ids), box → patches."""
+    n_tokens = attn.shape[1]
+    token_mask = torch.zeros(len(texts), n_tokens, dtype=torch.bool)
+    valid = torch.zeros(len(texts), n_tokens, dtype=torch.bool)
+    for p, (ids, span) in enumerate(zip(tower.word_ids(texts), spans)):
+        ids = list(ids[:n_tokens]) + [None] * max(0, n_tokens - len(ids))
+        valid[p] = torch.tensor([w is not None for w in ids])
+        if max((w for w in ids if w is not None), default=-1) >= span[1] - 1:
+            token_mask[p] = word_span_to_token_mask(ids, tuple(span))
+    valid &= bank.mask[rows]
+    kept = token_mask.any(dim=1)  # probes whose mismatch words survived truncation
+    if not bool(kept.any()):
+        return float("nan")
+    image_size = int(split.images.shape[-1])
+    patch_mask = torch.stack([box_to_patch_mask(b, image_size, grid) for b in boxes])
+    return attention_error_localisation(
+        attn[kept], token_mask[kept], patch_mask[kept], valid_tokens=valid[kept]
+    )

@@ -1,0 +1,201 @@
+"""Training configuration: dataclasses, loadable from YAML and overridable from the CLI.
+
+A run is ``TrainConfig``; a *method* (``hardneg.train.methods``) is a named preset of its
+``loss``, ``selector``, ``aux`` and ``sampler`` sections, so methods compose without code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on.
+
+    Attributes:
+        dataset: ``"digitscenes"`` (built in).
+        preset: DigitScenes size preset (``quick`` or ``full``).
+        seed: generator seed of the scenes.
+        cache_dir: where scenes and frozen text features are cached.
+        positives: ``"scene"`` (only an image's own captions are positives, as with real
+            data where duplicates are unknown) or ``"semantic"`` (scenes with equal semantic
+            ids are positives of each other).
+        hard_negative_captions: feed each scene's hard-negative captions as NegCLIP extra
+            negatives (``extra_text_emb``).
+        max_text_len: token length of the cached caption states.
+    """
+
+    dataset: str = "digitscenes"
+    preset: str = "quick"
+    seed: int = 0
+    cache_dir: str = ".cache/hardneg"
+    positives: str = "scene"
+    hard_negative_captions: bool = False
+    max_text_len: int = 32
+
+
+@dataclass
+class ModelConfig:
+    """Image tower (trained from scratch), projection size and cross-modal transformer."""
+
+    image_tower: str = "conv"  # "conv" (ConvPatchEncoder) or "vit" (TinyViT)
+    image_width: int = 128
+    embed_dim: int = 256
+    crossmodal_dim: int = 128
+    crossmodal_layers: int = 4
+    crossmodal_heads: int = 4
+    dropout: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """Contrastive loss: a name from ``hardneg.train.methods.LOSSES`` and its keyword args."""
+
+    name: str = "infonce"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SelectorConfig:
+    """Negative selector: ``"none"`` or ``"bns"`` (BACL boundary-aware sampler)."""
+
+    name: str = "none"
+    k: int = 16
+    curriculum: str = "default"
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    entropy_weight: float = 0.01
+    lr: float = 1e-3
+
+
+@dataclass
+class AuxConfig:
+    """Auxiliary losses on the cross-modal transformer.
+
+    Attributes:
+        cla_weight: λ_local of the contrastive local attention loss (BACL: 0.3; 0 = off).
+        cla_rho, cla_beta: Ω = top-ρ cells of ΔA; amplification β.
+        itm_weight: image-text matching loss on positives vs the hardest negative image.
+        mlm_weight: masked-language-modelling loss given the image.
+    """
+
+    cla_weight: float = 0.0
+    cla_rho: float = 0.1
+    cla_beta: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 0.5
+
+
+@dataclass
+class SamplerConfig:
+    """Batch construction (``hardneg.samplers.grit.HardnessBatchSampler`` modes)."""
+
+    mode: str = "random"
+    search_space_size: int | None = None
+    q: float = 1.0
+    q_start: float = 0.0
+    q_end: float = 1.0
+    falcon_m: int = 32
+    falcon_lr: float = 1e-2
+    falcon_update_interval: int = 40
+    falcon_entropy_weight: float = 0.01
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    grad_accum: int = 1
+    max_grad_norm: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    method: str = "infonce"
+    batch_size: int = 128
+    steps: int = 300
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    log_every: int = 10
+    checkpoint_every: int = 100
+    out_dir: str = "runs/train"
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig`; unknown keys raise ``ValueError`` naming them."""
+    return _build(TrainConfig, values, "config")
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (``update`` wins)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=3e-4", "steps=100"]`` → nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (``FileNotFoundError`` names the path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping at top level")
+    return values

