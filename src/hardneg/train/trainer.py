@@ -88,6 +88,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(
                 f"aux.{name} must be ≥ 0 (a loss weight), got {getattr(cfg.aux, name)}"
             )
+    if cfg.optim.name not in ("adamw", "sgd"):
+        raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {cfg.optim.name!r}")
     if cfg.selector.name not in ("none", "bns"):
         raise ValueError(f"selector.name must be 'none' or 'bns', got {cfg.selector.name!r}")
     if cfg.selector.name == "bns":
@@ -166,7 +168,7 @@ class Trainer:
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         _seed_everything(cfg.seed)
-        self.tower = tower or MiniLMTextTower(max_length=cfg.data.max_text_len)
+        self.tower = tower or MiniLMTextTower(cfg.data.text_model, max_length=cfg.data.max_text_len)
         self.bank, self.splits = data or load_run_data(
             cfg.data, self.tower, progress=cfg.progress and self.rank == 0
         )
@@ -193,13 +195,20 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.sampler))
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += list(self.loss_fn.parameters())
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-        )
+        if cfg.optim.name == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=cfg.optim.lr, momentum=0.9, weight_decay=cfg.optim.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(
+                params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.step = 0
         self.epoch = 0
+        self.selected_bs: list[Tensor] = []  # (step, BS) rows of selected negatives
+        self.bs_samples_per_step = 64
         self.out_dir = Path(cfg.out_dir)
         self.autocast_dtype = (
             torch.bfloat16
@@ -311,12 +320,15 @@ class Trainer:
         from ``seed`` so that ranks and the before/after FALCON evaluations agree."""
         gen = torch.Generator().manual_seed(seed)
         masked, labels = self.model.crossmodal.mask_tokens(global_text, generator=gen)
+        # normalise by the global number of masked tokens (÷ world): the mean over ranks is
+        # then exactly the single-process token mean
+        per_rank = (labels >= 0).sum().clamp_min(1) / self.world
         sl = slice(self.rank * len(text), (self.rank + 1) * len(text))
         out = self.model.crossmodal(masked[sl].to(self.device), image_tokens, text_mask=text.mask)
         labels = labels[sl].to(self.device)
         picked = labels >= 0
         logits = self.model.crossmodal.mlm_logits(out.hidden[picked]).float()
-        return F.cross_entropy(logits, labels[picked], reduction="sum") / picked.sum().clamp_min(1)
+        return F.cross_entropy(logits, labels[picked], reduction="sum") / per_rank.to(self.device)
 
     def _losses(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         cfg, model = self.cfg, self.model
@@ -376,7 +388,9 @@ class Trainer:
             "selected_bs_mean": float(bs.mean()),
             "policy_entropy": float(sel_i2t.entropy),
         }
-        self._last_selected_bs = bs.detach().cpu()
+        # a sample of the selected negatives' boundary scores, for the hardness histograms
+        sample = bs.detach().cpu()[: self.bs_samples_per_step]
+        self.selected_bs.append(torch.stack([torch.full_like(sample, self.step), sample], 1))
         policy_loss = sel_i2t.policy_loss + sel_t2i.policy_loss
         return pairs.restrict(keep_i2t, keep_t2i), keep_t2i, policy_loss, logs
 
@@ -400,7 +414,7 @@ class Trainer:
                 logit = torch.cat([pos_out.itm_logit, neg_out.itm_logit]).float()
                 target = torch.cat([torch.ones(len(text)), torch.zeros(len(text))]).to(logit)
                 itm = F.binary_cross_entropy_with_logits(logit, target)
-                logs["itm"] = float(itm)
+                logs["itm"] = float(itm.detach())
                 total = total + aux.itm_weight * itm
             if aux.cla_weight:
                 cla = self.cla(
@@ -408,12 +422,12 @@ class Trainer:
                     last_layer_attention(neg_out).float(),
                     text.mask,
                 )
-                logs["cla"] = float(cla)
+                logs["cla"] = float(cla.detach())
                 total = total + aux.cla_weight * cla
         if aux.mlm_weight:
             global_text = self.bank.take(batch["global_rows"])
             mlm = self._mlm(text, global_text, image_tokens, batch["mlm_seed"])
-            logs["mlm"] = float(mlm)
+            logs["mlm"] = float(mlm.detach())
             total = total + aux.mlm_weight * mlm
         return total
 

@@ -1,0 +1,163 @@
+"""Trainer: config validation, exact resume in a new process, 2-rank DDP == one process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hardneg.models.text import default_minilm_path
+from hardneg.train.config import config_from_dict
+from hardneg.train.trainer import Trainer, resolve_config
+from tests.ddp import run_distributed
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    """A 1-layer random BERT with MiniLM's tokenizer: the trainer's code path, encoded fast."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(str(default_minilm_path()))
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _values(tmp_path, text_model, **over):
+    values = {
+        "steps": 6,
+        "batch_size": 16,
+        "checkpoint_every": 0,
+        "progress": False,
+        "log_every": 1,
+        "out_dir": str(tmp_path / "run"),
+        "data": {"preset": "tiny", "cache_dir": str(tmp_path / "cache"), "text_model": text_model},
+        "model": {
+            "image_tower": "vit",
+            "image_width": 32,
+            "embed_dim": 32,
+            "crossmodal_dim": 32,
+            "crossmodal_heads": 2,
+            "dropout": 0.1,
+        },
+        "selector": {"k": 4},
+        "optim": {"warmup_steps": 2},
+    }
+    for key, value in over.items():
+        if isinstance(value, dict):
+            values[key] = {**values.get(key, {}), **value}
+        else:
+            values[key] = value
+    return values
+
+
+def test_bad_config_fails_before_training():
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        resolve_config("nope")
+    with pytest.raises(ValueError, match=r"selector.k=64 .* at most 15"):
+        resolve_config("bacl", {"batch_size": 16, "selector": {"k": 64}})
+    with pytest.raises(ValueError, match=r"aux\.cla_weight must be ≥ 0"):
+        resolve_config("bacl", {"aux": {"cla_weight": -0.3}})
+    with pytest.raises(ValueError, match="chunk_size cannot be combined"):
+        resolve_config("bacl", {"loss": {"kwargs": {"chunk_size": 8}}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr'\]"):
+        resolve_config("infonce", {"lr": 0.1})
+    with pytest.raises(ValueError, match="MLM-loss gain"):
+        resolve_config("falcon", {"aux": {"mlm_weight": 0.0}})
+
+
+def test_methods_compose_loss_selector_aux_and_sampler():
+    cfg = resolve_config("bacl_ega")
+    assert (cfg.loss.name, cfg.selector.name, cfg.aux.cla_weight) == ("ega", "bns", 0.3)
+    assert resolve_config("falcon_ega").sampler.mode == "falcon"
+    assert resolve_config("negclip").data.hard_negative_captions
+
+
+def _resume_script(config: dict, out: str) -> str:
+    return (
+        "import json, torch\n"
+        "from hardneg.train.config import config_from_dict\n"
+        "from hardneg.train.trainer import Trainer\n"
+        f"t = Trainer(config_from_dict(json.loads({json.dumps(json.dumps(config))})))\n"
+        "assert t.resume()\n"
+        "t.fit()\n"
+        f"torch.save(t.model.trainable_state_dict(), {out!r})\n"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,steps,half", [("bacl", 6, 3), ("falcon", 22, 20)])
+def test_resume_in_new_process_reproduces_uninterrupted_run(
+    tmp_path, tiny_text_model, method, steps, half
+):
+    over = {"steps": steps, "sampler": {"falcon_update_interval": 2, "search_space_size": 64}}
+    full = Trainer(resolve_config(method, _values(tmp_path, tiny_text_model, **over)))
+    full.fit()
+    values = _values(tmp_path, tiny_text_model, out_dir=str(tmp_path / "half"), **over)
+    half_run = Trainer(resolve_config(method, values))
+    half_run.fit(stop_at=half)
+    half_run.save()
+    out = str(tmp_path / "resumed.pt")
+    config = half_run.cfg.to_dict()
+    proc = subprocess.run(
+        [sys.executable, "-c", _resume_script(config, out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = torch.load(out)
+    expected = full.model.trainable_state_dict()
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(resumed[key], expected[key]), key
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_text_model):
+    t = Trainer(resolve_config("infonce", _values(tmp_path, tiny_text_model, steps=1)))
+    t.fit()
+    t.save()
+    other = Trainer(resolve_config("infonce", _values(tmp_path, tiny_text_model, seed=3)))
+    with pytest.raises(ValueError, match="different configuration"):
+        other.resume()
+
+
+def _ddp_worker(rank, world, config):
+    trainer = Trainer(config_from_dict(config))
+    logs = trainer.train_step(list(range(16)))
+    return {"loss": logs["loss"], "params": trainer.model.trainable_state_dict()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["infonce", "bacl"])
+def test_ddp_two_ranks_match_single_process(tmp_path, tiny_text_model, method):
+    # SGD: the update is linear in the gradient (Adam's first step is ±lr·sign(g), which
+    # flips on gradients at round-off level and would hide nothing but noise)
+    values = _values(
+        tmp_path, tiny_text_model, model={"dropout": 0.0}, optim={"name": "sgd", "lr": 0.05}
+    )
+    single = Trainer(resolve_config(method, values))
+    before = {k: v.clone() for k, v in single.model.trainable_state_dict().items()}
+    logs = single.train_step(list(range(16)))
+    ranks = run_distributed(_ddp_worker, 2, single.cfg.to_dict())
+    assert sum(r["loss"] for r in ranks) / 2 == pytest.approx(logs["loss"], abs=1e-5)
+    expected = single.model.trainable_state_dict()
+    moved = 0
+    for key, value in expected.items():
+        for r in ranks:
+            assert torch.allclose(r["params"][key], value, atol=1e-5), key
+        moved += int(not torch.equal(value, before[key]))
+    assert moved > 10  # the update really changed the model
