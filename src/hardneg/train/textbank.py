@@ -43,13 +43,16 @@ class TextBank:
             raise KeyError(f"caption {err.args[0]!r} is not in the text bank") from None
 
     def take(self, rows: Tensor, device: torch.device | str = "cpu") -> TextOutput:
-        """The :class:`TextOutput` of the given rows (token states back in fp32)."""
+        """The :class:`TextOutput` of the given rows (token states back in fp32), trimmed to
+        the longest caption among them (padding beyond it carries no information)."""
         rows = rows.cpu()
+        mask = self.mask[rows]
+        length = max(1, int(mask.sum(dim=1).max())) if len(rows) else 1
         return TextOutput(
-            tokens=self.tokens[rows].to(device, torch.float32),
-            mask=self.mask[rows].to(device),
+            tokens=self.tokens[rows, :length].to(device, torch.float32),
+            mask=mask[:, :length].to(device),
             pooled=self.pooled[rows].to(device),
-            input_ids=self.input_ids[rows].to(device),
+            input_ids=self.input_ids[rows, :length].to(device),
         )
 
 
@@ -69,8 +72,8 @@ def encode_bank(
         key = content_fingerprint(module_fingerprint(tower), texts, max_len)
         path = Path(cache_dir) / "text" / f"{key}.pt"
         if path.is_file():
-            try:
-                return TextBank(**torch.load(path, weights_only=True))
+            try:  # memory-mapped: only the rows a run touches are read
+                return TextBank(**torch.load(path, weights_only=True, mmap=True))
             except Exception:  # corrupt cache: recompute and overwrite below
                 path.unlink(missing_ok=True)
     n, dim = len(texts), tower.token_dim

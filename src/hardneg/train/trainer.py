@@ -324,8 +324,9 @@ class Trainer:
         # then exactly the single-process token mean
         per_rank = (labels >= 0).sum().clamp_min(1) / self.world
         sl = slice(self.rank * len(text), (self.rank + 1) * len(text))
-        out = self.model.crossmodal(masked[sl].to(self.device), image_tokens, text_mask=text.mask)
-        labels = labels[sl].to(self.device)
+        length = text.mask.shape[1]  # the global batch may be padded longer than this shard
+        masked, labels = masked[sl, :length].to(self.device), labels[sl, :length].to(self.device)
+        out = self.model.crossmodal(masked, image_tokens, text_mask=text.mask)
         picked = labels >= 0
         logits = self.model.crossmodal.mlm_logits(out.hidden[picked]).float()
         return F.cross_entropy(logits, labels[picked], reduction="sum") / per_rank.to(self.device)

@@ -1,0 +1,67 @@
+"""A hardneg contrastive loss scored on every negative or on BNS-selected ones.
+
+The one code path the framework integrations share: validate/normalise/gather the embeddings
+with the loss's own :meth:`~hardneg.losses.ContrastiveLoss.prepare`, optionally keep only the
+negatives a :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector` picked
+(:meth:`~hardneg.losses.pairs.ContrastivePairs.restrict`), and score them with the loss's own
+:meth:`~hardneg.losses.ContrastiveLoss.loss`. No loss math lives here.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from hardneg.integrations.bns_selector import BNSNegativeSelector, NegativeSelection
+from hardneg.losses.base import ContrastiveLoss
+
+
+class SelectedNegativesLoss(nn.Module):
+    r"""``loss`` on {positives ∪ selected negatives}, or on the whole batch without a selector.
+
+    With a selection, each anchor's denominator keeps its positives and its ``k`` picked
+    negatives (BACL, METHODS.md step 6); the rest get logit ``−∞``.
+
+    Args:
+        loss: any :class:`~hardneg.losses.ContrastiveLoss` (its temperature, normalisation
+            and DDP gathering are used as they are).
+        selector: optional :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector`
+            that picks the negatives of every call that is not given ``negatives``.
+
+    Example:
+        >>> import torch
+        >>> from hardneg.losses import EGALoss
+        >>> from hardneg.samplers import BNSConfig
+        >>> crit = SelectedNegativesLoss(EGALoss(), BNSNegativeSelector(BNSConfig(k=3)))
+        >>> crit.selector.set_progress(0.0, 5.0)
+        >>> crit(torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)).backward()
+    """
+
+    def __init__(self, loss: ContrastiveLoss, selector: BNSNegativeSelector | None = None) -> None:
+        super().__init__()
+        if not isinstance(loss, ContrastiveLoss):
+            raise ValueError(
+                f"loss must be a hardneg.losses.ContrastiveLoss, got {type(loss).__name__}"
+            )
+        self.loss = loss
+        self.selector = selector
+
+    def forward(
+        self,
+        image_emb: Tensor,
+        text_emb: Tensor,
+        positive_ids: Tensor | None = None,
+        extra_text_emb: Tensor | None = None,
+        negatives: NegativeSelection | None = None,
+    ) -> Tensor:
+        """Scalar loss; arguments as :meth:`hardneg.losses.ContrastiveLoss.forward`.
+
+        Args:
+            negatives: a selection made beforehand on the same features (takes precedence
+                over ``selector``).
+        """
+        pairs = self.loss.prepare(image_emb, text_emb, positive_ids, extra_text_emb)
+        if negatives is None and self.selector is not None:
+            negatives = self.selector.select(pairs)
+        if negatives is not None:
+            pairs = negatives.restrict(pairs)
+        return self.loss.loss(pairs)
