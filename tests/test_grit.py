@@ -262,7 +262,7 @@ def test_fn_rate_matches_brute_force_count_of_same_semantic_pairs():
     sampler.set_epoch(1)
     for batch in sampler:
         same = sum(1 for a in batch for b in batch if a != b and ids[a] == ids[b])
-        assert sampler.last_batch_stats["fn_rate"] == pytest.approx(same / (5 * 4))
+        assert sampler.last_batch_stats["fn_rate"] == pytest.approx(100.0 * same / (5 * 4))
 
 
 def test_progressive_hardening_q_rises_from_q_start_to_q_end():

@@ -156,6 +156,7 @@ class DigitScenesConfig:
 
 PRESETS: dict[str, DigitScenesConfig] = {
     "tiny": DigitScenesConfig(n_train=300, n_val=60, n_test=100, n_test_novel=100),
+    "small": DigitScenesConfig(n_train=2000, n_val=200, n_test=500, n_test_novel=500),
     "quick": DigitScenesConfig(n_train=6000, n_val=500, n_test=1000, n_test_novel=1000),
     "full": DigitScenesConfig(n_train=50000, n_val=2000, n_test=5000, n_test_novel=5000),
 }

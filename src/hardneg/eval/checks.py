@@ -25,11 +25,18 @@ def as_tensor(name: str, x: Tensor | Sequence, device: torch.device | None = Non
 
 
 def check_finite(name: str, x: Tensor) -> None:
-    """Check that the floating tensor ``x`` holds no NaN or inf."""
+    """Check that the floating tensor ``x`` holds no NaN or inf.
+
+    Checked in slices of about 2**20 elements along the first dimension: ``torch.isfinite``
+    allocates temporaries larger than its input, which for a 100k×512 gallery would cost
+    more memory than the chunked search itself.
+    """
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
+    rows = max(1, 2**20 // max(1, x[0].numel())) if x.dim() and x.shape[0] else 1
+    parts = x.split(rows) if x.dim() else [x]
+    if not all(bool(torch.isfinite(part).all()) for part in parts):
+        bad = sum(int((~torch.isfinite(part)).sum()) for part in parts)
         raise ValueError(
             f"{name} contains {bad} NaN/inf value(s); check the model output "
             "(fp16 overflow, divergent training) before evaluating"

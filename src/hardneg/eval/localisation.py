@@ -9,6 +9,7 @@ span into a token mask (through a tokenizer's ``word_ids``).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -94,6 +95,20 @@ def attention_error_localisation(
     return 100.0 * float(inside.gather(1, top).double().mean())
 
 
+def _positive_pair(name: str, value: object, what: str) -> tuple[int, int]:
+    """An int or a pair of ints (Python, numpy or 0-d torch), both positive, as a pair."""
+    try:
+        pair = (value, value) if not isinstance(value, Sequence) else tuple(value)
+        if len(pair) != 2:
+            raise TypeError
+        first, second = _as_index(pair[0]), _as_index(pair[1])
+    except TypeError as err:
+        raise ValueError(f"{name} must be {what}, got {value!r}") from err
+    if first <= 0 or second <= 0:
+        raise ValueError(f"{name} must be positive ({what}), got {value!r}")
+    return first, second
+
+
 def box_to_patch_mask(
     box: Sequence[float],
     image_size: int | tuple[int, int],
@@ -119,12 +134,8 @@ def box_to_patch_mask(
         >>> box_to_patch_mask((0, 0, 10, 5), image_size=20, grid=2)
         tensor([ True, False, False, False])
     """
-    width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
-    rows, cols = (grid, grid) if isinstance(grid, int) else grid
-    if min(width, height) <= 0 or min(rows, cols) <= 0:
-        raise ValueError(
-            f"image_size {image_size!r} and grid {grid!r} must be positive (W, H) and (rows, cols)"
-        )
+    width, height = _positive_pair("image_size", image_size, "W or (W, H) in pixels")
+    rows, cols = _positive_pair("grid", grid, "patches per side or (rows, cols)")
     if len(box) != 4:
         raise ValueError(f"box must be (x0, y0, x1, y1), got {box!r}")
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -140,6 +151,22 @@ def box_to_patch_mask(
     return (in_y[:, None] & in_x[None, :]).reshape(-1)
 
 
+def _as_index(value: object) -> int:
+    """``value`` as a Python int if it is integer-like (int, numpy or 0-d torch integer)."""
+    if isinstance(value, bool):
+        raise TypeError("bool is not a word index")
+    return operator.index(value)
+
+
+def _as_index_pair(span: Sequence) -> tuple[int, int]:
+    try:
+        if len(span) != 2:
+            raise TypeError
+        return _as_index(span[0]), _as_index(span[1])
+    except TypeError as err:
+        raise ValueError(f"span must be a (start, end) pair of word indices, got {span!r}") from err
+
+
 def word_span_to_token_mask(word_ids: Sequence[int | None], span: tuple[int, int]) -> Tensor:
     """Boolean mask of the tokens that belong to the words ``span[0] ≤ w < span[1]``.
 
@@ -149,7 +176,8 @@ def word_span_to_token_mask(word_ids: Sequence[int | None], span: tuple[int, int
 
     Args:
         word_ids: word index of each token, or None.
-        span: ``(start, end)`` word indices of the mismatch, end exclusive.
+        span: ``(start, end)`` word indices of the mismatch, end exclusive (Python, numpy or
+            0-d torch integers).
 
     Returns:
         (T,) bool tensor on the CPU, ``T = len(word_ids)``.
@@ -158,19 +186,22 @@ def word_span_to_token_mask(word_ids: Sequence[int | None], span: tuple[int, int
         >>> word_span_to_token_mask([None, 0, 1, 1, 2, None], (1, 2))
         tensor([False, False,  True,  True, False, False])
     """
-    if len(span) != 2 or not all(isinstance(v, int) for v in span) or not 0 <= span[0] < span[1]:
+    start, end = _as_index_pair(span)
+    if not 0 <= start < end:
         raise ValueError(
             f"span must be (start, end) word indices with 0 ≤ start < end, got {span!r}"
         )
-    if any(w is not None and (isinstance(w, bool) or not isinstance(w, int)) for w in word_ids):
-        raise ValueError("word_ids must hold int word indices or None, as tokenizer.word_ids()")
-    mask = torch.tensor(
-        [w is not None and span[0] <= w < span[1] for w in word_ids], dtype=torch.bool
-    )
+    try:
+        words = [None if w is None else _as_index(w) for w in word_ids]
+    except TypeError as err:
+        raise ValueError(
+            "word_ids must hold integer word indices or None, as tokenizer.word_ids()"
+        ) from err
+    mask = torch.tensor([w is not None and start <= w < end for w in words], dtype=torch.bool)
     if not bool(mask.any()):
         raise ValueError(
             f"no token of word_ids belongs to the word span {span!r}; the span must index words "
             "of the same caption that was tokenized (max word index "
-            f"{max((w for w in word_ids if w is not None), default=None)})"
+            f"{max((w for w in words if w is not None), default=None)})"
         )
     return mask

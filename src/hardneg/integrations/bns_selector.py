@@ -99,7 +99,7 @@ class BNSNegativeSelector(nn.Module):
     detached cosines ``s``: boundary score ``BS_ij = s_ij − s_ii`` (``s_ii`` the anchor's own
     pair), selection logit ``ℓ_ij = π(s_ij, s_ii, BS_ij, rank_ij) − α(η)·BS_ij`` and a
     Gumbel top-k pick (BACL §3; see :class:`~hardneg.samplers.BoundaryAwareSampler`). The
-    policy loss of the two directions is averaged and, in training mode with gradients enabled,
+    policy losses of the two directions are summed and, in training mode with gradients enabled,
     back-propagated and stepped immediately (see module docstring).
 
     Training progress η drives the curriculum α(η) and the Gumbel temperature: pass
@@ -192,7 +192,8 @@ class BNSNegativeSelector(nn.Module):
         pos_t2i = pairs.text_to_image_positives().as_mask(sim_t2i.shape[1])
         i2t = self._pick(sim_i2t, pos_i2t, own)
         t2i = self._pick(sim_t2i, pos_t2i, own)
-        policy_loss = 0.5 * (i2t.policy_loss + t2i.policy_loss)
+        # summed over the two directions, as hardneg.train.Trainer does (same policy dynamics)
+        policy_loss = i2t.policy_loss + t2i.policy_loss
         if self.train_policy and self.training and torch.is_grad_enabled():
             self._update_policy(policy_loss)
         return NegativeSelection(

@@ -77,6 +77,15 @@ class HardnegCLIPTrainer(Trainer):
         selector: BNSNegativeSelector | None = None,
         **kwargs: Any,
     ) -> None:
+        custom = kwargs.get("optimizers", (None, None))[0]
+        if custom is not None:
+            given = {id(p) for group in custom.param_groups for p in group["params"]}
+            if any(id(p) not in given for p in loss.parameters() if p.requires_grad):
+                raise ValueError(
+                    "the optimizer passed in optimizers=(...) does not hold the loss's trainable "
+                    "parameters (its temperature); add loss.parameters() to it, or build the "
+                    "loss with learn_temperature=False"
+                )
         super().__init__(*args, **kwargs)
         # CLIPModel's return_loss defaults to None, so the Trainer would skip the eval loss
         self.can_return_loss = True
@@ -111,7 +120,10 @@ class HardnegCLIPTrainer(Trainer):
         return (value, outputs) if return_outputs else value
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        """The Trainer's optimiser for the model, plus one group with the loss's parameters."""
+        """The Trainer's optimiser for the model, plus one group with the loss's parameters.
+
+        An optimiser given as ``optimizers=(...)`` is used as is (it must hold them).
+        """
         created = self.optimizer is None
         optimizer = super().create_optimizer(model)
         params = [p for p in self.criterion.loss.parameters() if p.requires_grad]

@@ -229,7 +229,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
     Diagnostics: :attr:`last_batch_stats` describes the last yielded batch: ``epoch``,
     ``batch`` (index in the epoch), ``random`` (fallback/random batch), ``q_mean``, ``q_p10``,
     ``q_p50``, ``q_p90`` (quantiles used), ``pick_sim_mean`` (similarity of each pick to its
-    anchor), ``fn_rate`` (share of ordered in-batch pairs i ≠ j with the same semantic id, i.e.
+    anchor), ``fn_rate`` (% of ordered in-batch pairs i ≠ j with the same semantic id, i.e.
     false negatives; None without ``semantic_ids``). Unavailable values are None.
 
     Args:
@@ -489,6 +489,6 @@ class HardnessBatchSampler(Sampler[list[int]]):
         if self.semantic_ids is not None:
             ids = self.semantic_ids[batch]
             same = int((ids[:, None] == ids[None, :]).sum()) - len(batch)
-            stats["fn_rate"] = same / (len(batch) * (len(batch) - 1))
+            stats["fn_rate"] = 100.0 * same / (len(batch) * (len(batch) - 1))
         p.built.append(batch)
         p.stats.append(stats)

@@ -112,3 +112,17 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
         for name in EVAL_SPLITS
         if name in trainer.splits
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hardneg.train.run CONFIG_JSON``: one bench run in its own process."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m hardneg.train.run CONFIG_JSON", file=sys.stderr)
+        return 2
+    train_and_evaluate(config_from_dict(json.loads(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

