@@ -110,8 +110,10 @@ def main() -> None:
                 continue
             cell = run_cell(expr, b, args.dim, repeats)
             rows[(name, b)] = cell
-            print(f"B={b:6d} {name:22s} {cell['time']:8.3f} s  peak {cell['peak_mib']:9.1f} MiB",
-                  flush=True)
+            print(
+                f"B={b:6d} {name:22s} {cell['time']:8.3f} s  peak {cell['peak_mib']:9.1f} MiB",
+                flush=True,
+            )
 
     device = next(iter(rows.values()))["device"]
     lines = [

@@ -36,8 +36,14 @@ COLOUR_NAMES = ["red", "green", "blue", "yellow", "magenta", "cyan"]
 NUMBER = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())}
 NUMBER.update({str(i): i for i in range(10)})
 # channels that must carry ink for each colour name (pure RGB tints)
-CHANNELS = {"red": {0}, "green": {1}, "blue": {2}, "yellow": {0, 1}, "magenta": {0, 2},
-            "cyan": {1, 2}}
+CHANNELS = {
+    "red": {0},
+    "green": {1},
+    "blue": {2},
+    "yellow": {0, 1},
+    "magenta": {0, 2},
+    "cyan": {1, 2},
+}
 
 SMALL = DigitScenesConfig(n_train=300, n_val=60, n_test=80, n_test_novel=80, seed=3)
 
@@ -89,8 +95,9 @@ def parse(caption: str):
     if m := re.fullmatch(f"{_POS} {_OBJ} {_POS} {_OBJ}", t):
         return _by_position([(m[1], _obj(m[2], m[3])), (m[4], _obj(m[5], m[6]))])
     if m := re.fullmatch(f"{_POS} {_OBJ} middle {_OBJ} {_POS} {_OBJ}", t):
-        return _by_position([(m[1], _obj(m[2], m[3])), ("middle", _obj(m[4], m[5])),
-                             (m[6], _obj(m[7], m[8]))])
+        return _by_position(
+            [(m[1], _obj(m[2], m[3])), ("middle", _obj(m[4], m[5])), (m[6], _obj(m[7], m[8]))]
+        )
     if m := re.fullmatch(f"{_OBJ} on the {_POS} and {_OBJ} on the {_POS}", t):
         return _by_position([(m[3], _obj(m[1], m[2])), (m[6], _obj(m[4], m[5]))])
     if m := re.fullmatch(f"on the {_POS} a {_OBJ} on the {_POS} a {_OBJ}", t):
@@ -103,17 +110,18 @@ def parse(caption: str):
     if m := re.fullmatch(f"a {_OBJ} a {_OBJ} and a {_OBJ} from {_POS} to {_POS}", t):
         objs = [_obj(m[1], m[2]), _obj(m[3], m[4]), _obj(m[5], m[6])]
         return _along(m[7], m[8], objs)
-    if m := re.fullmatch(
-        f"{_OBJ} on the {_POS} {_OBJ} in the middle and {_OBJ} on the {_POS}", t
-    ):
-        return _by_position([(m[3], _obj(m[1], m[2])), ("middle", _obj(m[4], m[5])),
-                             (m[8], _obj(m[6], m[7]))])
+    if m := re.fullmatch(f"{_OBJ} on the {_POS} {_OBJ} in the middle and {_OBJ} on the {_POS}", t):
+        return _by_position(
+            [(m[3], _obj(m[1], m[2])), ("middle", _obj(m[4], m[5])), (m[8], _obj(m[6], m[7]))]
+        )
     if m := re.fullmatch(
         f"the {_D} on the {_POS} is {_C} the {_D} in the middle is {_C} "
-        f"and the {_D} on the {_POS} is {_C}", t
+        f"and the {_D} on the {_POS} is {_C}",
+        t,
     ):
-        return _by_position([(m[2], _obj(m[3], m[1])), ("middle", _obj(m[5], m[4])),
-                             (m[7], _obj(m[8], m[6]))])
+        return _by_position(
+            [(m[2], _obj(m[3], m[1])), ("middle", _obj(m[5], m[4])), (m[7], _obj(m[8], m[6]))]
+        )
     raise AssertionError(f"unparseable caption: {caption!r}")
 
 
@@ -140,8 +148,9 @@ def clean():
 def test_same_seed_is_identical_and_another_seed_differs():
     cfg = DigitScenesConfig(n_train=1, n_val=30, n_test=1, n_test_novel=1, seed=11)
     a, b = generate_split(cfg, "val"), generate_split(cfg, "val")
-    c = generate_split(DigitScenesConfig(n_train=1, n_val=30, n_test=1, n_test_novel=1, seed=12),
-                       "val")
+    c = generate_split(
+        DigitScenesConfig(n_train=1, n_val=30, n_test=1, n_test_novel=1, seed=12), "val"
+    )
     for field in ("images", "semantic_ids", "digits", "colours", "boxes", "scan_indices"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert a.captions == b.captions and a.hard_negatives == b.hard_negatives
@@ -226,8 +235,10 @@ def _expected_kinds(relation, objs, novel):
 
 def test_hard_negatives_differ_exactly_in_the_annotated_way(data):
     word_class = {
-        "replace_digit": set(NUMBER), "change_colour": set(COLOUR_NAMES),
-        "swap_colours": set(COLOUR_NAMES), "swap_digits": set(NUMBER),
+        "replace_digit": set(NUMBER),
+        "change_colour": set(COLOUR_NAMES),
+        "swap_colours": set(COLOUR_NAMES),
+        "swap_digits": set(NUMBER),
         "flip_relation": {"left", "right", "top", "bottom", "above", "below"},
     }
     seen_kinds = set()

@@ -18,8 +18,12 @@ def reference(indices) -> np.ndarray:
     """Closed-form features: item i → [[i, -i], [i², 1], [0.5, i/10]]."""
     i = np.asarray(indices, dtype=np.float64)
     return np.stack(
-        [np.stack([i, -i], 1), np.stack([i**2, np.ones_like(i)], 1),
-         np.stack([np.full_like(i, 0.5), i / 10], 1)], axis=1
+        [
+            np.stack([i, -i], 1),
+            np.stack([i**2, np.ones_like(i)], 1),
+            np.stack([np.full_like(i, 0.5), i / 10], 1),
+        ],
+        axis=1,
     ).astype(np.float32)
 
 
@@ -58,8 +62,9 @@ def test_reopened_cache_hits_from_disk(tmp_path):
     make(tmp_path).fill(Recorder(), batch_size=3, progress=False)
     again = make(tmp_path)
     assert again.complete
-    np.testing.assert_array_equal(again.get_or_compute(range(10), never).numpy(),
-                                  reference(range(10)))
+    np.testing.assert_array_equal(
+        again.get_or_compute(range(10), never).numpy(), reference(range(10))
+    )
     meta = json.loads((again.directory / "meta.json").read_text())
     assert meta["complete"] is True and meta["shape"] == list(SHAPE)
 

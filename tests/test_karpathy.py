@@ -31,8 +31,12 @@ def _entry(imgid, filename, split, captions, filepath=None):
         "split": split,
         "imgid": imgid,
         "sentences": [
-            {"raw": c, "tokens": c.lower().strip(" .").split(), "sentid": 10 * imgid + k,
-             "imgid": imgid}
+            {
+                "raw": c,
+                "tokens": c.lower().strip(" .").split(),
+                "sentid": 10 * imgid + k,
+                "imgid": imgid,
+            }
             for k, c in enumerate(captions)
         ],
         "sentids": [10 * imgid + k for k in range(len(captions))],
@@ -54,8 +58,9 @@ def coco(tmp_path):
     _bands(40, 40, [RED]).save(root / "train2014" / "c.jpg", quality=95)
     _bands(40, 40, [GREEN]).save(root / "val2014" / "d.png")
     images = [
-        _entry(7, "a.png", "test", ["A green thing. ", "Three bands", "bands of colour"],
-               "val2014"),
+        _entry(
+            7, "a.png", "test", ["A green thing. ", "Three bands", "bands of colour"], "val2014"
+        ),
         _entry(3, "b.jpg", "test", ["a blue square"] * 2 + ["blue"], "val2014"),
         _entry(11, "c.jpg", "train", ["red"], "train2014"),
         _entry(12, "d.png", "restval", ["green", "all green"], "val2014"),
@@ -69,8 +74,10 @@ def test_coco_test_split_round_trip(coco):
     path, root = coco
     ds = KarpathyDataset(path, root, split="test", image_size=24)
     assert len(ds) == 2
-    assert ds.captions == [["A green thing.", "Three bands", "bands of colour"],
-                           ["a blue square", "a blue square", "blue"]]
+    assert ds.captions == [
+        ["A green thing.", "Three bands", "bands of colour"],
+        ["a blue square", "a blue square", "blue"],
+    ]
     assert ds.semantic_ids.tolist() == [7, 3]
     item = ds[0]
     assert item["image"].shape == (3, 24, 24) and item["image"].dtype == torch.float32
@@ -97,8 +104,14 @@ def test_flatten_and_dataloader_batches(coco):
     path, root = coco
     ds = KarpathyDataset(path, root, split="test", image_size=16)
     flat = flatten_captions(ds)
-    assert flat.texts == ["A green thing.", "Three bands", "bands of colour", "a blue square",
-                          "a blue square", "blue"]
+    assert flat.texts == [
+        "A green thing.",
+        "Three bands",
+        "bands of colour",
+        "a blue square",
+        "a blue square",
+        "blue",
+    ]
     assert flat.image_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert flat.semantic_ids.tolist() == [7, 7, 7, 3, 3, 3]
     batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=collate_image_captions)))
@@ -111,8 +124,10 @@ def test_flickr_layout_without_filepath(tmp_path):
     root = tmp_path / "flickr30k-images"
     root.mkdir()
     _bands(50, 20, [BLUE, RED]).save(root / "1000.jpg", quality=95)
-    data = {"dataset": "flickr30k",
-            "images": [_entry(0, "1000.jpg", "val", ["two halves", "blue and red"])]}
+    data = {
+        "dataset": "flickr30k",
+        "images": [_entry(0, "1000.jpg", "val", ["two halves", "blue and red"])],
+    }
     path = tmp_path / "dataset_flickr30k.json"
     path.write_text(json.dumps(data))
     ds = KarpathyDataset(path, root, split="val", image_size=20)

@@ -161,8 +161,10 @@ class FeatureCache:
         shape: Sequence[int],
         dtype: Any = np.float32,
     ) -> None:
-        for name, fp in (("model_fingerprint", model_fingerprint),
-                         ("data_fingerprint", data_fingerprint)):
+        for name, fp in (
+            ("model_fingerprint", model_fingerprint),
+            ("data_fingerprint", data_fingerprint),
+        ):
             if not isinstance(fp, str) or not fp:
                 raise ValueError(f"{name} must be a non-empty str (e.g. module_fingerprint(...))")
         if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
@@ -194,7 +196,9 @@ class FeatureCache:
             if self.directory.exists():
                 warnings.warn(
                     f"feature cache {self.directory} has no {_META} (interrupted build); "
-                    "rebuilding it", RuntimeWarning, stacklevel=3,
+                    "rebuilding it",
+                    RuntimeWarning,
+                    stacklevel=3,
                 )
             return False
         try:
@@ -202,13 +206,15 @@ class FeatureCache:
             meta.pop("complete", None)
             if meta != self.meta:
                 raise ValueError(f"{_META} describes a different cache: {meta}")
-            features = _open_npy(self.directory / _FEATURES, (self.n_items, *self.shape),
-                                 self.dtype)
+            features = _open_npy(
+                self.directory / _FEATURES, (self.n_items, *self.shape), self.dtype
+            )
             filled = _open_npy(self.directory / _FILLED, (self.n_items,), np.dtype(np.bool_))
         except (OSError, ValueError, EOFError) as err:
             warnings.warn(
                 f"feature cache {self.directory} is corrupt or stale ({err}); rebuilding it",
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning,
+                stacklevel=3,
             )
             return False
         self._features, self._filled = features, filled
@@ -219,7 +225,9 @@ class FeatureCache:
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True)
         self._features = np.lib.format.open_memmap(
-            self.directory / _FEATURES, mode="w+", dtype=self.dtype,
+            self.directory / _FEATURES,
+            mode="w+",
+            dtype=self.dtype,
             shape=(self.n_items, *self.shape),
         )
         self._filled = np.lib.format.open_memmap(

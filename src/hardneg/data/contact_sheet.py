@@ -70,30 +70,60 @@ def write_contact_sheet(
     picks = np.linspace(0, len(split) - 1, n).round().astype(int)
     fig = Figure(figsize=(3.6 * columns, 5.0 * rows))
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[3, 2] * rows, left=0.02,
-                            right=0.98, top=1 - 0.7 / (5.0 * rows), bottom=0.01, hspace=0.05,
-                            wspace=0.12)
+    grid = fig.add_gridspec(
+        2 * rows,
+        columns,
+        height_ratios=[3, 2] * rows,
+        left=0.02,
+        right=0.98,
+        top=1 - 0.7 / (5.0 * rows),
+        bottom=0.01,
+        hspace=0.05,
+        wspace=0.12,
+    )
     for panel, i in enumerate(picks):
         row, col = divmod(panel, columns)
         ax = fig.add_subplot(grid[2 * row, col])
         ax.imshow(split.images[i], interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        lines = [f"#{i} id {split.semantic_ids[i]} ({split.relations[i]})",
-                 "+ " + split.captions[i][0]]
+        lines = [
+            f"#{i} id {split.semantic_ids[i]} ({split.relations[i]})",
+            "+ " + split.captions[i][0],
+        ]
         for k, neg in enumerate(split.hard_negatives[i][:n_negatives]):
             colour = _BOX_COLOURS[k % len(_BOX_COLOURS)]
             x0, y0, x1, y1 = neg.box
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                   edgecolor=colour, linewidth=1.2, linestyle="--"))
+            ax.add_patch(
+                Rectangle(
+                    (x0 - 0.5, y0 - 0.5),
+                    x1 - x0,
+                    y1 - y0,
+                    fill=False,
+                    edgecolor=colour,
+                    linewidth=1.2,
+                    linestyle="--",
+                )
+            )
             lines.append(f"- {neg.kind} ({colour} box): {_bracket_span(neg.caption, neg.span)}")
         text_ax = fig.add_subplot(grid[2 * row + 1, col])
         text_ax.axis("off")
         text = "\n".join(textwrap.fill(line, 50, subsequent_indent="   ") for line in lines)
-        text_ax.text(0.0, 1.0, text, transform=text_ax.transAxes, va="top", ha="left",
-                     fontsize=6.5, family="monospace")
-    fig.suptitle(f"DigitScenes {split.name}: {len(split)} scenes "
-                 "(+ positive, - hard negative, [mismatch span])", fontsize=10)
+        text_ax.text(
+            0.0,
+            1.0,
+            text,
+            transform=text_ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=6.5,
+            family="monospace",
+        )
+    fig.suptitle(
+        f"DigitScenes {split.name}: {len(split)} scenes "
+        "(+ positive, - hard negative, [mismatch span])",
+        fontsize=10,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

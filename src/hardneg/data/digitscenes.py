@@ -203,9 +203,13 @@ class SceneSplit:
                 f"images must be (N, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}"
             )
         sizes = {
-            "captions": len(self.captions), "semantic_ids": len(self.semantic_ids),
-            "digits": len(self.digits), "colours": len(self.colours), "boxes": len(self.boxes),
-            "relations": len(self.relations), "hard_negatives": len(self.hard_negatives),
+            "captions": len(self.captions),
+            "semantic_ids": len(self.semantic_ids),
+            "digits": len(self.digits),
+            "colours": len(self.colours),
+            "boxes": len(self.boxes),
+            "relations": len(self.relations),
+            "hard_negatives": len(self.hard_negatives),
             "scan_indices": len(self.scan_indices),
         }
         wrong = {k: v for k, v in sizes.items() if v != n}
@@ -360,19 +364,33 @@ def read_split(path: str | os.PathLike) -> SceneSplit:
         negatives = [
             [
                 HardNegative(
-                    caption=r[0], kind=r[1], span=(r[2], r[3]), box=(r[4], r[5], r[6], r[7]),
-                    source=r[8], semantic_id=r[9],
+                    caption=r[0],
+                    kind=r[1],
+                    span=(r[2], r[3]),
+                    box=(r[4], r[5], r[6], r[7]),
+                    source=r[8],
+                    semantic_id=r[9],
                 )
                 for r in negs
             ]
             for negs in meta["hard_negatives"]
         ]
         return SceneSplit(
-            name=meta["name"], captions=meta["captions"], relations=meta["relations"],
-            hard_negatives=negatives, **arrays,
+            name=meta["name"],
+            captions=meta["captions"],
+            relations=meta["relations"],
+            hard_negatives=negatives,
+            **arrays,
         )
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError, IndexError,
-            TypeError) as err:
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        KeyError,
+        ValueError,
+        IndexError,
+        TypeError,
+    ) as err:
         raise ValueError(
             f"DigitScenes cache file {path} is corrupt or truncated ({type(err).__name__}: "
             f"{err}); delete it or call load_digitscenes(..., regenerate=True)"

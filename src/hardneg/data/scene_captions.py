@@ -27,11 +27,24 @@ __all__ = [
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
 DIGIT_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
 )
 RELATIONS: tuple[str, ...] = ("left_of", "above")
 PERTURBATIONS: tuple[str, ...] = (
-    "replace_digit", "change_colour", "swap_colours", "swap_digits", "flip_relation",
+    "replace_digit",
+    "change_colour",
+    "swap_colours",
+    "swap_digits",
+    "flip_relation",
 )
 N_COMBOS = len(DIGIT_WORDS) * len(COLOURS)
 
@@ -210,8 +223,10 @@ def _perturb(
 def _union_box(boxes: Sequence[Sequence[int]], which: Sequence[int]) -> tuple[int, int, int, int]:
     sel = [boxes[k] for k in which]
     return (
-        min(b[0] for b in sel), min(b[1] for b in sel),
-        max(b[2] for b in sel), max(b[3] for b in sel),
+        min(b[0] for b in sel),
+        min(b[1] for b in sel),
+        max(b[2] for b in sel),
+        max(b[3] for b in sel),
     )
 
 
@@ -285,7 +300,8 @@ def scene_captions(
             i for i, (a, b) in enumerate(zip(captions[source].split(), caption.split())) if a != b
         ]
         moved = [
-            k for k in range(len(digits))
+            k
+            for k in range(len(digits))
             if (meaning[0][k], meaning[1][k]) != (digits[k], colours[k])
         ]
         negatives.append(

@@ -111,8 +111,13 @@ def _upscaled(size: int) -> tuple[np.ndarray, np.ndarray]:
     up[up < _INK_THRESHOLD] = 0.0
     rows, cols = up.any(axis=2), up.any(axis=1)
     ink_box = np.stack(
-        [cols.argmax(1), rows.argmax(1),
-         size - cols[:, ::-1].argmax(1), size - rows[:, ::-1].argmax(1)], axis=1
+        [
+            cols.argmax(1),
+            rows.argmax(1),
+            size - cols[:, ::-1].argmax(1),
+            size - rows[:, ::-1].argmax(1),
+        ],
+        axis=1,
     )
     return up, ink_box
 

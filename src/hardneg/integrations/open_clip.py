@@ -43,15 +43,11 @@ from torch.func import functional_call
 from hardneg.integrations.bns_selector import BNSNegativeSelector, NegativeSelection
 from hardneg.integrations.selected_loss import SelectedNegativesLoss
 from hardneg.losses import (
+    LOSSES,
     ContrastiveLoss,
-    DCLLoss,
     DecoupledInfoNCELoss,
-    EGALoss,
-    HCLLoss,
     InfoNCELoss,
-    NegCLIPLoss,
     SigLIPLoss,
-    SoftInfoNCELoss,
 )
 from hardneg.losses.distributed import world_info
 
@@ -63,18 +59,6 @@ __all__ = [
     "NegativeSelection",
     "OpenCLIPLossAdapter",
 ]
-
-#: Loss names accepted by :class:`OpenCLIPLossAdapter`.
-LOSSES: dict[str, type[ContrastiveLoss]] = {
-    "infonce": InfoNCELoss,
-    "negclip": NegCLIPLoss,
-    "ega": EGALoss,
-    "hcl": HCLLoss,
-    "dcl": DCLLoss,
-    "decoupled": DecoupledInfoNCELoss,
-    "soft_infonce": SoftInfoNCELoss,
-    "siglip": SigLIPLoss,
-}
 
 #: Losses whose value is unchanged by a shared logit bias (a softmax shift): they accept and
 #: drop one. The others (HCL/DCL floors, Soft-InfoNCE weights) are defined without a bias.

@@ -11,13 +11,28 @@ All are DDP-aware (local anchors vs. features gathered with gradient from every 
 """
 
 from hardneg.losses.base import ContrastiveLoss, SymmetricRowLoss
+from hardneg.losses.cla import ContrastiveLocalAttentionLoss, contrastive_local_attention_loss
 from hardneg.losses.debiased import DCLLoss, DecoupledInfoNCELoss, HCLLoss
 from hardneg.losses.ega import EGALoss
 from hardneg.losses.infonce import InfoNCELoss, NegCLIPLoss
 from hardneg.losses.siglip import SigLIPLoss
 from hardneg.losses.soft_infonce import SoftInfoNCELoss
 
+#: Every loss by the name configs, the CLI and the integrations use.
+LOSSES: dict[str, type[ContrastiveLoss]] = {
+    "infonce": InfoNCELoss,
+    "negclip": NegCLIPLoss,
+    "siglip": SigLIPLoss,
+    "hcl": HCLLoss,
+    "dcl": DCLLoss,
+    "decoupled": DecoupledInfoNCELoss,
+    "soft_infonce": SoftInfoNCELoss,
+    "ega": EGALoss,
+}
+
 __all__ = [
+    "LOSSES",
+    "ContrastiveLocalAttentionLoss",
     "ContrastiveLoss",
     "DCLLoss",
     "DecoupledInfoNCELoss",
@@ -28,4 +43,5 @@ __all__ = [
     "SigLIPLoss",
     "SoftInfoNCELoss",
     "SymmetricRowLoss",
+    "contrastive_local_attention_loss",
 ]

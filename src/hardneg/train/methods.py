@@ -8,29 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from hardneg.losses import LOSSES
 
-from hardneg.losses import (
-    DCLLoss,
-    DecoupledInfoNCELoss,
-    EGALoss,
-    HCLLoss,
-    InfoNCELoss,
-    NegCLIPLoss,
-    SigLIPLoss,
-    SoftInfoNCELoss,
-)
-
-LOSSES: dict[str, type[nn.Module]] = {
-    "infonce": InfoNCELoss,
-    "negclip": NegCLIPLoss,
-    "siglip": SigLIPLoss,
-    "hcl": HCLLoss,
-    "dcl": DCLLoss,
-    "decoupled": DecoupledInfoNCELoss,
-    "soft_infonce": SoftInfoNCELoss,
-    "ega": EGALoss,
-}
+__all__ = ["LOSSES", "METHODS", "method_overrides"]
 
 _BNS = {"selector": {"name": "bns"}}
 _CLA = {"aux": {"cla_weight": 0.3}}
