@@ -409,20 +409,25 @@ class Trainer:
             neg_idx = sim.masked_fill(~neg_ok, float("-inf")).argmax(dim=1)
         total = image_tokens.new_zeros((), dtype=torch.float32)
         if aux.itm_weight or aux.cla_weight:
-            pos_out = cross(text, image_tokens)
-            neg_out = cross(text, all_tokens[neg_idx])
+            # positives and hardest negatives in one forward of 2R pairs
+            both = TextOutput(
+                tokens=torch.cat([text.tokens, text.tokens]),
+                mask=torch.cat([text.mask, text.mask]),
+                pooled=torch.cat([text.pooled, text.pooled]),
+                input_ids=torch.cat([text.input_ids, text.input_ids]),
+            )
+            out = cross(both, torch.cat([image_tokens, all_tokens[neg_idx]]))
+            r = len(text)
+            attn = last_layer_attention(out)
+            pos_attn, neg_attn = attn[:r], attn[r:]
             if aux.itm_weight:
-                logit = torch.cat([pos_out.itm_logit, neg_out.itm_logit]).float()
+                logit = out.itm_logit.float()
                 target = torch.cat([torch.ones(len(text)), torch.zeros(len(text))]).to(logit)
                 itm = F.binary_cross_entropy_with_logits(logit, target)
                 logs["itm"] = float(itm.detach())
                 total = total + aux.itm_weight * itm
             if aux.cla_weight:
-                cla = self.cla(
-                    last_layer_attention(pos_out).float(),
-                    last_layer_attention(neg_out).float(),
-                    text.mask,
-                )
+                cla = self.cla(pos_attn.float(), neg_attn.float(), text.mask)
                 logs["cla"] = float(cla.detach())
                 total = total + aux.cla_weight * cla
         if aux.mlm_weight:
