@@ -541,3 +541,40 @@ def test_restrict_scores_only_the_selected_negatives(loss_cls):
             z = scale * (pairs.image[:1] @ pairs.all_text.T)
             total += float(sub_loss.row_loss(z, Positives(index=torch.tensor([0])), scale)[0])
     assert got.item() == pytest.approx(total / 14, rel=1e-9)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_ega_renormalized_gradient_is_reweighted_distribution_minus_target(multi):
+    """P̄ = P·w / Σ P·w with w = 1 + α·h on negatives, 1 on positives; grad = P̄ − target."""
+    g = torch.Generator().manual_seed(23)
+    z = (torch.randn(5, 8, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    mask = torch.zeros(5, 8, dtype=torch.bool)
+    mask[torch.arange(5), torch.arange(5)] = True
+    if multi:
+        mask[1, 6] = mask[4, 7] = True
+        pos = Positives(mask=mask)
+    else:
+        pos = Positives(index=torch.arange(5))
+    alpha = 2.0
+    (got,) = torch.autograd.grad(nce_rows(z, pos, alpha=alpha, renormalize=True).sum(), z)
+    zd = z.detach()
+    # the log-mean positive term gives each of an anchor's |P| positives weight e^{z_p}/|P|
+    n_pos = mask.sum(1, keepdim=True)
+    p = torch.softmax(torch.where(mask, zd - n_pos.log(), zd), dim=1)
+    z_pos = torch.log(torch.where(mask, zd.exp(), 0.0).sum(1) / mask.sum(1))
+    h = torch.clamp(torch.exp(zd - z_pos[:, None]), max=1.0)
+    w = torch.where(mask, 1.0, 1.0 + alpha * h)
+    p_bar = p * w / (p * w).sum(1, keepdim=True)
+    target = torch.where(mask, zd.exp(), 0.0)
+    target = target / target.sum(1, keepdim=True)
+    assert torch.allclose(got, p_bar - target, atol=1e-12)
+    assert torch.allclose(got.sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+
+
+def test_ega_renormalized_chunked_equals_naive():
+    u, v = _pair(b=13, d=8, seed=24)
+    ids = torch.arange(13) % 9
+    l1, gu1, gv1 = _grads(EGALoss(renormalize=True).double(), u, v, positive_ids=ids)
+    l2, gu2, gv2 = _grads(EGALoss(renormalize=True, chunk_size=4).double(), u, v, positive_ids=ids)
+    assert torch.allclose(l1, l2) and torch.allclose(gu1, gu2, atol=1e-12)
+    assert torch.allclose(gv1, gv2, atol=1e-12)

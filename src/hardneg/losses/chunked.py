@@ -20,7 +20,7 @@ from hardneg.losses.pairs import Positives, positives_from_ids
 class _ChunkedNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors, cands, scale, anchor_ids, cand_ids, offset, opts):  # type: ignore[override]
-        chunk, _, _, aggregate = opts
+        chunk, _, _, aggregate, _ = opts
         losses, stats = [], []
         for start in range(0, anchors.shape[0], chunk):
             block = anchors[start : start + chunk]
@@ -38,7 +38,7 @@ class _ChunkedNCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         anchors, cands, scale, anchor_ids, cand_ids, lse_neg, z_pos, lse_all = ctx.saved_tensors
-        chunk, alpha, ratio, _ = ctx.opts
+        chunk, alpha, ratio, _, renormalize = ctx.opts
         grad_a = torch.empty_like(anchors)
         grad_c = torch.zeros_like(cands)
         grad_scale = torch.zeros((), dtype=anchors.dtype, device=anchors.device)
@@ -52,7 +52,8 @@ class _ChunkedNCE(torch.autograd.Function):
                 z_pos=z_pos[start:stop],
                 lse_all=None if lse_all is None else lse_all[start:stop],
             )
-            dz = nce_grad(scale * cos, pos, stats, alpha, ratio).mul_(grad_out[start:stop, None])
+            dz = nce_grad(scale * cos, pos, stats, alpha, ratio, renormalize)
+            dz.mul_(grad_out[start:stop, None])
             grad_scale += (dz * cos).sum()
             dz.mul_(scale)
             grad_a[start:stop] = dz @ cands
@@ -83,6 +84,7 @@ def chunked_nce_rows(
     alpha: float = 0.0,
     hardness_ratio: float = 1.0,
     aggregate: str = "mean",
+    renormalize: bool = False,
 ) -> Tensor:
     """Per-anchor InfoNCE/EGA loss (R,) of ``scale · anchors @ candidatesᵀ``, computed blockwise.
 
@@ -94,9 +96,9 @@ def chunked_nce_rows(
         anchor_ids, candidate_ids: semantic ids (multi-positive) or None.
         offset: column of anchor 0's own pair (``rank * R`` under DDP).
         chunk: anchors per block.
-        alpha, hardness_ratio, aggregate: as :func:`hardneg.losses.nce.nce_rows`.
+        alpha, hardness_ratio, aggregate, renormalize: as :func:`hardneg.losses.nce.nce_rows`.
     """
     if chunk < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk}")
-    opts = (chunk, alpha, hardness_ratio, aggregate)
+    opts = (chunk, alpha, hardness_ratio, aggregate, renormalize)
     return _ChunkedNCE.apply(anchors, candidates, scale, anchor_ids, candidate_ids, offset, opts)

@@ -31,6 +31,12 @@ class EGALoss(InfoNCELoss):
             while τ is learned means the ratio τ/τ_h follows τ.
         temperature, learn_temperature, normalize, max_logit_scale, aggregate, chunk_size:
             as :class:`~hardneg.losses.InfoNCELoss` (EGA also runs blockwise).
+        renormalize: renormalise the amplified probabilities ``P̄`` over each row, so the
+            gradient is ``P̄ − I`` with ``P̄`` a distribution (rows of the logit gradient sum to
+            0 as in InfoNCE). Default False is the METHODS.md definition, whose rows sum to
+            ``α Σ_n p_in h_in > 0``: a net push of every logit down, which from a randomly
+            initialised (near-collapsed) model — all ``h ≈ 1`` — can keep the embeddings
+            collapsed (seen on DigitScenes: R@1 ≈ chance). Use True when training from scratch.
 
     Example:
         >>> import torch
@@ -49,6 +55,7 @@ class EGALoss(InfoNCELoss):
         max_logit_scale: float = 100.0,
         aggregate: str = "mean",
         chunk_size: int | None = None,
+        renormalize: bool = False,
     ) -> None:
         super().__init__(
             temperature, learn_temperature, normalize, max_logit_scale, aggregate, chunk_size
@@ -58,6 +65,7 @@ class EGALoss(InfoNCELoss):
         if hardness_temperature is not None and not hardness_temperature > 0:
             raise ValueError(f"hardness_temperature must be > 0, got {hardness_temperature}")
         self.alpha = float(alpha)
+        self.renormalize = bool(renormalize)
         self.hardness_temperature = hardness_temperature
 
     @property

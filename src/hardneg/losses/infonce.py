@@ -50,6 +50,7 @@ class InfoNCELoss(SymmetricRowLoss):
     #: EGA amplification α; 0 for plain InfoNCE.
     alpha: float = 0.0
     hardness_ratio: float = 1.0
+    renormalize: bool = False
 
     def __init__(
         self,
@@ -69,7 +70,9 @@ class InfoNCELoss(SymmetricRowLoss):
         self.chunk_size = chunk_size
 
     def row_loss(self, logits: Tensor, positives: Positives, scale: Tensor) -> Tensor:
-        return nce_rows(logits, positives, self.alpha, self.hardness_ratio, self.aggregate)
+        return nce_rows(
+            logits, positives, self.alpha, self.hardness_ratio, self.aggregate, self.renormalize
+        )
 
     def loss(self, pairs: ContrastivePairs) -> Tensor:
         if self.chunk_size is None:
@@ -86,6 +89,7 @@ class InfoNCELoss(SymmetricRowLoss):
             alpha=self.alpha,
             hardness_ratio=self.hardness_ratio,
             aggregate=self.aggregate,
+            renormalize=self.renormalize,
         )
         i2t = chunked_nce_rows(
             pairs.image, pairs.text_candidates, scale, pairs.ids, pairs.all_ids, **opts

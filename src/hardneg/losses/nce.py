@@ -84,38 +84,56 @@ def _amplify_(grad: Tensor, row_shift: Tensor, alpha: float, ratio: float) -> No
 
 
 def nce_grad(
-    z: Tensor, pos: Positives, stats: RowStats, alpha: float = 0.0, ratio: float = 1.0
+    z: Tensor,
+    pos: Positives,
+    stats: RowStats,
+    alpha: float = 0.0,
+    ratio: float = 1.0,
+    renormalize: bool = False,
 ) -> Tensor:
-    """``∂ℓ_i/∂z_ij`` for every entry (EGA-amplified on negatives when ``alpha > 0``)."""
+    """``∂ℓ_i/∂z_ij`` for every entry (EGA-amplified on negatives when ``alpha > 0``).
+
+    With ``renormalize`` the amplified probabilities ``P̄`` are renormalised over each row
+    before ``P̄ − target``, so every row of the gradient sums to zero as InfoNCE's does.
+    """
     if pos.index is not None:
         assert stats.lse_all is not None
         grad = (z - stats.lse_all[:, None]).exp_()
         p_pos = grad.gather(1, pos.index[:, None])
         if alpha:
             _amplify_(grad, stats.lse_all - stats.z_pos, alpha, ratio)
+            if renormalize:  # the positive keeps weight 1: remove its (1+α) amplification
+                norm = grad.sum(dim=1, keepdim=True) - alpha * p_pos
+                grad.div_(norm)
+                p_pos = p_pos / norm
         grad.scatter_(1, pos.index[:, None], p_pos - 1.0)
         return grad
     mask = pos.mask
     assert mask is not None
     # share of the loss gradient that goes to the negatives: σ(lse_neg − z⁺) ∈ [0, 1]
-    neg_share = torch.sigmoid(stats.lse_neg - stats.z_pos)
+    neg_share = torch.sigmoid(stats.lse_neg - stats.z_pos)[:, None]
     # rows without negatives: lse_neg = -inf; any finite stand-in keeps exp() NaN-free
     lse_neg = torch.where(torch.isfinite(stats.lse_neg), stats.lse_neg, 0.0)
     grad = (z - lse_neg[:, None]).exp_().masked_fill_(mask, 0.0)
+    norm = torch.ones_like(neg_share)
     if alpha:
         _amplify_(grad, lse_neg - stats.z_pos, alpha, ratio)
+        if renormalize:
+            norm = neg_share * grad.sum(dim=1, keepdim=True) + (1.0 - neg_share)
     lse_pos = torch.logsumexp(z.masked_fill(~mask, float("-inf")), dim=1)
     pos_grad = torch.exp(z - lse_pos[:, None]).masked_fill_(~mask, 0.0)
-    return (grad - pos_grad).mul_(neg_share[:, None])
+    # negatives: P̄ = share·q(1+αh)/norm; positives: P̄ − target = softmax_pos·((1−share)/norm − 1)
+    return grad.mul_(neg_share / norm).add_(pos_grad.mul_((1.0 - neg_share) / norm - 1.0))
 
 
 class _NCERows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, pos_index, pos_mask, alpha, ratio, aggregate):  # type: ignore[override]
+    def forward(ctx, z, pos_index, pos_mask, opts):  # type: ignore[override]
+        alpha, ratio, aggregate, renormalize = opts
         pos = Positives(index=pos_index, mask=pos_mask)
         loss, stats = nce_forward(z, pos, aggregate)
         ctx.save_for_backward(z, pos_index, pos_mask, stats.lse_neg, stats.z_pos, stats.lse_all)
-        ctx.alpha, ctx.ratio = alpha, ratio
+        ctx.alpha, ctx.ratio, ctx.renormalize = alpha, ratio, renormalize
         return loss
 
     @staticmethod
@@ -123,8 +141,8 @@ class _NCERows(torch.autograd.Function):
         z, pos_index, pos_mask, lse_neg, z_pos, lse_all = ctx.saved_tensors
         pos = Positives(index=pos_index, mask=pos_mask)
         stats = RowStats(lse_neg=lse_neg, z_pos=z_pos, lse_all=lse_all)
-        grad = nce_grad(z, pos, stats, ctx.alpha, ctx.ratio)
-        return grad.mul_(grad_out[:, None]), None, None, None, None, None
+        grad = nce_grad(z, pos, stats, ctx.alpha, ctx.ratio, ctx.renormalize)
+        return grad.mul_(grad_out[:, None]), None, None, None
 
 
 def nce_rows(
@@ -133,6 +151,7 @@ def nce_rows(
     alpha: float = 0.0,
     hardness_ratio: float = 1.0,
     aggregate: str = "mean",
+    renormalize: bool = False,
 ) -> Tensor:
     """Per-anchor multi-positive InfoNCE loss (R,) of fp32 logits ``z`` (R, N).
 
@@ -142,7 +161,9 @@ def nce_rows(
         alpha: EGA amplification α (0 gives the plain InfoNCE gradient).
         hardness_ratio: ``τ/τ_h`` of the EGA hardness (1 means ``τ_h = τ``).
         aggregate: ``"mean"`` (log-mean-exp) or ``"sum"`` (log-sum-exp) of the positives.
+        renormalize: renormalise EGA's amplified probabilities per row (see :func:`nce_grad`).
     """
     if aggregate not in ("mean", "sum"):
         raise ValueError(f"aggregate must be 'mean' or 'sum', got {aggregate!r}")
-    return _NCERows.apply(z, positives.index, positives.mask, alpha, hardness_ratio, aggregate)
+    opts = (alpha, hardness_ratio, aggregate, renormalize)
+    return _NCERows.apply(z, positives.index, positives.mask, opts)

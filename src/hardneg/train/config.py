@@ -103,7 +103,8 @@ class SamplerConfig:
     """Batch construction (``hardneg.samplers.grit.HardnessBatchSampler`` modes)."""
 
     mode: str = "random"
-    search_space_size: int | None = None
+    search_space_size: int | None = None  # |M| in items; None: search_space_batches × B
+    search_space_batches: int = 8
     q: float = 1.0
     q_start: float = 0.0
     q_end: float = 1.0

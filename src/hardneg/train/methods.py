@@ -12,6 +12,9 @@ from hardneg.losses import LOSSES
 
 __all__ = ["LOSSES", "METHODS", "method_overrides"]
 
+# EGA as trained by the methods: P̄ renormalised per row (see EGALoss(renormalize=...)); the
+# literal METHODS.md form keeps the embeddings collapsed when training from scratch
+_EGA = {"name": "ega", "kwargs": {"renormalize": True}}
 _BNS = {"selector": {"name": "bns"}}
 _CLA = {"aux": {"cla_weight": 0.3}}
 _BACL = {"selector": {"name": "bns"}, "aux": {"cla_weight": 0.3}}
@@ -24,19 +27,23 @@ METHODS: dict[str, dict[str, Any]] = {
     "decoupled": {"loss": {"name": "decoupled"}},
     "soft_infonce": {"loss": {"name": "soft_infonce"}},
     "negclip": {"loss": {"name": "negclip"}, "data": {"hard_negative_captions": True}},
-    "ega": {"loss": {"name": "ega"}},
+    "ega": {"loss": _EGA},
+    "ega_unnormalized": {"loss": {"name": "ega"}},
     "bns": _BNS,
     "cla": _CLA,
     "bacl": _BACL,
     "bacl_aggressive": {**_BACL, "selector": {"name": "bns", "curriculum": "aggressive"}},
     "bacl_shallow": {**_BACL, "selector": {"name": "bns", "curriculum": "shallow"}},
-    "bacl_ega": {**_BACL, "loss": {"name": "ega"}},
+    "bacl_ega": {**_BACL, "loss": _EGA},
     "grit": {"sampler": {"mode": "grit"}},
     "fixed_q": {"sampler": {"mode": "fixed", "q": 0.5}},
     "progressive": {"sampler": {"mode": "progressive_hardening"}},
     "falcon": {"sampler": {"mode": "falcon"}},
     "falcon_batch": {"sampler": {"mode": "batch_level"}},
-    "falcon_ega": {"sampler": {"mode": "falcon"}, "loss": {"name": "ega"}},
+    "falcon_ega": {"sampler": {"mode": "falcon"}, "loss": _EGA},
+    # |M| ablation (FALCON §4.3): search spaces of 2·B and 32·B items (default 8·B)
+    "falcon_space2": {"sampler": {"mode": "falcon", "search_space_batches": 2}},
+    "falcon_space32": {"sampler": {"mode": "falcon", "search_space_batches": 32}},
 }
 
 

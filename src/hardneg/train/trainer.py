@@ -259,7 +259,9 @@ class Trainer:
             )
         config = HardnessSamplerConfig(
             batch_size=self.cfg.batch_size,
-            search_space_size=s.search_space_size,
+            search_space_size=min(
+                n, s.search_space_size or s.search_space_batches * self.cfg.batch_size
+            ),
             mode=s.mode,
             q=s.q,
             q_start=None if s.mode.startswith("progressive") and s.q_start == 0.0 else s.q_start,
