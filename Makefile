@@ -36,6 +36,7 @@ lint: $(STAMP)
 perf: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_steps.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

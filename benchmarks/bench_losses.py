@@ -38,10 +38,11 @@ LOSSES = {
 }
 
 CELL = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 import torch.nn.functional as F
 from hardneg.losses import *
+from hardneg.train.memory import PeakMemory
 from open_clip.loss import ClipLoss
 
 B, D, REPEATS, EXPR = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -63,24 +64,14 @@ def sync():
     if dev == "cuda":
         torch.cuda.synchronize()
 
-def rss_peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-base = rss_peak_mib()
-if dev == "cuda":
-    torch.cuda.reset_peak_memory_stats()
-    base_cuda = torch.cuda.memory_allocated()
-step(); sync()
-if dev == "cuda":
-    peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
-else:
-    peak = rss_peak_mib() - base
+with PeakMemory(dev) as peak:
+    step(); sync()
 times = []
 for _ in range(REPEATS):
     u.grad = v.grad = None
     t0 = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t0)
 times.sort()
-print(json.dumps({"time": times[0], "peak_mib": peak, "device": dev}))
+print(json.dumps({"time": times[0], "peak_mib": peak.mib, "device": dev}))
 """
 
 

@@ -20,7 +20,6 @@ Writes ``benchmarks/results/retrieval.md`` (``retrieval_quick.md`` with ``--quic
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hardneg.train.memory import PeakMemory
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("chunked", "faiss", "dense")
@@ -63,48 +64,22 @@ def search(method: str, x: np.ndarray, k: int, chunk: int, key_chunk: int):
     return values.numpy(), indices.numpy()
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _cpu_seconds() -> float:
     """User + system CPU time of this process (all threads): robust to other jobs' load."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux ≥ 4.0); False if not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def worker(args: argparse.Namespace) -> None:
     """One (method, N) cell: time one search, record the peak memory growth."""
     x = make_data(args.n, args.dim)
     search(args.worker, x[:256], args.k, args.chunk_size, args.key_chunk_size)  # warm-up
-    gc.collect()
-    exact_peak = _reset_peak()
-    base_kib = (
-        _status_kib("VmRSS") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    values, indices = search(args.worker, x, args.k, args.chunk_size, args.key_chunk_size)
-    elapsed, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-    peak_kib = (
-        _status_kib("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
+    with PeakMemory("cpu") as peak:
+        cpu0, t0 = _cpu_seconds(), time.perf_counter()
+        values, indices = search(args.worker, x, args.k, args.chunk_size, args.key_chunk_size)
+        elapsed, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     np.savez(args.result, values=values, indices=indices)
-    print(json.dumps({"time": elapsed, "cpu": cpu, "peak_mib": (peak_kib - base_kib) / 1024}))
+    print(json.dumps({"time": elapsed, "cpu": cpu, "peak_mib": peak.mib}))
 
 
 def run_cell(method: str, n: int, args: argparse.Namespace, result: Path) -> dict:

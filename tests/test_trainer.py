@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,31 @@ def test_ddp_two_ranks_match_single_process(tmp_path, tiny_text_model, method):
             assert torch.allclose(r["params"][key], value, atol=1e-5), key
         moved += int(not torch.equal(value, before[key]))
     assert moved > 10  # the update really changed the model
+
+
+@pytest.mark.slow
+def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_model, monkeypatch):
+    from hardneg.bench import runner
+
+    values = _values(tmp_path, tiny_text_model, log_every=1)
+    overrides = {key: values[key] for key in ("model", "selector", "optim", "checkpoint_every")}
+    overrides["data"] = {k: v for k, v in values["data"].items() if k != "preset"}
+    preset = runner.BenchPreset(
+        "tiny", steps=3, batch_size=16, seeds=1, methods=["infonce", "bacl"], overrides=overrides
+    )
+    monkeypatch.setitem(runner.PRESETS, "quick", preset)
+    out = tmp_path / "bench"
+    report = runner.run_bench("quick", out, jobs=2)
+    for method in ("infonce", "bacl"):
+        result = json.loads((out / method / "seed0" / "metrics.json").read_text())
+        assert result["steps"] == 3 and result["peak_mem_mib"] >= 0
+        assert (out / method / "seed0" / "run.log").is_file()
+    assert (out / "results.md").is_file() and report
+    # a finished bench starts nothing again, and adding a method trains only that one
+    started = []
+    launch = runner._launch
+    monkeypatch.setattr(runner, "_launch", lambda cfg, t: started.append(cfg) or launch(cfg, t))
+    runner.run_bench("quick", out, methods=["infonce", "bacl", "hcl"], jobs=2)
+    assert [Path(c["out_dir"]).parent.name for c in started] == ["hcl"]
+    with pytest.raises(ValueError, match="jobs must be ≥ 1"):
+        runner.run_bench("quick", out, jobs=0)

@@ -61,7 +61,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from hardneg.bench.runner import run_bench
 
-    run_bench(args.preset, Path(args.out), methods=args.methods, seeds=args.seeds)
+    run_bench(args.preset, Path(args.out), methods=args.methods, seeds=args.seeds, jobs=args.jobs)
     return 0
 
 
@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*", help="subset of methods (default: the preset's)")
     p.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     p.add_argument("--out", default="runs/quick")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at once (default: 1 on CUDA, one per CPU core up to 4)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="rebuild results tables and plots from a bench's logs")

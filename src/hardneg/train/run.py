@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.distributed as dist
 from hardneg.data.atomic_files import atomic_write
 from hardneg.eval.runner import evaluate_split
 from hardneg.train.config import TrainConfig, config_from_dict
+from hardneg.train.memory import PeakMemory
 from hardneg.train.trainer import Trainer, validate_config
 
 EVAL_SPLITS = ("test", "test_novel")
@@ -34,11 +34,6 @@ def init_distributed() -> None:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
-
-
-def _peak_rss_mib() -> float:
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / scale / 1024
 
 
 def _summary(history: list[dict[str, float]], key: str) -> float | None:
@@ -62,14 +57,8 @@ def train_and_evaluate(
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     if resume:
         trainer.resume()
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
-    rss_before = _peak_rss_mib()
-    history = trainer.fit()
-    if trainer.device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(trainer.device) / 2**20
-    else:
-        peak = _peak_rss_mib() - rss_before
+    with PeakMemory(trainer.device) as peak:
+        history = trainer.fit()
     trainer.save()
     if trainer.rank != 0:
         return None
@@ -79,7 +68,7 @@ def train_and_evaluate(
         "seed": config.seed,
         "steps": trainer.step,
         "step_time": statistics.median(step_times) if step_times else None,
-        "peak_mem_mib": peak,
+        "peak_mem_mib": peak.mib,
         "selected_fn_rate": _summary(history, "selected_fn_rate"),
         "batch_fn_rate": _summary(history, "batch_fn_rate"),
         "metrics": {},
