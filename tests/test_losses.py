@@ -539,7 +539,8 @@ def test_restrict_scores_only_the_selected_negatives(loss_cls):
                 sub_loss.logit_scale.copy_(loss_fn.logit_scale)
             pairs = sub_loss.prepare(anchors[i : i + 1].expand(len(cols), -1), cands[cols])
             z = scale * (pairs.image[:1] @ pairs.all_text.T)
-            total += float(sub_loss.row_loss(z, Positives(index=torch.tensor([0])), scale)[0])
+            row = sub_loss.row_loss(z, Positives(index=torch.tensor([0])), scale)
+            total += row[0].item()
     assert got.item() == pytest.approx(total / 14, rel=1e-9)
 
 
