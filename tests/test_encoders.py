@@ -24,13 +24,7 @@ from hardneg.models.text import MiniLMTextTower, default_minilm_path, word_ids_f
 CAPTIONS = ["a red 3 to the left of a blue 7", "left: green five; right: red two", "seven"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids barrier stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,8 +17,7 @@ from hardneg.integrations.callbacks import BNSProgressCallback
 from hardneg.integrations.hf_trainer import LOSS_STATE_FILE, HardnegCLIPTrainer
 from hardneg.losses import EGALoss, InfoNCELoss
 from hardneg.samplers import BNSConfig
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.examples import run_example
 
 
 def _tiny_clip(seed: int = 0) -> CLIPModel:
@@ -246,13 +243,6 @@ def test_progress_callback_counts_epochs_in_optimizer_steps():
 
 @pytest.mark.slow
 def test_hf_clip_trainer_example_runs():
-    script = ROOT / "examples" / "hf_clip_trainer.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--max-steps", "2", "--bns", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    result = run_example("hf_clip_trainer.py", "--max-steps", "2", "--bns", "2")
     assert result.returncode == 0, result.stderr
     assert "training loss" in result.stdout

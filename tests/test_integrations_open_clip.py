@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -20,8 +17,7 @@ from hardneg.integrations.open_clip import (
     OpenCLIPLossAdapter,
 )
 from hardneg.samplers import BNSConfig
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.examples import run_example
 
 
 def _features(b: int = 8, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,13 +261,6 @@ def test_tiny_open_clip_trains_with_the_adapter(with_bns):
 
 @pytest.mark.slow
 def test_open_clip_example_runs():
-    script = ROOT / "examples" / "open_clip_ega.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--max-steps", "2", "--bns", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    result = run_example("open_clip_ega.py", "--max-steps", "2", "--bns", "2")
     assert result.returncode == 0, result.stderr
     assert "loss on a fixed batch" in result.stdout

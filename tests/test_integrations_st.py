@@ -6,9 +6,6 @@ import itertools
 import json
 import math
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +21,7 @@ from hardneg.integrations.sentence_transformers import (
     SoftInfoNCERankingLoss,
 )
 from hardneg.samplers import BNSConfig
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.examples import run_example
 
 
 class Embeddings(nn.Module):
@@ -285,13 +281,9 @@ def test_minilm_fine_tunes_with_ega_and_bns_then_saves_and_reloads(tmp_path):
 
 @pytest.mark.slow
 def test_sentence_transformers_example_runs():
-    script = ROOT / "examples" / "sentence_transformers_ega.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--max-steps", "2", "--batch-size", "8", "--bns", "4"],
-        capture_output=True,
-        text=True,
+    result = run_example(
+        "sentence_transformers_ega.py", "--max-steps", "2", "--batch-size", "8", "--bns", "4",
         timeout=600,
-        cwd=ROOT,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "training loss" in result.stdout
