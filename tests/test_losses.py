@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
+import hardneg.losses.nce as nce_module
 from hardneg.losses import (
     DCLLoss,
     DecoupledInfoNCELoss,
@@ -296,8 +297,15 @@ def test_ega_alpha_zero_gives_infonce_gradients():
     assert torch.allclose(gu_a, gu_b, atol=1e-14) and torch.allclose(gv_a, gv_b, atol=1e-14)
 
 
+# the amplifier works in row blocks of _AMPLIFY_BLOCK entries: one block, 1 row per block
+# (9 columns), and 4-row blocks with a partial last block (6 rows)
+BLOCKS = [nce_module._AMPLIFY_BLOCK, 9, 36]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("multi", [False, True])
-def test_ega_logit_gradient_is_amplified_infonce_gradient(multi):
+def test_ega_logit_gradient_is_amplified_infonce_gradient(multi, block, monkeypatch):
+    monkeypatch.setattr(nce_module, "_AMPLIFY_BLOCK", block)
     g = torch.Generator().manual_seed(12)
     z = (torch.randn(6, 9, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
     if multi:
@@ -544,9 +552,13 @@ def test_restrict_scores_only_the_selected_negatives(loss_cls):
     assert got.item() == pytest.approx(total / 14, rel=1e-9)
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("multi", [False, True])
-def test_ega_renormalized_gradient_is_reweighted_distribution_minus_target(multi):
+def test_ega_renormalized_gradient_is_reweighted_distribution_minus_target(
+    multi, block, monkeypatch
+):
     """P̄ = P·w / Σ P·w with w = 1 + α·h on negatives, 1 on positives; grad = P̄ − target."""
+    monkeypatch.setattr(nce_module, "_AMPLIFY_BLOCK", block)
     g = torch.Generator().manual_seed(23)
     z = (torch.randn(5, 8, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
     mask = torch.zeros(5, 8, dtype=torch.bool)
