@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardneg.bench.runner import PRESETS, prepare_data, run_config
+
 RESULTS = Path(__file__).parent / "results" / "steps.md"
 DEFAULT_METHODS = [
     "infonce", "siglip", "hcl", "negclip", "ega", "bns", "cla", "bacl", "grit", "falcon",
@@ -53,8 +55,6 @@ print(json.dumps({
 
 
 def run_cell(method: str, steps: int, workdir: Path) -> dict:
-    from hardneg.bench.runner import PRESETS, run_config
-
     config = run_config(PRESETS["quick"], method, 0, workdir)
     config.update(steps=steps, checkpoint_every=0, log_every=steps)
     out = subprocess.run(
@@ -73,10 +73,8 @@ def main() -> None:
         parser.error("--steps must be ≥ 40 (31 untimed steps of epoch 1, then ≥ 9 timed)")
     methods = args.methods if "infonce" in args.methods else ["infonce", *args.methods]
 
-    from hardneg.bench.runner import PRESETS, _prepare_data, run_config
-
     with tempfile.TemporaryDirectory() as tmp:
-        _prepare_data(run_config(PRESETS["quick"], "infonce", 0, Path(tmp)))  # shared cache
+        prepare_data(run_config(PRESETS["quick"], "infonce", 0, Path(tmp)))  # shared cache
         rows = {}
         for method in methods:
             rows[method] = run_cell(method, args.steps, Path(tmp))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hardneg.train.config import merge
+from hardneg.train.config import config_from_dict, merge
 from hardneg.train.trainer import resolve_config
 
 CORE_METHODS = [
@@ -79,10 +79,9 @@ def run_config(preset: BenchPreset, method: str, seed: int, out: Path) -> dict[s
     return resolve_config(method, values).to_dict()
 
 
-def _prepare_data(config: dict[str, Any]) -> None:
+def prepare_data(config: dict[str, Any]) -> None:
     """Generate the scenes and encode the shared text bank once (cached on disk)."""
     from hardneg.models.text import MiniLMTextTower
-    from hardneg.train.config import config_from_dict
     from hardneg.train.data import load_run_data
 
     data = config_from_dict(config).data
@@ -161,7 +160,7 @@ def run_bench(
     )
     start = time.perf_counter()
     print(f"hardneg bench: preset {preset_name}, {len(configs)} runs, {jobs} at a time → {out}")
-    _prepare_data(next(iter(configs.values())))
+    prepare_data(next(iter(configs.values())))
     print(f"  data and text bank ready ({time.perf_counter() - start:.0f} s)", flush=True)
     todo = [
         key for key, cfg in configs.items() if not (Path(cfg["out_dir"]) / "metrics.json").is_file()
