@@ -197,22 +197,36 @@ def test_mlm_loss_decreases_when_overfitting_one_tiny_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_mask_tokens_picks_only_real_non_special_tokens_and_uses_the_mask_vector():
+def test_mask_picks_only_real_non_special_tokens_and_uses_the_mask_vector():
     model = tiny_model()
     lengths = torch.randint(2, 20, (200,), generator=torch.Generator().manual_seed(5))
     text = random_text(200, 20, lengths.tolist())
-    masked, labels = model.mask_tokens(text, prob=0.15, generator=torch.Generator().manual_seed(1))
-    chosen = labels != -100
+    chosen = model.choose_mask(text, prob=0.15, generator=torch.Generator().manual_seed(1))
+    masked = model.apply_mask(text.tokens, chosen)
     maskable = text.mask & (text.input_ids > 2)
     assert not (chosen & ~maskable).any()
     assert chosen.any(1)[maskable.any(1)].all()  # every caption with a maskable token
-    assert torch.equal(labels[chosen], text.input_ids[chosen])
     assert torch.equal(masked[chosen], model.mask_embedding.detach().expand(int(chosen.sum()), -1))
     assert torch.equal(masked[~chosen], text.tokens[~chosen])
     rate = chosen.sum() / maskable.sum()
     assert 0.13 < rate < 0.19
-    again = model.mask_tokens(text, prob=0.15, generator=torch.Generator().manual_seed(1))[1]
-    assert torch.equal(again, labels)
+    again = model.choose_mask(text, prob=0.15, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again, chosen)
+
+
+def test_mlm_loss_is_the_mean_cross_entropy_of_the_chosen_tokens():
+    model = tiny_model()
+    text, image = random_text(3, 6, [6, 5, 4]), random_image(3)
+    chosen = torch.zeros(3, 6, dtype=torch.bool)
+    chosen[0, 2] = chosen[1, 1] = chosen[1, 3] = True
+    out = model(model.apply_mask(text.tokens, chosen), image, text_mask=text.mask)
+    logp = torch.log_softmax(model.mlm_logits(out.hidden).float(), dim=-1)
+    picked = [(0, 2), (1, 1), (1, 3)]
+    expected = -sum(logp[b, t, text.input_ids[b, t]] for b, t in picked) / 3
+    loss = model.mlm_loss(text, image, chosen=chosen)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    halved = model.mlm_loss(text, image, chosen=chosen, num_targets=6.0)
+    assert torch.allclose(halved, expected / 2, atol=1e-5)
 
 
 def test_mlm_loss_is_zero_not_nan_when_nothing_is_maskable():
@@ -290,7 +304,9 @@ def test_bad_inputs_raise_value_errors_naming_the_fix():
     with pytest.raises(ValueError, match="text_mask"):
         model(text.tokens, image, text_mask=text.mask.long())
     with pytest.raises(ValueError, match="prob"):
-        model.mask_tokens(text, prob=1.5)
+        model.choose_mask(text, prob=1.5)
+    with pytest.raises(ValueError, match="chosen must be bool"):
+        model.apply_mask(text.tokens, text.mask.long())
 
 
 def test_same_seed_gives_identical_model_and_outputs():

@@ -10,59 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hardneg.models.text import default_minilm_path
 from hardneg.train.config import config_from_dict
 from hardneg.train.trainer import Trainer, resolve_config
 from tests.ddp import run_distributed
-
-
-@pytest.fixture(scope="module")
-def tiny_text_model(tmp_path_factory):
-    """A 1-layer random BERT with MiniLM's tokenizer: the trainer's code path, encoded fast."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tok = AutoTokenizer.from_pretrained(str(default_minilm_path()))
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
-def _values(tmp_path, text_model, **over):
-    values = {
-        "steps": 6,
-        "batch_size": 16,
-        "checkpoint_every": 0,
-        "progress": False,
-        "log_every": 1,
-        "out_dir": str(tmp_path / "run"),
-        "data": {"preset": "tiny", "cache_dir": str(tmp_path / "cache"), "text_model": text_model},
-        "model": {
-            "image_tower": "vit",
-            "image_width": 32,
-            "embed_dim": 32,
-            "crossmodal_dim": 32,
-            "crossmodal_heads": 2,
-            "dropout": 0.1,
-        },
-        "selector": {"k": 4},
-        "optim": {"warmup_steps": 2},
-    }
-    for key, value in over.items():
-        if isinstance(value, dict):
-            values[key] = {**values.get(key, {}), **value}
-        else:
-            values[key] = value
-    return values
+from tests.trainer_values import trainer_values as _values
 
 
 def test_bad_config_fails_before_training():

@@ -38,7 +38,8 @@ def evaluate_split(
     """All metrics of ``model`` (an ``AlignmentModel``) on one ``SplitTensors``.
 
     Args:
-        model: dual encoder + cross-modal transformer (``model.dual``, ``model.crossmodal``).
+        model: dual encoder + cross-modal transformer (``model.dual``, ``model.crossmodal``,
+            ``model.crossmodal_text``: the head's view of captions).
         bank: the :class:`~hardneg.train.textbank.TextBank` holding the split's captions.
         split: :class:`~hardneg.train.data.SplitTensors`.
         tower: the text tower (its tokenizer maps words to tokens for AEL).
@@ -94,8 +95,8 @@ def evaluate_split(
     for start in range(0, len(scene), batch_size):
         sl = slice(start, start + batch_size)
         img = tokens[scene_t[sl].to(tokens.device)]
-        out_pos = model.crossmodal(bank.take(pos_rows[sl], device), img)
-        out_neg = model.crossmodal(bank.take(neg_t[sl], device), img)
+        out_pos = model.crossmodal(model.crossmodal_text(bank.take(pos_rows[sl], device)), img)
+        out_neg = model.crossmodal(model.crossmodal_text(bank.take(neg_t[sl], device)), img)
         itm_pos.append(out_pos.itm_logit.float())
         itm_neg.append(out_neg.itm_logit.float())
         a = last_layer_attention(out_neg).float().cpu()  # (b, T_batch, P): pad T to the bank's

@@ -13,10 +13,13 @@ cross-attention maps ``A ∈ (B, H, T, P)`` are returned exactly — post-softma
 dropout, differentiable — for the contrastive local attention loss (CLA) and AEL.
 
 Heads: ITM (image–text match logit from the first token or a masked mean, as ALBEF/BLIP) and
-MLM (masked-token prediction, used by FALCON's reward, seed 003 §Reward). The text tower is
-frozen and its states cached, so masking happens at the cross-modal input: masked positions'
-token states are replaced by a learned [MASK] vector (always; no 80/10/10 split, since random
-replacement tokens would need fresh text-tower states).
+MLM (masked-token prediction, used by FALCON's reward, arXiv:2505.11192 §3). The text input
+is the text tower's *non-contextual* token embeddings (``TextTower.embed_tokens``), not its
+last-layer states: a contextual state of a neighbouring word encodes the masked word (a
+linear probe on two neighbours' MiniLM states recovers a masked colour every time), so MLM
+could be solved without the image. Masked positions' embeddings are replaced by a learned
+[MASK] vector (always; no 80/10/10 split); the four self-attention layers contextualise the
+rest, and the only source of the masked word is the image.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class CrossModalConfig:
     """Configuration of :class:`CrossModalTransformer`.
 
     Args:
-        text_dim: size ``D_t`` of the text token states (384 for MiniLM).
+        text_dim: size ``D_t`` of the text input vectors (the tower's
+            ``input_embedding_dim``, 384 for MiniLM).
         image_dim: size ``D_v`` of the image patch tokens.
         d_model: transformer width (128–256).
         num_layers: number of layers (4 in BACL).
@@ -315,23 +319,19 @@ class CrossModalTransformer(nn.Module):
         """Vocabulary logits ``(..., vocab_size)`` for hidden states ``(..., d_model)``."""
         return self.mlm_head(hidden)
 
-    def mask_tokens(
+    def choose_mask(
         self,
         text: TextOutput,
         prob: float | None = None,
         generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Choose MLM targets and replace their input states by the learned [MASK] vector.
+    ) -> Tensor:
+        """Choose MLM targets: a ``(B, T)`` bool mask of the positions to predict.
 
         Each real, non-special token is chosen independently with probability ``prob``
         (default ``config.mask_prob``); a caption with no chosen token gets its maskable token
         of smallest draw, so every caption with a maskable token contributes (BERT §3.1 masks
         15% of tokens; short captions would otherwise often have none). Random draws come from
-        ``generator`` (same seed ⇒ same mask, as FALCON's before/after reward needs).
-
-        Returns:
-            masked token states ``(B, T, D_t)`` and labels ``(B, T)``: the token id at chosen
-            positions, -100 elsewhere.
+        ``generator`` (same seed ⇒ same mask).
         """
         prob = self.config.mask_prob if prob is None else prob
         if not 0.0 < prob < 1.0:
@@ -343,10 +343,17 @@ class CrossModalTransformer(nn.Module):
         chosen = (draws < prob) & maskable
         fallback = draws.masked_fill(~maskable, 2.0).argmin(dim=1)
         needs = maskable.any(dim=1) & ~chosen.any(dim=1)
-        chosen |= F.one_hot(fallback, ids.shape[1]).bool() & needs.unsqueeze(1)
-        mask_vec = self.mask_embedding.to(text.tokens.dtype)
-        masked = torch.where(chosen.unsqueeze(-1), mask_vec, text.tokens)
-        return masked, ids.masked_fill(~chosen, -100)
+        return chosen | (F.one_hot(fallback, ids.shape[1]).bool() & needs.unsqueeze(1))
+
+    def apply_mask(self, tokens: Tensor, chosen: Tensor) -> Tensor:
+        """Replace the input vectors at ``chosen`` ``(B, T)`` by the learned [MASK] vector."""
+        if chosen.shape != tokens.shape[:2] or chosen.dtype != torch.bool:
+            raise ValueError(
+                f"chosen must be bool {tuple(tokens.shape[:2])} like the tokens, got "
+                f"{chosen.dtype} {tuple(chosen.shape)}"
+            )
+        mask_vec = self.mask_embedding.to(tokens.dtype)
+        return torch.where(chosen.unsqueeze(-1), mask_vec, tokens)
 
     def mlm_loss(
         self,
@@ -354,17 +361,35 @@ class CrossModalTransformer(nn.Module):
         image: ImageOutput | Tensor,
         generator: torch.Generator | None = None,
         prob: float | None = None,
+        chosen: Tensor | None = None,
+        num_targets: Tensor | float | None = None,
     ) -> Tensor:
-        """Mean cross-entropy over masked tokens given the image (0 if nothing is maskable).
+        r"""Cross-entropy of the masked tokens given the image.
 
-        Logits are computed for the masked positions only (B·T·vocab would not fit in memory).
+        .. math:: \mathcal L_{MLM} = \frac{1}{N}\sum_{(b,t)\in\text{chosen}}
+            -\log p_\theta(\mathrm{id}_{bt} \mid \tilde T_b, I_b)
+
+        Args:
+            text: captions whose ``tokens`` are the cross-modal input vectors (non-contextual
+                embeddings, see the module docstring) and whose ``input_ids`` are the labels.
+            image: the paired images' patch tokens.
+            generator, prob: draw the targets with :meth:`choose_mask` (when ``chosen`` is None).
+            chosen: ``(B, T)`` bool targets drawn beforehand (e.g. once per training step, so
+                that FALCON's before/after losses score the same targets).
+            num_targets: the normaliser ``N`` (default: the number of chosen tokens; under DDP
+                pass the global count ÷ world so the mean over ranks is the global token mean).
+
+        Returns 0 (not NaN) when nothing is maskable. Logits are computed for the masked
+        positions only (B·T·vocab would not fit in memory).
         """
-        masked, labels = self.mask_tokens(text, prob, generator)
-        out = self(masked, image, text_mask=text.mask)
-        picked = labels >= 0
-        logits = self.mlm_logits(out.hidden[picked]).float()
-        total = F.cross_entropy(logits, labels[picked], reduction="sum")
-        return total / picked.sum().clamp_min(1)
+        if chosen is None:
+            chosen = self.choose_mask(text, prob, generator)
+        out = self(self.apply_mask(text.tokens, chosen), image, text_mask=text.mask)
+        logits = self.mlm_logits(out.hidden[chosen]).float()
+        total = F.cross_entropy(logits, text.input_ids[chosen], reduction="sum")
+        if num_targets is None:
+            num_targets = chosen.sum().clamp_min(1)
+        return total / num_targets
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -73,6 +73,9 @@ class HFCLIPTextTower(HFTextTower):
         self.token_dim = int(config.hidden_size)
         self.pooled_dim = int(model.text_projection.out_features)
 
+    def input_embedding(self) -> nn.Embedding:
+        return self.text_model.get_input_embeddings()
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextOutput:
         """Token states, projected EOS embedding; shapes ``(B, L)`` in."""
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)

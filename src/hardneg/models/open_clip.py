@@ -74,6 +74,9 @@ class OpenCLIPTextTower(TextTower):
         else:
             self.pooled_dim = int(projection.shape[1])
 
+    def input_embedding(self) -> nn.Embedding:
+        return self.token_embedding
+
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         ids = self.tokenizer(check_texts(texts), context_length=self.context_length).long()
         if int(ids.max()) >= self._vocab:

@@ -6,6 +6,8 @@ Every text tower is an ``nn.Module`` with
 - ``forward(input_ids, attention_mask) -> TextOutput``,
 - ``encode_text(texts) -> TextOutput`` (tokenises and runs on the module's device),
 - ``word_ids(texts) -> list[list[int | None]]`` (token → index of the word in ``text.split()``),
+- ``input_embedding() -> nn.Embedding`` and ``embed_tokens(input_ids)`` (the tower's own
+  non-contextual token embeddings, the cross-modal head's text input),
 - ``vocab_size``, ``mask_token_id``, ``pad_token_id``, ``special_token_ids``,
   ``token_dim`` (``D_t`` of the token states) and ``pooled_dim``.
 
@@ -111,6 +113,26 @@ class TextTower(nn.Module, ABC):
     def word_ids(self, texts: list[str]) -> list[list[int | None]]:
         """Per caption and token (same length as ``tokenize``'s rows): index of the word in
         ``text.split()`` the token belongs to, None for special and padding tokens."""
+
+    @abstractmethod
+    def input_embedding(self) -> nn.Embedding:
+        """The tower's token-embedding table (its input layer, before any attention)."""
+
+    @property
+    def input_embedding_dim(self) -> int:
+        """Width of :meth:`embed_tokens`'s vectors."""
+        return int(self.input_embedding().embedding_dim)
+
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """Non-contextual token embeddings ``(B, L, D_e)`` of ``input_ids`` (fp32).
+
+        Each vector depends on its own token id only, so replacing one token (MLM masking)
+        changes that position and nothing else; contextual last-layer states would carry the
+        masked word into its neighbours. Runs without autograd when the table is frozen.
+        """
+        table = self.input_embedding()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and table.weight.requires_grad):
+            return table(input_ids.to(table.weight.device)).float()
 
     @property
     @abstractmethod
@@ -287,6 +309,9 @@ class MiniLMTextTower(HFTextTower):
         if frozen:
             self.requires_grad_(False)
         self.train(False)
+
+    def input_embedding(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
 
     def train(self, mode: bool = True) -> MiniLMTextTower:
         """Switch train/eval mode; a frozen tower always stays in eval mode."""

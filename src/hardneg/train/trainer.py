@@ -63,6 +63,11 @@ class AlignmentModel(nn.Module):
         self.dual = dual
         self.crossmodal = crossmodal
 
+    def crossmodal_text(self, text: TextOutput) -> TextOutput:
+        """Captions as the cross-modal head reads them: the text tower's non-contextual token
+        embeddings (see :mod:`hardneg.models.crossmodal`), so a masked word leaves no trace."""
+        return replace(text, tokens=self.dual.text_tower.embed_tokens(text.input_ids))
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """State without the frozen text tower (it is reloaded from its package)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("dual.text_tower.")}
@@ -229,7 +234,7 @@ class Trainer:
         dual = DualEncoder(image_tower, self.tower, embed_dim=m.embed_dim)
         cross = CrossModalTransformer(
             CrossModalConfig(
-                text_dim=self.tower.token_dim,
+                text_dim=self.tower.input_embedding_dim,
                 image_dim=image_tower.token_dim,
                 d_model=m.crossmodal_dim,
                 num_layers=m.crossmodal_layers,
@@ -288,8 +293,11 @@ class Trainer:
         return self.step / self.steps_per_epoch, self.cfg.steps / self.steps_per_epoch
 
     # ----------------------------------------------------------------------------- batches
-    def _batch(self, global_idx: Tensor) -> dict[str, Any]:
-        """Draw one caption (and hard negative) per scene for the global batch; keep the shard."""
+    def _draw(self, global_idx: Tensor) -> dict[str, Any]:
+        """The random choices of one step, drawn once for the whole global batch: a caption and a
+        hard negative per scene and the MLM targets. Every pass of the step (FALCON's MLM loss
+        before the update, the update's micro-batches, the MLM loss after it) reads this one
+        draw, so a reward measures the update and nothing else."""
         split = self.train_split
         n_caps = split.caption_rows.shape[1]
         choice = torch.randint(0, n_caps, (len(global_idx),), generator=self.caption_gen)
@@ -297,41 +305,56 @@ class Trainer:
         hard = split.hard_negative_rows[global_idx]
         draw = torch.rand(hard.shape, generator=self.caption_gen).masked_fill(hard < 0, -1.0)
         hard_rows = hard.gather(1, draw.argmax(dim=1, keepdim=True)).squeeze(1)
+        ids = split.semantic_ids[global_idx] if self.cfg.data.positives == "semantic" else None
+        gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + self.step))
+        mlm_chosen = self.model.crossmodal.choose_mask(self.bank.take(rows), generator=gen)
+        return {
+            "global_idx": global_idx,
+            "rows": rows,
+            "hard_rows": hard_rows,
+            "ids": global_idx.clone() if ids is None else ids,
+            "mlm_chosen": mlm_chosen,
+        }
+
+    def _micro(self, draw: dict[str, Any], part: slice) -> dict[str, Any]:
+        """Micro-batch ``part`` of a step's draw, with this rank's shard of it."""
+        global_idx = draw["global_idx"][part]
         local = torch.tensor(shard(global_idx.tolist(), self.rank, self.world))
         sl = slice(self.rank * len(local), (self.rank + 1) * len(local))
-        if self.cfg.data.positives == "semantic":
-            ids = split.semantic_ids[global_idx]
-        else:
-            ids = global_idx.clone()
+        rows = draw["rows"][part]
+        chosen = draw["mlm_chosen"][part]
+        length = int(self.bank.mask[rows[sl]].sum(dim=1).max())  # the shard's trimmed length
         return {
             "global_idx": global_idx,
             "local_idx": local,
-            "global_rows": rows,
             "rows": rows[sl],
-            "hard_rows": hard_rows[sl],
-            "ids": ids[sl].to(self.device),
-            "mlm_seed": int(self.cfg.seed * 1_000_003 + self.step),
+            "hard_rows": draw["hard_rows"][part][sl],
+            "ids": draw["ids"][part][sl].to(self.device),
+            "mlm_chosen": chosen[sl, :length].to(self.device),
+            # normalise by the micro-batch's global number of targets (÷ world): the mean
+            # over ranks is then exactly the single-process token mean
+            "mlm_targets": chosen.sum().clamp_min(1).to(self.device) / self.world,
         }
+
+    def _micro_batches(self, draw: dict[str, Any]) -> list[dict[str, Any]]:
+        size = len(draw["global_idx"]) // self.cfg.optim.grad_accum
+        return [
+            self._micro(draw, slice(start, start + size))
+            for start in range(0, len(draw["global_idx"]), size)
+        ]
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.use_amp)
 
     # ------------------------------------------------------------------------------ losses
-    def _mlm(self, text: TextOutput, global_text: TextOutput, image_tokens: Tensor, seed: int):
-        """MLM loss of the local captions given their images; masks drawn on the global batch
-        from ``seed`` so that ranks and the before/after FALCON evaluations agree."""
-        gen = torch.Generator().manual_seed(seed)
-        masked, labels = self.model.crossmodal.mask_tokens(global_text, generator=gen)
-        # normalise by the global number of masked tokens (÷ world): the mean over ranks is
-        # then exactly the single-process token mean
-        per_rank = (labels >= 0).sum().clamp_min(1) / self.world
-        sl = slice(self.rank * len(text), (self.rank + 1) * len(text))
-        length = text.mask.shape[1]  # the global batch may be padded longer than this shard
-        masked, labels = masked[sl, :length].to(self.device), labels[sl, :length].to(self.device)
-        out = self.model.crossmodal(masked, image_tokens, text_mask=text.mask)
-        picked = labels >= 0
-        logits = self.model.crossmodal.mlm_logits(out.hidden[picked]).float()
-        return F.cross_entropy(logits, labels[picked], reduction="sum") / per_rank.to(self.device)
+    def _mlm(self, text: TextOutput, image_tokens: Tensor, batch: dict[str, Any]) -> Tensor:
+        """MLM loss of the shard's captions given their images, on the step's drawn targets."""
+        return self.model.crossmodal.mlm_loss(
+            self.model.crossmodal_text(text),
+            image_tokens,
+            chosen=batch["mlm_chosen"],
+            num_targets=batch["mlm_targets"],
+        )
 
     def _losses(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         cfg, model = self.cfg, self.model
@@ -346,6 +369,12 @@ class Trainer:
                 extra_text = self.bank.take(batch["hard_rows"], self.device)
                 extra = model.dual.text_head(extra_text.pooled)
         pairs = self.loss_fn.prepare(img_emb, txt_emb, batch["ids"], extra)
+        if self.sampler.config.mode != "random":
+            # GRIT/FALCON's store gets the features this forward computed (detached, as
+            # GRIT-VLP keeps its queue): no extra forward pass
+            self.sampler.update_embeddings(
+                batch["global_idx"], pairs.all_image.detach().cpu(), pairs.all_text.detach().cpu()
+            )
         policy_loss = img_emb.new_zeros(())
         keep_t2i = None
         if self.selector is not None:
@@ -412,12 +441,7 @@ class Trainer:
         total = image_tokens.new_zeros((), dtype=torch.float32)
         if aux.itm_weight or aux.cla_weight:
             # positives and hardest negatives in one forward of 2R pairs
-            both = TextOutput(
-                tokens=torch.cat([text.tokens, text.tokens]),
-                mask=torch.cat([text.mask, text.mask]),
-                pooled=torch.cat([text.pooled, text.pooled]),
-                input_ids=torch.cat([text.input_ids, text.input_ids]),
-            )
+            both = self.model.crossmodal_text(text).select(torch.arange(len(text)).repeat(2))
             out = cross(both, torch.cat([image_tokens, all_tokens[neg_idx]]))
             r = len(text)
             attn = last_layer_attention(out)
@@ -433,24 +457,24 @@ class Trainer:
                 logs["cla"] = float(cla.detach())
                 total = total + aux.cla_weight * cla
         if aux.mlm_weight:
-            global_text = self.bank.take(batch["global_rows"])
-            mlm = self._mlm(text, global_text, image_tokens, batch["mlm_seed"])
+            mlm = self._mlm(text, image_tokens, batch)
             logs["mlm"] = float(mlm.detach())
             total = total + aux.mlm_weight * mlm
         return total
 
     @torch.no_grad()
-    def _eval_mlm(self, batch: dict[str, Any]) -> float:
-        """MLM loss of the batch in eval mode (FALCON's reward), averaged over ranks."""
+    def _eval_mlm(self, micro_batches: list[dict[str, Any]]) -> float:
+        """MLM loss of a step's micro-batches in eval mode (FALCON's reward), as the update
+        weighs it (mean over micro-batches), averaged over ranks."""
         was_training = self.model.training
         self.model.eval()
-        images = self.train_split.image_batch(batch["local_idx"], self.device)
-        text = self.bank.take(batch["rows"], self.device)
-        with self._autocast():
-            _, img_out = self.model.dual.encode_image(images)
-            value = self._mlm(
-                text, self.bank.take(batch["global_rows"]), img_out.tokens, batch["mlm_seed"]
-            ).float()
+        value = torch.zeros((), device=self.device)
+        for batch in micro_batches:
+            images = self.train_split.image_batch(batch["local_idx"], self.device)
+            text = self.bank.take(batch["rows"], self.device)
+            with self._autocast():
+                _, img_out = self.model.dual.encode_image(images)
+                value += self._mlm(text, img_out.tokens, batch).float() / len(micro_batches)
         if self.world > 1:
             dist.all_reduce(value)
             value /= self.world
@@ -473,11 +497,10 @@ class Trainer:
         idx = torch.tensor(global_batch, dtype=torch.long)
         falcon = self.sampler.scheduler is not None
         t0 = time.perf_counter()
-        micro_batches = idx.chunk(cfg.optim.grad_accum)
-        before = self._eval_mlm(self._batch(idx)) if falcon else None
+        micro_batches = self._micro_batches(self._draw(idx))
+        before = self._eval_mlm(micro_batches) if falcon else None
         logs: dict[str, float] = {}
-        for micro in micro_batches:
-            batch = self._batch(micro)
+        for batch in micro_batches:
             loss, part = self._losses(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -499,9 +522,8 @@ class Trainer:
         if self.selector is not None:
             self.selector.step_policy()
             self.selector.optimizer.zero_grad(set_to_none=True)
-        self._update_store(idx)
         if falcon:
-            reward = before - self._eval_mlm(self._batch(idx))
+            reward = before - self._eval_mlm(micro_batches)
             logs["falcon_reward"] = reward
             update = self.sampler.scheduler.reinforce(reward)
             if update:
@@ -516,11 +538,9 @@ class Trainer:
         return logs
 
     @torch.no_grad()
-    def _update_store(self, idx: Tensor) -> None:
-        """Give GRIT/FALCON the pooled embeddings of the trained batch (eval-free, as GRIT-VLP:
-        recomputed here without grad so that the store holds post-update features)."""
-        if self.sampler.config.mode == "random":
-            return
+    def _embed_untrained(self, idx: Tensor) -> None:
+        """Store embeddings of items an epoch never trained on (``drop_last`` leftovers), with
+        caption 0: the one extra no-grad forward, at most ``batch_size − 1`` items per epoch."""
         self.model.eval()
         images = self.train_split.image_batch(idx, self.device)
         text = self.bank.take(self.train_split.caption_rows[idx, 0], self.device)
@@ -543,7 +563,7 @@ class Trainer:
             missing = torch.nonzero(~self.sampler.store.filled).squeeze(1)
             if self.sampler.config.mode != "random" and len(missing):
                 for chunk in missing.split(self.cfg.batch_size):
-                    self._update_store(chunk)
+                    self._embed_untrained(chunk)
 
     def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train until ``config.steps`` (or ``stop_at``); logs CSV, checkpoints, resumes."""
