@@ -2,7 +2,7 @@
 
 As GRIT-VLP (``jaeseokbyun/GRIT-VLP``, ``models/GRIT_utils.py``): the trainer hands over the
 detached, normalised pooled image/text embeddings it already computed for each batch, so
-grouping costs no extra forward pass (METHODS.md, FALCON step 1).
+grouping costs no extra forward pass (FALCON, arXiv:2505.11192, §3).
 """
 
 from __future__ import annotations
