@@ -19,7 +19,7 @@ from hardneg.samplers import (
     gumbel_topk,
     hardest_negative,
 )
-from hardneg.samplers.bns import rank_percentile
+from hardneg.samplers.selection import rank_percentile
 
 
 def sigmoid_via_tanh(x: float) -> float:

@@ -9,13 +9,7 @@
   :class:`FalconScheduler` (+ :class:`FalconConfig`).
 """
 
-from hardneg.samplers.bns import (
-    BNSConfig,
-    BoundaryAwareSampler,
-    Selection,
-    boundary_scores,
-    hardest_negative,
-)
+from hardneg.samplers.bns import BNSConfig, BoundaryAwareSampler
 from hardneg.samplers.chain import ChainResult, chain_batches, grit_chain
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS, CurriculumPreset, LogisticCurriculum
 from hardneg.samplers.falcon import FalconConfig, FalconScheduler
@@ -27,6 +21,7 @@ from hardneg.samplers.grit import (
 )
 from hardneg.samplers.gumbel import gumbel_topk
 from hardneg.samplers.quantile import quantile_pick
+from hardneg.samplers.selection import Selection, boundary_scores, hardest_negative
 from hardneg.samplers.store import EmbeddingStore
 
 __all__ = [
