@@ -322,7 +322,8 @@ CUR_B, CUR_K, CUR_TOTAL = 128, 16, 10.0
 
 
 def curriculum_sims(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    # offset: a generator seeded like the sampler's would draw noise correlated with the sims
+    g = torch.Generator().manual_seed(10_000 + seed)
     sim = 0.1 + 0.15 * torch.randn(CUR_B, CUR_B, generator=g)
     sim.fill_diagonal_(0.6)
     return sim, torch.eye(CUR_B, dtype=torch.bool)
@@ -403,7 +404,7 @@ def _selected_pairs(seed: int, b: int = 8, k: int = 3):
     txt = torch.randn(b, 6, generator=g).requires_grad_(True)
     loss_fn = InfoNCELoss(temperature=0.2, learn_temperature=False)
     pairs = loss_fn.prepare(img, txt)
-    sampler = BoundaryAwareSampler(BNSConfig(k=k, seed=seed))
+    sampler = BoundaryAwareSampler(BNSConfig(k=k, seed=100 + seed))
     sim = (pairs.all_image @ pairs.all_text.T).detach()
     eye = torch.eye(b, dtype=torch.bool)
     sel_i2t = sampler(sim, eye, sim.diagonal(), 1.0, 4.0, logit_scale=5.0)
