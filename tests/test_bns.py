@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hardneg.losses import InfoNCELoss
 from hardneg.samplers import (
     CURRICULUM_PRESETS,
     BNSConfig,
@@ -18,7 +19,7 @@ from hardneg.samplers import (
     gumbel_topk,
     hardest_negative,
 )
-from hardneg.samplers.bns import rank_percentile
+from hardneg.samplers.selection import rank_percentile
 
 
 def sigmoid_via_tanh(x: float) -> float:
@@ -256,8 +257,9 @@ def test_policy_training_raises_the_curriculum_reward():
 
     def expected_bs() -> float:
         with torch.no_grad():
-            feats = sampler.features(sim, ~positive, sim.diagonal())
-            logits = sampler.policy(feats).squeeze(-1) - sampler.curriculum(10.0, 10.0) * bs
+            priority = sampler.priorities(sim, positive, sim.diagonal(), 10.0, 10.0)
+            alpha = sampler.curriculum(10.0, 10.0)
+            logits = priority - alpha * sampler.config.logit_scale * bs
             probs = torch.softmax(logits.masked_fill(positive, float("-inf")), dim=1)
         return float((probs * bs.masked_fill(positive, 0.0)).sum(dim=1).mean())
 
@@ -307,3 +309,155 @@ def test_sampler_rejects_bad_inputs():
         sampler(sim * float("nan"), torch.eye(3, dtype=torch.bool), sim.diagonal(), 0.0, 1.0)
     with pytest.raises(ValueError, match="curriculum"):
         BNSConfig(curriculum="fast")
+    with pytest.raises(ValueError, match="logit_scale"):
+        sampler(sim, torch.eye(3, dtype=torch.bool), sim.diagonal(), 0.0, 1.0, logit_scale=0.0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        BNSConfig(logit_scale=float("inf"))
+
+
+# ---------------------------------------------------------------------------- curriculum strength
+# The setting of the curriculum checks: B=128 anchors, k=16, negative cosines ~ N(0.1, 0.15),
+# positive cosine 0.6, so BS = s_ij − 0.6 ~ N(−0.5, 0.15).
+CUR_B, CUR_K, CUR_TOTAL = 128, 16, 10.0
+
+
+def curriculum_sims(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # offset: a generator seeded like the sampler's would draw noise correlated with the sims
+    g = torch.Generator().manual_seed(10_000 + seed)
+    sim = 0.1 + 0.15 * torch.randn(CUR_B, CUR_B, generator=g)
+    sim.fill_diagonal_(0.6)
+    return sim, torch.eye(CUR_B, dtype=torch.bool)
+
+
+def pick_statistics(sampler, sim, positive, progress) -> dict[str, float]:
+    """Mean BS of the picks and, per row, of the uniform / easiest-k / hardest-k choice."""
+    bs = boundary_scores(sim, torch.arange(CUR_B))
+    with torch.no_grad():
+        sel = sampler(sim, positive, sim.diagonal(), progress, CUR_TOTAL)
+    neg = bs.masked_fill(positive, float("nan"))
+    ordered = neg.sort(dim=1).values[:, : CUR_B - 1]  # NaN (the positive) sorts last
+    return {
+        "picked": bs.gather(1, sel.indices).mean().item(),
+        "uniform": bs[~positive].mean().item(),
+        "easiest": ordered[:, :CUR_K].mean().item(),
+        "hardest": ordered[:, -CUR_K:].mean().item(),
+    }
+
+
+def test_fresh_sampler_at_the_start_picks_clearly_easier_than_uniform():
+    sim, positive = curriculum_sims(0)
+    stats = pick_statistics(BoundaryAwareSampler(BNSConfig(k=CUR_K)), sim, positive, 0.0)
+    bound = stats["uniform"] - 0.25 * (stats["uniform"] - stats["easiest"])
+    assert stats["picked"] <= bound, stats
+
+
+def test_fresh_sampler_at_the_end_picks_clearly_harder_than_uniform():
+    sim, positive = curriculum_sims(1)
+    stats = pick_statistics(BoundaryAwareSampler(BNSConfig(k=CUR_K)), sim, positive, CUR_TOTAL)
+    bound = stats["uniform"] + 0.25 * (stats["hardest"] - stats["uniform"])
+    assert stats["picked"] >= bound, stats
+
+
+def test_trained_policy_follows_the_sign_flip_of_the_curriculum():
+    # train the policy through the schedule on fresh batches; just after α(η) turns negative
+    # (η = 5.5 of 10: α ≈ −0.25) the picks must already be harder than uniform, and a policy
+    # trained to the end must pick harder than the untrained (curriculum-only) sampler
+    sampler = BoundaryAwareSampler(BNSConfig(k=CUR_K, seed=3))
+    fresh = BoundaryAwareSampler(BNSConfig(k=CUR_K, seed=3))
+    steps, check_step = 200, 110
+    for step in range(steps + 1):
+        eta = CUR_TOTAL * step / steps
+        sim, positive = curriculum_sims(100 + step)
+        if step == check_step:
+            assert sampler.curriculum(eta, CUR_TOTAL) < 0
+            stats = pick_statistics(sampler, *curriculum_sims(7), eta)
+            assert stats["picked"] > stats["uniform"] + 0.01, stats
+        sampler(sim, positive, sim.diagonal(), eta, CUR_TOTAL).policy_loss.backward()
+        sampler.step_policy()
+    end = pick_statistics(sampler, *curriculum_sims(8), CUR_TOTAL)
+    untrained = pick_statistics(fresh, *curriculum_sims(8), CUR_TOTAL)
+    assert end["picked"] > untrained["picked"], (end, untrained)
+
+
+@pytest.mark.parametrize("progress", [0.0, CUR_TOTAL])
+def test_policy_update_moves_priorities_toward_the_reward(progress):
+    # R = −α(η)·BS: at α > 0 the update must raise the priority of easy (low-BS) negatives,
+    # at α < 0 that of hard ones. Δp over a few Adam steps must correlate with R.
+    sampler = BoundaryAwareSampler(BNSConfig(k=CUR_K, entropy_weight=0.0, seed=4))
+    sim, positive = curriculum_sims(5)
+    alpha = sampler.curriculum(progress, CUR_TOTAL)
+    reward = (-alpha * boundary_scores(sim, torch.arange(CUR_B)))[~positive]
+    before = sampler.priorities(sim, positive, sim.diagonal(), progress, CUR_TOTAL)[~positive]
+    for _ in range(5):
+        sampler(sim, positive, sim.diagonal(), progress, CUR_TOTAL).policy_loss.backward()
+        sampler.step_policy()
+    after = sampler.priorities(sim, positive, sim.diagonal(), progress, CUR_TOTAL)[~positive]
+    delta = after - before
+    corr = torch.corrcoef(torch.stack([delta, reward]))[0, 1].item()
+    assert corr > 0.5, corr
+
+
+# ---------------------------------------------------------------------------- denominator
+def _selected_pairs(seed: int, b: int = 8, k: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(b, 6, generator=g).requires_grad_(True)
+    txt = torch.randn(b, 6, generator=g).requires_grad_(True)
+    loss_fn = InfoNCELoss(temperature=0.2, learn_temperature=False)
+    pairs = loss_fn.prepare(img, txt)
+    sampler = BoundaryAwareSampler(BNSConfig(k=k, seed=100 + seed))
+    sim = (pairs.all_image @ pairs.all_text.T).detach()
+    eye = torch.eye(b, dtype=torch.bool)
+    sel_i2t = sampler(sim, eye, sim.diagonal(), 1.0, 4.0, logit_scale=5.0)
+    sel_t2i = sampler(sim.T, eye, sim.diagonal(), 1.0, 4.0, logit_scale=5.0)
+    return img, txt, loss_fn, pairs, sampler, sel_i2t, sel_t2i
+
+
+def test_weighted_denominator_matches_the_weighted_cross_entropy_written_out():
+    img, txt, loss_fn, pairs, _, sel_i2t, sel_t2i = _selected_pairs(0)
+    got = loss_fn.loss(pairs.reweight(sel_i2t.soft, sel_t2i.soft))
+    u, v = F.normalize(img, dim=1), F.normalize(txt, dim=1)
+    z = (u @ v.T / 0.2).detach().double()
+
+    def direction(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for i in range(z.shape[0]):
+            denom = math.exp(z[i, i])
+            denom += sum(float(w[i, j]) * math.exp(z[i, j]) for j in range(z.shape[1]) if j != i)
+            total += -z[i, i].item() + math.log(denom)
+        return torch.tensor(total / z.shape[0])
+
+    expected = 0.5 * (direction(z, sel_i2t.soft) + direction(z.T, sel_t2i.soft))
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_weighted_denominator_with_the_hard_k_hot_equals_the_restricted_loss():
+    _, _, loss_fn, pairs, _, sel_i2t, sel_t2i = _selected_pairs(1)
+    weighted = loss_fn.loss(pairs.reweight(sel_i2t.hard, sel_t2i.hard))
+    restricted = loss_fn.loss(pairs.restrict(sel_i2t.hard.bool(), sel_t2i.hard.bool()))
+    torch.testing.assert_close(weighted, restricted)
+
+
+@pytest.mark.parametrize("denominator", ["selected", "weighted"])
+def test_policy_gets_the_gumbel_gradient_of_its_reward_in_both_denominators(denominator):
+    img, txt, loss_fn, pairs, sampler, sel_i2t, sel_t2i = _selected_pairs(2)
+    if denominator == "weighted":
+        scored = pairs.reweight(sel_i2t.soft, sel_t2i.soft)
+    else:
+        scored = pairs.restrict(sel_i2t.hard.bool(), sel_t2i.hard.bool())
+    policy_loss = sel_i2t.policy_loss + sel_t2i.policy_loss
+    (loss_fn.loss(scored) + policy_loss).backward(retain_graph=True)
+    with_loss = [p.grad.clone() for p in sampler.policy_parameters()]
+    assert img.grad.abs().sum() > 0 and txt.grad.abs().sum() > 0  # encoders trained
+    assert all(bool(g.abs().sum() > 0) for g in with_loss)  # the policy is trained
+    sampler.optimizer.zero_grad()
+    policy_loss.backward()
+    # the policy's gradient is exactly that of its reward: the contrastive loss does not
+    # reach it (otherwise it would learn to pick the easy negatives that lower the loss)
+    for a, b in zip(with_loss, (p.grad for p in sampler.policy_parameters()), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_reweight_rejects_negative_weights():
+    _, _, _, pairs, _, sel_i2t, sel_t2i = _selected_pairs(3)
+    with pytest.raises(ValueError, match="weights must be ≥ 0"):
+        pairs.reweight(-sel_i2t.soft, sel_t2i.soft)

@@ -89,6 +89,8 @@ class ContrastivePairs:
     world: int
     i2t_keep: Tensor | None = None
     t2i_keep: Tensor | None = None
+    i2t_log_weight: Tensor | None = None
+    t2i_log_weight: Tensor | None = None
 
     def restrict(self, i2t_keep: Tensor | None, t2i_keep: Tensor | None) -> ContrastivePairs:
         """Score only selected candidates (e.g. BNS negatives): (R, G+M) and (R, G) bool masks.
@@ -107,6 +109,24 @@ class ContrastivePairs:
             else t2i_keep | self.text_to_image_positives().as_mask(t2i_keep.shape[1])
         )
         return replace(self, i2t_keep=i2t_keep, t2i_keep=t2i_keep)
+
+    def reweight(self, i2t_weight: Tensor, t2i_weight: Tensor) -> ContrastivePairs:
+        r"""Weight every negative's term of the softmax denominator: (R, G+M) and (R, G) ≥ 0.
+
+        A negative with weight w enters as ``w·e^{z}`` (its logit becomes ``z + log w``; w = 0
+        removes it); positives keep weight 1. The weights are detached: they choose how much
+        each negative counts, they are not trained by the contrastive loss.
+        """
+        logs = []
+        for weight, positives in (
+            (i2t_weight, self.image_to_text_positives()),
+            (t2i_weight, self.text_to_image_positives()),
+        ):
+            if not bool((weight >= 0).all()):
+                raise ValueError("reweight() weights must be ≥ 0 (and not NaN)")
+            weight = weight.detach().masked_fill(positives.as_mask(weight.shape[1]), 1.0)
+            logs.append(weight.log())
+        return replace(self, i2t_log_weight=logs[0], t2i_log_weight=logs[1])
 
     @property
     def text_candidates(self) -> Tensor:
@@ -134,7 +154,8 @@ class ContrastivePairs:
     def symmetric_logits(self, scale: Tensor) -> tuple[Tensor, Tensor]:
         """fp32 logits ``scale * cos`` of image anchors (R, G+M) and text anchors (R, G).
 
-        Candidates removed by :meth:`restrict` get ``-inf``. In a single process the
+        Candidates removed by :meth:`restrict` get ``-inf``; :meth:`reweight` adds ``log w``.
+        In a single process the
         text-anchor logits are the transpose of the image-anchor ones, so one matrix product
         serves both directions.
         """
@@ -147,4 +168,7 @@ class ContrastivePairs:
             z_i2t = z_i2t.masked_fill(~self.i2t_keep, float("-inf"))
         if self.t2i_keep is not None:
             z_t2i = z_t2i.masked_fill(~self.t2i_keep, float("-inf"))
+        if self.i2t_log_weight is not None and self.t2i_log_weight is not None:
+            z_i2t = z_i2t + self.i2t_log_weight.to(z_i2t.dtype)
+            z_t2i = z_t2i + self.t2i_log_weight.to(z_t2i.dtype)
         return z_i2t, z_t2i

@@ -4,28 +4,24 @@
   :class:`Selection`, :func:`boundary_scores`, :func:`hardest_negative`), its curriculum
   :class:`LogisticCurriculum` / :data:`CURRICULUM_PRESETS` and :func:`gumbel_topk`.
 - Batch construction (GRIT-VLP, FALCON and heuristic baselines): :class:`HardnessBatchSampler`
-  (+ :class:`HardnessSamplerConfig`, :func:`shard`), :func:`quantile_pick`, and FALCON's learned
+  (+ :class:`HardnessSamplerConfig`, :func:`shard`), the chains :func:`grit_chain` (GRIT-VLP)
+  and :func:`chain_batches` (hardness quantile), :func:`quantile_pick`, and FALCON's learned
   :class:`FalconScheduler` (+ :class:`FalconConfig`).
 """
 
-from hardneg.samplers.bns import (
-    BNSConfig,
-    BoundaryAwareSampler,
-    Selection,
-    boundary_scores,
-    hardest_negative,
-)
+from hardneg.samplers.bns import BNSConfig, BoundaryAwareSampler
+from hardneg.samplers.chain import ChainResult, chain_batches, grit_chain
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS, CurriculumPreset, LogisticCurriculum
 from hardneg.samplers.falcon import FalconConfig, FalconScheduler
 from hardneg.samplers.grit import (
     MODES,
     HardnessBatchSampler,
     HardnessSamplerConfig,
-    chain_batches,
     shard,
 )
 from hardneg.samplers.gumbel import gumbel_topk
 from hardneg.samplers.quantile import quantile_pick
+from hardneg.samplers.selection import Selection, boundary_scores, hardest_negative
 from hardneg.samplers.store import EmbeddingStore
 
 __all__ = [
@@ -33,6 +29,7 @@ __all__ = [
     "MODES",
     "BNSConfig",
     "BoundaryAwareSampler",
+    "ChainResult",
     "CurriculumPreset",
     "EmbeddingStore",
     "FalconConfig",
@@ -43,6 +40,7 @@ __all__ = [
     "Selection",
     "boundary_scores",
     "chain_batches",
+    "grit_chain",
     "gumbel_topk",
     "hardest_negative",
     "quantile_pick",

@@ -1,13 +1,14 @@
 r"""BACL's boundary-aware negative sampler (BNS): a learned, curriculum-tilted negative miner.
 
 Reference: "Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal
-Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Boundary-aware Negative Sampler"; no
-code is public, so this follows hardneg's METHODS.md (BACL steps 1–7):
+Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Boundary-aware Negative Sampler". No
+code is public; hardneg's reading of it:
 
 1. boundary score ``BS_ij = s_ij − s_ii`` (detached cosine, ``s_ii`` = the anchor's positive);
-2. a 2-layer policy MLP on ``[s_ij, s_ii, BS_ij, rank-percentile of s_ij in its row]`` gives a
-   priority ``p_ij``;
-3. selection logit ``ℓ_ij = p_ij − α(η)·BS_ij`` with the logistic curriculum α(η);
+2. a 2-layer policy MLP g on ``[s_ij, s_ii, BS_ij, rank-percentile of s_ij in its row, α(η)]``;
+   the priority is ``p_ij = α(η)·g_ij``;
+3. selection logit ``ℓ_ij = p_ij − α(η)·BS_ij/τ`` with the logistic curriculum α(η) and the
+   contrastive loss's temperature τ (BS on the logit scale the loss sees);
 4. straight-through Gumbel top-k picks k negatives per anchor;
 5. the policy is trained "through Gumbel-Softmax using the boundary score as reward":
    ``R_ij = −α(η)·BS_ij`` and ``L_policy = −mean_i Σ_j soft_ij R_ij − w_H·mean_i H(softmax(ℓ_i))``.
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS, LogisticCurriculum
 from hardneg.samplers.gumbel import gumbel_topk
+from hardneg.samplers.selection import Selection, rank_percentile
 
 
 @dataclass
@@ -36,14 +38,21 @@ class BNSConfig:
         hidden: hidden width of the 2-layer policy MLP (paper: 64).
         tau_start: Gumbel-Softmax temperature at the start of training.
         tau_end: temperature at the end; annealed geometrically,
-            ``τ(η) = τ_start·(τ_end/τ_start)^{η/total}``.
+            ``τ_g(η) = τ_start·(τ_end/τ_start)^{η/total}``.
         entropy_weight: weight w_H of the entropy bonus of the policy.
         curriculum: name of a preset in :data:`~hardneg.samplers.CURRICULUM_PRESETS`.
         midpoint: η₀ of the curriculum in epochs; None = the preset's fraction of training.
         lr: Adam learning rate of the policy's own optimiser.
         init_output_scale: scale of the policy's last-layer initial weights (bias starts at 0);
-            small, so that at the start the curriculum term ``−α·BS`` decides the selection.
+            small, so that at the start the curriculum term ``−α·BS/τ`` decides the selection.
         seed: seed of the sampler's Gumbel noise generator.
+        logit_scale: ``1/τ`` multiplying BS in the selection logit when ``forward`` gets no
+            ``logit_scale`` (default 1/0.07, CLIP's initial temperature). Pass the loss's live
+            ``scale()`` to ``forward`` so the tilt matches the logits the loss sees. Measured
+            (B=128, k=16, negative cosines ~N(0.1, 0.15), positive 0.6): in cosine units the
+            curriculum moved the mean picked BS 3 % (start) / 6 % (end) of the way from the
+            uniform mean to the easiest / hardest k against the Gumbel noise (std ≈ 1.28);
+            with 1/0.07, 36 % / 55 % (tests/test_bns.py requires ≥ 25 %).
     """
 
     k: int = 8
@@ -56,6 +65,7 @@ class BNSConfig:
     lr: float = 1e-3
     init_output_scale: float = 1e-3
     seed: int = 0
+    logit_scale: float = 1.0 / 0.07
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -75,99 +85,14 @@ class BNSConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"BNSConfig.lr must be > 0, got {self.lr}")
+        if not (self.logit_scale > 0 and math.isfinite(self.logit_scale)):
+            raise ValueError(
+                f"BNSConfig.logit_scale must be a finite 1/τ > 0, got {self.logit_scale}"
+            )
         if self.init_output_scale < 0:
             raise ValueError(
                 f"BNSConfig.init_output_scale must be ≥ 0, got {self.init_output_scale}"
             )
-
-
-@dataclass
-class Selection:
-    """Negatives chosen by :class:`BoundaryAwareSampler` for one set of anchors.
-
-    Attributes:
-        indices: (B, k) candidate columns picked per anchor.
-        hard: (B, C) 0/1 k-hot of the picks (detached: a data choice for the contrastive loss).
-        soft: (B, C) relaxed selection weights in [0, 1], each row summing to k (detached; use
-            them to weight the full-batch loss if wanted, METHODS.md BACL step 6).
-        alpha: curriculum α(η) used.
-        tau: Gumbel-Softmax temperature used.
-        policy_loss: scalar to ADD to the training loss; its gradient reaches only the policy.
-        entropy: mean entropy of ``softmax(ℓ_i)`` over the allowed candidates (detached, for
-            logging).
-    """
-
-    indices: Tensor
-    hard: Tensor
-    soft: Tensor
-    alpha: float
-    tau: float
-    policy_loss: Tensor
-    entropy: Tensor
-
-
-def boundary_scores(sim: Tensor, positive_index: Tensor) -> Tensor:
-    """Boundary scores ``BS_ij = s_ij − s_{i,pos(i)}`` (BACL §3).
-
-    Args:
-        sim: (B, C) cosine similarities of anchors (rows) vs candidates (columns).
-        positive_index: (B,) column of each anchor's positive (``arange(B)`` in-batch).
-
-    Returns:
-        (B, C) boundary scores; 0 at the positive, > 0 for negatives scored above it.
-
-    Example:
-        >>> sim = torch.tensor([[1.0, 0.5], [0.25, 0.75]])
-        >>> boundary_scores(sim, torch.arange(2)).tolist()
-        [[0.0, -0.5], [-0.5, 0.0]]
-    """
-    if sim.dim() != 2:
-        raise ValueError(f"sim must be (B, C), got shape {tuple(sim.shape)}")
-    index = torch.as_tensor(positive_index, device=sim.device)
-    if index.shape != (sim.shape[0],) or index.is_floating_point():
-        raise ValueError(
-            f"positive_index must be ({sim.shape[0]},) integer columns, got "
-            f"{index.dtype} {tuple(index.shape)}"
-        )
-    if bool(((index < 0) | (index >= sim.shape[1])).any()):
-        raise ValueError(f"positive_index must lie in [0, {sim.shape[1]}) (columns of sim)")
-    return sim - sim.gather(1, index.long().unsqueeze(1))
-
-
-def hardest_negative(selection: Selection, sim: Tensor) -> Tensor:
-    """(B,) column of the selected candidate with the largest similarity, per anchor.
-
-    CLA contrasts a caption's attention on its positive image with that on this negative.
-
-    Example:
-        >>> sim = torch.tensor([[1.0, 0.7, 0.2, 0.9]])
-        >>> sel = Selection(torch.tensor([[1, 2]]), torch.zeros(1, 4), torch.zeros(1, 4),
-        ...                 0.0, 1.0, torch.zeros(()), torch.zeros(()))
-        >>> hardest_negative(sel, sim).tolist()
-        [1]
-    """
-    if sim.dim() != 2 or sim.shape[0] != selection.indices.shape[0]:
-        raise ValueError(
-            f"sim must be (B, C) with B={selection.indices.shape[0]} rows like the selection, "
-            f"got shape {tuple(sim.shape)}"
-        )
-    picked = sim.detach().gather(1, selection.indices)
-    return selection.indices.gather(1, picked.argmax(dim=1, keepdim=True)).squeeze(1)
-
-
-def rank_percentile(sim: Tensor, allowed: Tensor) -> Tensor:
-    """Rank of ``s_ij`` among the allowed candidates of row i, scaled to [0, 1] (1 = highest).
-
-    Disallowed entries get 0; a row with a single allowed candidate gives it 1.
-    """
-    neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device)
-    ranks = torch.where(allowed, sim, neg_inf).argsort(dim=1).argsort(dim=1)
-    n_allowed = allowed.sum(dim=1, keepdim=True)
-    # disallowed (−∞) occupy the lowest ranks; shift so the lowest allowed has rank 0
-    ranks = ranks - (allowed.shape[1] - n_allowed)
-    pct = ranks.to(sim.dtype) / (n_allowed - 1).clamp(min=1).to(sim.dtype)
-    pct = torch.where(n_allowed == 1, torch.ones_like(pct), pct)
-    return torch.where(allowed, pct, torch.zeros_like(pct))
 
 
 class BoundaryAwareSampler(nn.Module):
@@ -177,12 +102,25 @@ class BoundaryAwareSampler(nn.Module):
     captions; positives given by ``positive_mask``):
 
     .. math::
-        BS_{ij} = s_{ij} - s^+_i,\quad p_{ij} = \mathrm{MLP}([s_{ij}, s^+_i, BS_{ij},
-        r_{ij}]),\quad \ell_{ij} = p_{ij} - \alpha(\eta)\,BS_{ij}
+        BS_{ij} = s_{ij} - s^+_i,\quad
+        p_{ij} = \alpha(\eta)\,g_\phi([s_{ij}, s^+_i, BS_{ij}, r_{ij}, \alpha(\eta)]),\quad
+        \ell_{ij} = p_{ij} - \alpha(\eta)\,BS_{ij}/\tau
+                 = -\alpha(\eta)\,\big(BS_{ij}/\tau - g_{ij}\big)
 
-    (``r_ij`` the rank-percentile of ``s_ij`` among row i's allowed candidates), then
+    (``r_ij`` the rank-percentile of ``s_ij`` among row i's allowed candidates, g_φ a 2-layer
+    MLP, τ the contrastive loss's temperature: ``forward(..., logit_scale=1/τ)``, default
+    :attr:`BNSConfig.logit_scale`). BS/τ is the logit gap the loss itself sees; in cosine units
+    the tilt was too small against the Gumbel noise to move the picks.
+
+    Why ``p = α·g`` and α as an input: the reward ``−α·BS`` is odd in α, so the best tilt at
+    −α is the mirror of the one at α. The policy learns a correction g of the hardness BS/τ,
+    and α sets direction and strength, so the learned preference flips with the curriculum at
+    α = 0 instead of lagging it. (An MLP with α only as an input, trained through the default
+    schedule, still picked easier-than-uniform negatives after α turned negative; ``α = 0`` is
+    uniform selection.) Then
     :func:`~hardneg.samplers.gumbel.gumbel_topk` picks k negatives per row with temperature
-    ``τ(η) = τ_start (τ_end/τ_start)^{η/total}``. The policy loss, with reward
+    :func:`~hardneg.samplers.gumbel.gumbel_topk` picks k negatives per row with Gumbel
+    temperature ``τ_g(η) = τ_start (τ_end/τ_start)^{η/total}``. The policy loss, with reward
     ``R_ij = −α(η)·BS_ij`` (all features and BS detached), is
 
     .. math::
@@ -216,7 +154,7 @@ class BoundaryAwareSampler(nn.Module):
         self.config = config or BNSConfig()
         cfg = self.config
         self.curriculum = LogisticCurriculum.from_preset(cfg.curriculum, cfg.midpoint)
-        self.policy = nn.Sequential(nn.Linear(4, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1))
+        self.policy = nn.Sequential(nn.Linear(5, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1))
         last = self.policy[-1]
         with torch.no_grad():
             last.weight.mul_(cfg.init_output_scale)
@@ -239,14 +177,35 @@ class BoundaryAwareSampler(nn.Module):
         cfg = self.config
         return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
 
-    def features(self, sim: Tensor, allowed: Tensor, pos_sim: Tensor) -> Tensor:
-        """(B, C, 4) detached policy inputs ``[s_ij, s_ii, BS_ij, rank-percentile]``."""
+    def features(self, sim: Tensor, allowed: Tensor, pos_sim: Tensor, alpha: float) -> Tensor:
+        """(B, C, 5) detached policy inputs ``[s_ij, s_ii, BS_ij, rank-percentile, α(η)]``."""
         sim = sim.detach()
         pos = pos_sim.detach().unsqueeze(1).expand_as(sim)
-        return torch.stack([sim, pos, sim - pos, rank_percentile(sim, allowed)], dim=-1)
+        rank = rank_percentile(sim, allowed)
+        return torch.stack([sim, pos, sim - pos, rank, torch.full_like(sim, alpha)], dim=-1)
+
+    def priorities(
+        self, sim: Tensor, positive_mask: Tensor, pos_sim: Tensor, progress: float, total: float
+    ) -> Tensor:
+        """(B, C) policy priorities ``p_ij = α(η)·g_ij`` (with gradient to the policy)."""
+        self._check_inputs(sim, positive_mask, pos_sim, progress, total)
+        dtype = torch.promote_types(sim.dtype, torch.float32)
+        alpha = self.curriculum(progress, total)
+        return self._priorities(sim.to(dtype), ~positive_mask, pos_sim.to(dtype), alpha)
+
+    def _priorities(self, sim: Tensor, allowed: Tensor, pos_sim: Tensor, alpha: float) -> Tensor:
+        feats = self.features(sim, allowed, pos_sim, alpha)
+        param = next(self.policy.parameters())
+        return alpha * self.policy(feats.to(param.dtype)).squeeze(-1).to(sim.dtype)
 
     def forward(
-        self, sim: Tensor, positive_mask: Tensor, pos_sim: Tensor, progress: float, total: float
+        self,
+        sim: Tensor,
+        positive_mask: Tensor,
+        pos_sim: Tensor,
+        progress: float,
+        total: float,
+        logit_scale: float | Tensor | None = None,
     ) -> Selection:
         """Select ``config.k`` negatives per anchor.
 
@@ -256,11 +215,16 @@ class BoundaryAwareSampler(nn.Module):
             pos_sim: (B,) similarity of each anchor with its positive, ``s_ii``.
             progress: training progress η in (fractional) epochs.
             total: total number of epochs of the run (> 0).
+            logit_scale: ``1/τ`` of the contrastive loss scaling BS in the selection logit;
+                None uses :attr:`BNSConfig.logit_scale`.
 
         Returns:
             :class:`Selection`.
         """
         self._check_inputs(sim, positive_mask, pos_sim, progress, total)
+        scale = self.config.logit_scale if logit_scale is None else float(logit_scale)
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"logit_scale must be a finite 1/τ > 0, got {scale}")
         dtype = torch.promote_types(sim.dtype, torch.float32)
         sim = sim.detach().to(dtype)
         pos_sim = pos_sim.detach().to(dtype)
@@ -268,11 +232,9 @@ class BoundaryAwareSampler(nn.Module):
         alpha = self.curriculum(progress, total)
         tau = self.temperature(progress, total)
 
-        feats = self.features(sim, allowed, pos_sim)
-        param = next(self.policy.parameters())
-        priority = self.policy(feats.to(param.dtype)).squeeze(-1).to(dtype)
+        priority = self._priorities(sim, allowed, pos_sim, alpha)
         boundary = sim - pos_sim.unsqueeze(1)
-        logits = priority - alpha * boundary
+        logits = priority - alpha * scale * boundary
         hard, soft, indices = gumbel_topk(logits, self.config.k, tau, allowed, self.generator)
 
         reward = torch.where(allowed, -alpha * boundary, torch.zeros_like(boundary))

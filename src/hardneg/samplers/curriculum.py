@@ -1,16 +1,15 @@
 r"""Logistic easy-to-hard curriculum α(η) of BACL's boundary-aware negative sampler.
 
 Reference: "Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal
-Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Difficulty scheduling"; hardneg's
-METHODS.md, BACL step 4.
+Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Difficulty scheduling".
 
 .. math::
     \alpha(\eta) = \alpha_{late} + (\alpha_{early} - \alpha_{late})\,
     \sigma\big(-\kappa\,(\eta - \eta_0)\big)
 
 η is the training progress in (fractional) epochs and η₀ the midpoint of the transition. The
-selection logit is ``ℓ = p − α(η)·BS``: α > 0 suppresses near-boundary (hard) negatives,
-α < 0 favours them.
+selection logit is ``ℓ = −α(η)·(BS/τ − g)`` (:class:`~hardneg.samplers.BoundaryAwareSampler`):
+α > 0 suppresses near-boundary (hard) negatives, α < 0 favours them, α = 0 picks uniformly.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ The paper only names the default triple; "aggressive" and "shallow" follow its d
 
 
 class LogisticCurriculum:
-    r"""α(η) = α_late + (α_early − α_late)·σ(−κ(η − η₀)) (BACL §3, METHODS.md BACL step 4).
+    r"""α(η) = α_late + (α_early − α_late)·σ(−κ(η − η₀)) (BACL §3, arXiv:2511.08399).
 
     Args:
         alpha_early: α when η ≪ η₀ (default 0.3).

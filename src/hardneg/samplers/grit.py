@@ -2,9 +2,9 @@ r"""GRIT-style grouped batch construction with a hardness quantile (GRIT-VLP, FA
 
 References: Byun et al. 2022, "GRIT-VLP: Grouped Mini-batch Sampling for Efficient
 Vision-Language Pre-training" (``jaeseokbyun/GRIT-VLP``, ``models/GRIT_utils.py``): random search
-spaces of the cached embeddings, batches built by chaining hardest pairs; FALCON
-(arXiv:2505.11192) §3: the chain picks the candidate at hardness quantile q instead of the
-hardest. METHODS.md, FALCON steps 1–4 and its baselines.
+spaces of the cached embeddings, batches cut from one alternating chain of hardest pairs;
+FALCON (arXiv:2505.11192) §3 and its baselines: a chain on the symmetric similarity picking the
+candidate at hardness quantile q. The chains themselves are in :mod:`hardneg.samplers.chain`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from hardneg.samplers.chain import chain_batches, grit_chain
 from hardneg.samplers.falcon import FalconScheduler
-from hardneg.samplers.quantile import quantile_pick
 from hardneg.samplers.store import EmbeddingStore
 
 MODES = (
@@ -47,11 +47,13 @@ class HardnessSamplerConfig:
         batch_size: global batch size B (all ranks together).
         search_space_size: |M|, items per search space; None = 8·B (FALCON default).
         mode: one of :data:`MODES`:
-            ``random`` plain shuffled batches; ``grit`` q = 1 (GRIT-VLP hardest chain);
-            ``fixed`` q = ``q``; ``progressive_hardening`` / ``progressive_softening`` q moves
-            linearly from ``q_start`` to ``q_end`` over ``total_epochs`` (defaults 0.5→1 and
-            1→0.5); ``falcon`` q per anchor from a :class:`FalconScheduler`; ``batch_level``
-            one scheduler q per batch (scheduler with ``instance_level=False``).
+            ``random`` plain shuffled batches; ``grit`` GRIT-VLP's alternating hardest chain
+            (:func:`~hardneg.samplers.chain.grit_chain`); ``fixed`` q = ``q`` (q = 1: the
+            hardest pick on the symmetric S, per batch); ``progressive_hardening`` /
+            ``progressive_softening`` q moves linearly from ``q_start`` to ``q_end`` over
+            ``total_epochs`` (defaults 0.5→1 and 1→0.5); ``falcon`` q per anchor from a
+            :class:`FalconScheduler`; ``batch_level`` one scheduler q per batch (scheduler
+            with ``instance_level=False``).
         q: the quantile of mode ``fixed``.
         q_start, q_end: endpoints of the progressive modes (None = mode default).
         total_epochs: run length used by the progressive modes.
@@ -97,67 +99,6 @@ class HardnessSamplerConfig:
                 )
         if self.total_epochs < 1:
             raise ValueError(f"total_epochs must be ≥ 1, got {self.total_epochs}")
-
-
-@dataclass
-class ChainResult:
-    """Batches of one search space built by :func:`chain_batches` (local indices).
-
-    Attributes:
-        batches: B items each, in pick order.
-        anchors: per batch, the B − 1 anchors whose rows chose the next item.
-        qs: per batch, the B − 1 quantiles used.
-        pick_sims: per batch, the B − 1 similarities anchor → picked item.
-    """
-
-    batches: list[list[int]] = field(default_factory=list)
-    anchors: list[list[int]] = field(default_factory=list)
-    qs: list[list[float]] = field(default_factory=list)
-    pick_sims: list[list[float]] = field(default_factory=list)
-
-
-def chain_batches(
-    sim: np.ndarray,
-    batch_size: int,
-    q_of: Callable[[int, int], float],
-    rng: np.random.Generator,
-) -> ChainResult:
-    """Fill batches of one search space by the hardness-quantile chain (FALCON step 4).
-
-    Per batch: sample the first anchor uniformly among the unused items; repeatedly pick the
-    candidate at quantile ``q_of(anchor, batch_number)`` of the anchor's row (excluding every
-    item already used in this search space, the anchor included) and make it the next anchor,
-    until the batch holds ``batch_size`` items. ``⌊n / B⌋`` batches are built; the < B leftover
-    items are not used this epoch (the next epoch reshuffles). With q ≡ 1 this is GRIT-VLP's
-    hardest chain on the symmetric ``S = S_i2t + S_t2i``.
-
-    Args:
-        sim: (n, n) similarity within the search space.
-        batch_size: B.
-        q_of: quantile for (local anchor index, batch number).
-        rng: numpy Generator for the first anchors.
-    """
-    n = sim.shape[0]
-    used = np.zeros(n, dtype=bool)
-    result = ChainResult()
-    for number in range(n // batch_size):
-        anchor = int(rng.choice(np.flatnonzero(~used)))
-        used[anchor] = True
-        batch, anchors, qs, sims = [anchor], [], [], []
-        while len(batch) < batch_size:
-            q = float(q_of(anchor, number))
-            pick = quantile_pick(sim[anchor], q, used)
-            used[pick] = True
-            anchors.append(anchor)
-            qs.append(q)
-            sims.append(float(sim[anchor, pick]))
-            batch.append(pick)
-            anchor = pick
-        result.batches.append(batch)
-        result.anchors.append(anchors)
-        result.qs.append(qs)
-        result.pick_sims.append(sims)
-    return result
 
 
 def off_diagonal_rows(sim: Tensor) -> Tensor:
@@ -211,9 +152,11 @@ class HardnessBatchSampler(Sampler[list[int]]):
     Each epoch (seeded by ``(seed, epoch)``), the items are shuffled and cut into search spaces
     of |M| items (``⌊N/|M|⌋`` spaces, the remainder joining the last one; mode ``random``: one
     space of all items). A space's batches are built when the iteration reaches it (so a
-    FALCON scheduler updated during the epoch is used for later spaces): from the embedding
-    store, ``S = U Vᵀ + V Uᵀ`` over the space, then :func:`chain_batches` with the mode's q, and
-    the space's batches are yielded in shuffled order. Leftover items (< B per space) are
+    FALCON scheduler updated during the epoch is used for later spaces) from the embedding
+    store: mode ``grit`` cuts GRIT-VLP's alternating chain on ``U Vᵀ`` into batches
+    (:func:`~hardneg.samplers.chain.grit_chain`); the quantile modes run
+    :func:`~hardneg.samplers.chain.chain_batches` on ``S = U Vᵀ + V Uᵀ`` with the mode's q. The
+    space's batches are yielded in shuffled order. Leftover items (< B per space) are
     dropped for the epoch (as ``drop_last``). An epoch that starts before every item has an
     embedding (the first epoch) uses random batches with the same space layout, as GRIT-VLP.
 
@@ -228,8 +171,9 @@ class HardnessBatchSampler(Sampler[list[int]]):
 
     Diagnostics: :attr:`last_batch_stats` describes the last yielded batch: ``epoch``,
     ``batch`` (index in the epoch), ``random`` (fallback/random batch), ``q_mean``, ``q_p10``,
-    ``q_p50``, ``q_p90`` (quantiles used), ``pick_sim_mean`` (similarity of each pick to its
-    anchor), ``fn_rate`` (% of ordered in-batch pairs i ≠ j with the same semantic id, i.e.
+    ``q_p50``, ``q_p90`` (quantiles used; 1 in mode ``grit``), ``pick_sim_mean`` (similarity
+    of each pick to its anchor: S in the quantile modes, the cosine of the direction used in
+    mode ``grit``), ``fn_rate`` (% of ordered in-batch pairs i ≠ j with the same semantic id, i.e.
     false negatives; None without ``semantic_ids``). Unavailable values are None.
 
     Args:
@@ -426,9 +370,13 @@ class HardnessBatchSampler(Sampler[list[int]]):
                 if self.scheduler is not None:
                     self.scheduler.record(torch.zeros(0, self.scheduler.config.m), torch.zeros(0))
             return
-        sim = self.store.similarity(items)
-        q_of, decide = self._quantile_rule(p, index, sim, len(items) // bsz)
-        chain = chain_batches(sim.numpy(), bsz, q_of, p.rng)
+        if self.config.mode == "grit":
+            i2t = self.store.image_text_similarity(items).numpy()
+            chain, decide = grit_chain(i2t, bsz, p.rng), None
+        else:
+            sim = self.store.similarity(items)
+            q_of, decide = self._quantile_rule(p, index, sim, len(items) // bsz)
+            chain = chain_batches(sim.numpy(), bsz, q_of, p.rng)
         for number in p.rng.permutation(len(chain.batches)):
             batch = [int(items[i]) for i in chain.batches[number]]
             self._append(p, batch, chain.qs[number], chain.pick_sims[number])
@@ -438,10 +386,8 @@ class HardnessBatchSampler(Sampler[list[int]]):
     def _quantile_rule(
         self, p: _EpochProgress, index: int, sim: Tensor, n_batches: int
     ) -> tuple[Callable[[int, int], float], Callable[[int, list[int]], None] | None]:
-        """``q_of(anchor, batch)`` of the mode, and a hook recording scheduler decisions."""
+        """``q_of(anchor, batch)`` of a quantile mode, and a hook recording scheduler decisions."""
         cfg = self.config
-        if cfg.mode == "grit":
-            return (lambda anchor, number: 1.0), None
         if cfg.mode == "fixed":
             return (lambda anchor, number: cfg.q), None
         if cfg.mode in PROGRESSIVE_DEFAULTS:

@@ -4,7 +4,7 @@ References: Kool, van Hoof & Welling 2019 ("Stochastic Beams and Where to Find T
 Gumbel-top-k trick: the top-k of ``logits + Gumbel noise`` is a sample without replacement from
 ``softmax(logits)``); Xie & Ermon 2019 ("Reparameterizable Subset Sampling via Continuous
 Relaxations", Alg. 1: the relaxed k-hot vector). Used by BACL's boundary-aware sampler
-(METHODS.md, BACL step 5).
+(arXiv:2511.08399, §3).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hardness-quantile pick: the candidate at similarity quantile q of an anchor's row.
 
 Reference: FALCON (arXiv:2505.11192), §3 "mini-batch construction": ``q = 1`` is GRIT-VLP's
-hardest (most similar) candidate, ``q = 0`` the easiest; METHODS.md, FALCON step 4.
+hardest (most similar) candidate, ``q = 0`` the easiest.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 As GRIT-VLP (``jaeseokbyun/GRIT-VLP``, ``models/GRIT_utils.py``): the trainer hands over the
 detached, normalised pooled image/text embeddings it already computed for each batch, so
-grouping costs no extra forward pass (METHODS.md, FALCON step 1).
+grouping costs no extra forward pass (FALCON, arXiv:2505.11192, §3).
 """
 
 from __future__ import annotations
@@ -80,12 +80,16 @@ class EmbeddingStore:
         """True once every item has an embedding."""
         return bool(self.filled.all())
 
-    def similarity(self, items: np.ndarray) -> Tensor:
-        """``S = U Vᵀ + V Uᵀ`` (image→text plus text→image cosine) restricted to ``items``."""
+    def image_text_similarity(self, items: np.ndarray) -> Tensor:
+        """``U Vᵀ``: cosine of the images (rows) with the captions (columns) of ``items``."""
         if self.image is None or self.text is None:
             raise ValueError("the embedding store is empty; call update() during training first")
         idx = torch.as_tensor(np.asarray(items), dtype=torch.long)
-        i2t = self.image[idx] @ self.text[idx].T
+        return self.image[idx] @ self.text[idx].T
+
+    def similarity(self, items: np.ndarray) -> Tensor:
+        """``S = U Vᵀ + V Uᵀ`` (image→text plus text→image cosine) restricted to ``items``."""
+        i2t = self.image_text_similarity(items)
         return i2t + i2t.T
 
     def state_dict(self) -> dict:

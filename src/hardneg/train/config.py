@@ -69,7 +69,20 @@ class LossConfig:
 
 @dataclass
 class SelectorConfig:
-    """Negative selector: ``"none"`` or ``"bns"`` (BACL boundary-aware sampler)."""
+    """Negative selector: ``"none"`` or ``"bns"`` (BACL boundary-aware sampler).
+
+    ``denominator`` decides which negatives the contrastive loss scores (BACL, arXiv:2511.08399,
+    §3: "contrastive loss over {positive ∪ selected k negatives}, plus optionally the full batch
+    with selected ones weighted by their relaxed selection weight"):
+
+    - ``"selected"`` (default): only the positive and the k picked negatives. This is the
+      paper's main statement and what a *sampler* means (it decides which negatives the loss
+      sees; the curriculum then really changes the loss's negatives).
+    - ``"weighted"``: every in-batch negative, each counted ``w·e^z`` with w its relaxed
+      Gumbel top-k weight (detached, rows sum to k). Early (Gumbel τ = 1) the relaxation is
+      diffuse and non-picked negatives still count; as τ anneals it approaches ``"selected"``.
+      InfoNCE-form losses only (``infonce``, ``negclip``, ``ega``).
+    """
 
     name: str = "none"
     k: int = 16
@@ -78,6 +91,7 @@ class SelectorConfig:
     tau_end: float = 0.1
     entropy_weight: float = 0.01
     lr: float = 1e-3
+    denominator: str = "selected"
 
 
 @dataclass

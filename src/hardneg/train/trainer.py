@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from hardneg.data.atomic_files import atomic_write
 from hardneg.losses.cla import ContrastiveLocalAttentionLoss
 from hardneg.losses.distributed import gather_with_grad, world_info
+from hardneg.losses.infonce import InfoNCELoss
 from hardneg.losses.pairs import positives_from_ids
 from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer, last_layer_attention
 from hardneg.models.dual import DualEncoder
@@ -184,6 +185,15 @@ class Trainer:
         self.selector = None
         if cfg.selector.name == "bns":
             s = cfg.selector
+            if s.denominator not in ("selected", "weighted"):
+                raise ValueError(
+                    f"selector.denominator must be 'selected' or 'weighted', got {s.denominator!r}"
+                )
+            if s.denominator == "weighted" and not isinstance(self.loss_fn, InfoNCELoss):
+                raise ValueError(
+                    "selector.denominator='weighted' needs an InfoNCE-form loss (infonce, "
+                    f"negclip, ega), got loss.name={cfg.loss.name!r}; use denominator='selected'"
+                )
             self.selector = BoundaryAwareSampler(
                 BNSConfig(
                     k=s.k,
@@ -392,9 +402,16 @@ class Trainer:
         return total + policy_loss, logs
 
     def _select(self, pairs, batch):
-        """BNS on the global similarity matrices (identical on every rank), local rows kept."""
+        """BNS on the global similarity matrices (identical on every rank), local rows kept.
+
+        The boundary score enters the selection on the loss's logit scale (BS/τ with the
+        loss's current temperature). ``selector.denominator`` decides what the loss scores:
+        the positive + k picks (``"selected"``) or every negative weighted by its relaxed
+        selection weight (``"weighted"``); see :class:`~hardneg.train.config.SelectorConfig`.
+        """
         assert self.selector is not None
         eta, total = self.progress
+        logit_scale = float(self.loss_fn.scale().detach())
         r, off = pairs.image.shape[0], pairs.offset
         g = pairs.all_image.shape[0]
         cands = pairs.text_candidates.detach()
@@ -405,7 +422,8 @@ class Trainer:
             pos = positives_from_ids(
                 pairs.all_ids, pairs.all_ids, 0, g, cand.shape[0], sim.device
             ).as_mask(cand.shape[0])
-            results.append((self.selector(sim, pos, sim.diagonal(), eta, total), sim))
+            sel = self.selector(sim, pos, sim.diagonal(), eta, total, logit_scale=logit_scale)
+            results.append((sel, sim))
         (sel_i2t, _), (sel_t2i, sim_t2i) = results
         keep_i2t = sel_i2t.hard[off : off + r].bool()
         keep_t2i = sel_t2i.hard[off : off + r].bool()
@@ -424,6 +442,9 @@ class Trainer:
         sample = bs.detach().cpu()[: self.bs_samples_per_step]
         self.selected_bs.append(torch.stack([torch.full_like(sample, self.step), sample], 1))
         policy_loss = sel_i2t.policy_loss + sel_t2i.policy_loss
+        if self.cfg.selector.denominator == "weighted":
+            weights = (sel_i2t.soft[off : off + r], sel_t2i.soft[off : off + r])
+            return pairs.reweight(*weights), keep_t2i, policy_loss, logs
         return pairs.restrict(keep_i2t, keep_t2i), keep_t2i, policy_loss, logs
 
     def _crossmodal_losses(self, pairs, text, image_tokens, keep_t2i, batch, logs) -> Tensor:
