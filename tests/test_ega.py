@@ -225,6 +225,41 @@ def test_default_logit_gradient_rows_sum_to_zero(case, chunk_size, monkeypatch):
         assert row_sums.max() > 1e-3 and row_sums.min() >= 0.0
 
 
+def _train_and_retrieve(loss_fn, steps=100, noise=1.0, batch=64, test=256, seed=0):
+    """Two small MLP towers trained from scratch on fresh noisy pairs ``t = x + noise·ε``;
+    returns (held-out I→T R@1, mean cosine of all held-out image-text pairs)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    def tower():
+        return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+
+    f_img, f_txt = tower(), tower()
+    params = [*f_img.parameters(), *f_txt.parameters(), *loss_fn.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-2)
+    for _ in range(steps):
+        x = torch.randn(batch, 16, generator=g)
+        opt.zero_grad()
+        loss_fn(f_img(x), f_txt(x + noise * torch.randn(batch, 16, generator=g))).backward()
+        opt.step()
+    with torch.no_grad():
+        x = torch.randn(test, 16, generator=g)
+        u = F.normalize(f_img(x), dim=-1)
+        v = F.normalize(f_txt(x + noise * torch.randn(test, 16, generator=g)), dim=-1)
+        sim = u @ v.T
+    return (sim.argmax(1) == torch.arange(test)).double().mean().item(), sim.mean().item()
+
+
+def test_default_learns_like_infonce_where_the_literal_form_collapses():
+    """From scratch, the default retrieves as InfoNCE does (chance R@1 = 1/256); the literal
+    form's net push sends every image away from every text (mean cosine → −1)."""
+    r1_nce, _ = _train_and_retrieve(InfoNCELoss())
+    r1_ega, cos_ega = _train_and_retrieve(EGALoss(alpha=1.0))
+    _, cos_literal = _train_and_retrieve(EGALoss(alpha=1.0, renormalize=False))
+    assert r1_ega >= 0.05 and r1_ega >= 0.7 * r1_nce, (r1_ega, r1_nce)
+    assert cos_ega > -0.5 and cos_literal < -0.9, (cos_ega, cos_literal)
+
+
 def test_default_hard_negatives_gain_relative_to_easy_ones():
     """Default form: ∂L/∂z_n over InfoNCE's grows with hardness and is above 1× for the hardest
     negative of a row; the positive is pulled harder than by InfoNCE."""
