@@ -66,14 +66,17 @@ def test_siglip_adapter_equals_open_clip_sigliploss_values_and_grads():
 
 
 def test_ega_adapter_gradient_is_the_amplified_softmax_at_the_callers_scale():
-    """EGA through the adapter: value = CLIP loss, ∂L/∂z_in = p_in(1 + α·min(1, p_in/p_ii)).
+    """Literal EGA through the adapter: value = CLIP loss, ∂L/∂z_in = p_in(1 + α·min(1, p_in/p_ii)).
 
     Reference written out on the logits ``Z = s·I·Tᵀ`` and chained to the features and ``s``.
     """
     img, txt = _features(b=6, d=8, seed=3)
     alpha, scale = 1.5, 9.0
     value, g_img, g_txt, g_log_scale, _ = _value_and_grads(
-        OpenCLIPLossAdapter("ega", alpha=alpha), img, txt, log_scale=math.log(scale)
+        OpenCLIPLossAdapter("ega", alpha=alpha, renormalize=False),
+        img,
+        txt,
+        log_scale=math.log(scale),
     )
     cos = img @ txt.T
     z = scale * cos

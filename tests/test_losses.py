@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
-import hardneg.losses.nce as nce_module
 from hardneg.losses import (
     DCLLoss,
     DecoupledInfoNCELoss,
@@ -20,7 +19,6 @@ from hardneg.losses import (
     SigLIPLoss,
     SoftInfoNCELoss,
 )
-from hardneg.losses.nce import nce_rows
 from hardneg.losses.pairs import Positives
 
 ALL_LOSSES = [
@@ -278,107 +276,7 @@ def test_negclip_extra_negatives_only_on_image_side():
         NegCLIPLoss()(u, v)
 
 
-# ----------------------------------------------------------------------------------- EGA
-
-
-def test_ega_value_equals_infonce():
-    u, v = _pair(seed=10)
-    ids = torch.tensor([0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
-    for kw in ({}, {"positive_ids": ids}):
-        a = EGALoss(alpha=2.0).double()(u, v, **kw)
-        b = InfoNCELoss().double()(u, v, **kw)
-        assert a.item() == pytest.approx(b.item(), rel=1e-12)
-
-
-def test_ega_alpha_zero_gives_infonce_gradients():
-    u, v = _pair(seed=11)
-    _, gu_a, gv_a = _grads(EGALoss(alpha=0.0).double(), u, v)
-    _, gu_b, gv_b = _grads(InfoNCELoss().double(), u, v)
-    assert torch.allclose(gu_a, gu_b, atol=1e-14) and torch.allclose(gv_a, gv_b, atol=1e-14)
-
-
-# the amplifier works in row blocks of _AMPLIFY_BLOCK entries: one block, 1 row per block
-# (9 columns), and 4-row blocks with a partial last block (6 rows)
-BLOCKS = [nce_module._AMPLIFY_BLOCK, 9, 36]
-
-
-@pytest.mark.parametrize("block", BLOCKS)
-@pytest.mark.parametrize("multi", [False, True])
-def test_ega_logit_gradient_is_amplified_infonce_gradient(multi, block, monkeypatch):
-    monkeypatch.setattr(nce_module, "_AMPLIFY_BLOCK", block)
-    g = torch.Generator().manual_seed(12)
-    z = (torch.randn(6, 9, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
-    if multi:
-        mask = torch.zeros(6, 9, dtype=torch.bool)
-        mask[torch.arange(6), torch.arange(6)] = True
-        mask[0, 7] = mask[3, 8] = True
-        pos = Positives(mask=mask)
-    else:
-        pos = Positives(index=torch.arange(6))
-        mask = pos.as_mask(9)
-    alpha = 1.5
-    (g_ega,) = torch.autograd.grad(nce_rows(z, pos, alpha=alpha).sum(), z)
-    (g_nce,) = torch.autograd.grad(nce_rows(z, pos).sum(), z)
-    # independent formula: the aggregated positive logit z⁺ and h = min(1, exp(z - z⁺))
-    zd = z.detach()
-    z_pos = torch.log(torch.where(mask, zd.exp(), 0.0).sum(1) / mask.sum(1))
-    h = torch.clamp(torch.exp(zd - z_pos[:, None]), max=1.0)
-    expected = torch.where(mask, g_nce, g_nce * (1 + alpha * h))
-    assert torch.allclose(g_ega, expected, atol=1e-12)
-    # negatives at or above the positive get exactly (1 + α)× the InfoNCE gradient
-    hard = (~mask) & (zd >= z_pos[:, None])
-    assert hard.any()
-    assert torch.allclose(g_ega[hard], (1 + alpha) * g_nce[hard], atol=1e-12)
-    # positives are unchanged
-    assert torch.allclose(g_ega[mask], g_nce[mask], atol=1e-14)
-
-
-def _surrogate_infonce(u, v, scale, alpha, z0, neg, ratio=1.0):
-    """InfoNCE of z + α·h(z0)·(z − z0) on negatives: EGA's defining surrogate, written out."""
-    un, vn = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
-    z = scale * un @ vn.T
-    total = 0.0
-    for zz, z_ref in ((z, z0), (z.T, z0.T)):
-        diag_ref = torch.diagonal(z_ref)
-        h = torch.clamp(torch.exp((z_ref - diag_ref[:, None]) * ratio), max=1.0)
-        z_eff = zz + torch.where(neg, alpha * h * (zz - z_ref), 0.0)
-        total = total + F.cross_entropy(z_eff, torch.arange(zz.shape[0]))
-    return total / 2
-
-
-@pytest.mark.parametrize("hardness_temperature", [None, 0.2])
-def test_ega_gradient_matches_finite_differences_of_surrogate(hardness_temperature):
-    u, v = _pair(b=5, d=4, seed=13)
-    tau, alpha = 0.25, 1.0
-    ega = EGALoss(alpha=alpha, temperature=tau, hardness_temperature=hardness_temperature)
-    ega = ega.double()
-    _, gu, gv = _grads(ega, u, v)
-    ratio = 1.0 if hardness_temperature is None else tau / hardness_temperature
-    neg = ~torch.eye(5, dtype=torch.bool)
-    with torch.no_grad():
-        z0 = (F.normalize(u, dim=-1) @ F.normalize(v, dim=-1).T) / tau
-
-    def f(a, b):
-        return _surrogate_infonce(a, b, 1 / tau, alpha, z0, neg, ratio)
-
-    eps = 1e-6
-    for x, g in ((u, gu), (v, gv)):
-        fd = torch.zeros_like(x)
-        for idx in range(x.numel()):
-            xp, xm = x.clone().view(-1), x.clone().view(-1)
-            xp[idx] += eps
-            xm[idx] -= eps
-            args_p = (xp.view_as(x), v) if x is u else (u, xp.view_as(x))
-            args_m = (xm.view_as(x), v) if x is u else (u, xm.view_as(x))
-            fd.view(-1)[idx] = (f(*args_p) - f(*args_m)) / (2 * eps)
-        assert torch.allclose(g, fd, atol=1e-7), (g - fd).abs().max()
-
-
-def test_ega_amplifies_hard_negatives_more_than_infonce():
-    u, v = _pair(seed=14)
-    _, gu_e, _ = _grads(EGALoss(alpha=1.0).double(), u, v)
-    _, gu_n, _ = _grads(InfoNCELoss().double(), u, v)
-    assert gu_e.norm() > gu_n.norm()
+# EGA (the renormalised default, the literal option and their gradients): tests/test_ega.py
 
 
 # ----------------------------------------------------------------------------- multi-positive
@@ -550,44 +448,3 @@ def test_restrict_scores_only_the_selected_negatives(loss_cls):
             row = sub_loss.row_loss(z, Positives(index=torch.tensor([0])), scale)
             total += row[0].item()
     assert got.item() == pytest.approx(total / 14, rel=1e-9)
-
-
-@pytest.mark.parametrize("block", BLOCKS)
-@pytest.mark.parametrize("multi", [False, True])
-def test_ega_renormalized_gradient_is_reweighted_distribution_minus_target(
-    multi, block, monkeypatch
-):
-    """P̄ = P·w / Σ P·w with w = 1 + α·h on negatives, 1 on positives; grad = P̄ − target."""
-    monkeypatch.setattr(nce_module, "_AMPLIFY_BLOCK", block)
-    g = torch.Generator().manual_seed(23)
-    z = (torch.randn(5, 8, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
-    mask = torch.zeros(5, 8, dtype=torch.bool)
-    mask[torch.arange(5), torch.arange(5)] = True
-    if multi:
-        mask[1, 6] = mask[4, 7] = True
-        pos = Positives(mask=mask)
-    else:
-        pos = Positives(index=torch.arange(5))
-    alpha = 2.0
-    (got,) = torch.autograd.grad(nce_rows(z, pos, alpha=alpha, renormalize=True).sum(), z)
-    zd = z.detach()
-    # the log-mean positive term gives each of an anchor's |P| positives weight e^{z_p}/|P|
-    n_pos = mask.sum(1, keepdim=True)
-    p = torch.softmax(torch.where(mask, zd - n_pos.log(), zd), dim=1)
-    z_pos = torch.log(torch.where(mask, zd.exp(), 0.0).sum(1) / mask.sum(1))
-    h = torch.clamp(torch.exp(zd - z_pos[:, None]), max=1.0)
-    w = torch.where(mask, 1.0, 1.0 + alpha * h)
-    p_bar = p * w / (p * w).sum(1, keepdim=True)
-    target = torch.where(mask, zd.exp(), 0.0)
-    target = target / target.sum(1, keepdim=True)
-    assert torch.allclose(got, p_bar - target, atol=1e-12)
-    assert torch.allclose(got.sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-12)
-
-
-def test_ega_renormalized_chunked_equals_naive():
-    u, v = _pair(b=13, d=8, seed=24)
-    ids = torch.arange(13) % 9
-    l1, gu1, gv1 = _grads(EGALoss(renormalize=True).double(), u, v, positive_ids=ids)
-    l2, gu2, gv2 = _grads(EGALoss(renormalize=True, chunk_size=4).double(), u, v, positive_ids=ids)
-    assert torch.allclose(l1, l2) and torch.allclose(gu1, gu2, atol=1e-12)
-    assert torch.allclose(gv1, gv2, atol=1e-12)

@@ -84,7 +84,7 @@ def chunked_nce_rows(
     alpha: float = 0.0,
     hardness_ratio: float = 1.0,
     aggregate: str = "mean",
-    renormalize: bool = False,
+    renormalize: bool = True,
 ) -> Tensor:
     """Per-anchor InfoNCE/EGA loss (R,) of ``scale · anchors @ candidatesᵀ``, computed blockwise.
 

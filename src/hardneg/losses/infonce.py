@@ -47,10 +47,10 @@ class InfoNCELoss(SymmetricRowLoss):
         >>> loss.backward()
     """
 
-    #: EGA amplification α; 0 for plain InfoNCE.
+    #: EGA amplification α, hardness ratio τ/τ_h and renormalisation; α=0 is plain InfoNCE.
     alpha: float = 0.0
     hardness_ratio: float = 1.0
-    renormalize: bool = False
+    renormalize: bool = True
 
     def __init__(
         self,

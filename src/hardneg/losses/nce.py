@@ -15,15 +15,18 @@ cross-entropy (open_clip's ``ClipLoss``). A row without negatives has loss 0 and
 
 EGA (Li et al. 2025, "Explicit Gradient Amplifier", arXiv:2506.02020, §3): the InfoNCE
 gradient on a negative is ``∂ℓ_i/∂z_in = P̃_in`` (its share of the softmax). EGA keeps the
-forward value and replaces it in the backward pass by
+forward value and reweights the negatives' probabilities in the backward pass by the detached
 
-.. math::  \bar P_{in} = P̃_{in} \, (1 + \alpha h_{in}),\qquad
-           h_{in} = \min\big(1, \exp((s_{in} - s^+_i)/\tau_h)\big)
+.. math::  w_{in} = 1 + \alpha h_{in},\qquad h_{in} = \min\big(1, \exp((s_{in} - s^+_i)/\tau_h)\big)
 
-(``s`` cosines, ``s^+_i = z^+_i τ``; ``h`` detached; ``τ_h = τ`` by default so that
-``h = p_in / p_i^+``). Negatives as similar as the positive get ``(1+α)×`` the gradient;
-positive gradients are unchanged. It is the gradient of the stop-gradient surrogate
-``ℓ(z + sg(α h ⊙ 1_N) ⊙ (z − sg(z)))``, whose value is ``ℓ(z)``.
+(``s`` cosines, ``s^+_i = z^+_i τ``; ``τ_h = τ`` by default so that ``h = p_in / p_i^+``).
+
+- ``renormalize=True`` (default): ``P̄_i = P̃_i ⊙ w_i / Σ_j P̃_ij w_ij`` (positives weight 1)
+  and the gradient is ``P̄ − target``, the gradient of the weighted cross-entropy
+  ``−log(e^{z⁺} / (e^{z⁺} + Σ_n sg(w_n) e^{z_n}))``. Each row sums to 0 as InfoNCE's does.
+- ``renormalize=False`` (literal): ``∂ℓ_i/∂z_in = P̃_in w_in``, positives unchanged; rows
+  sum to ``α Σ_n P̃_in h_in > 0``, the gradient of the surrogate
+  ``ℓ(z + sg(α h ⊙ 1_N) ⊙ (z − sg(z)))``. Unstable from scratch (a net push of every logit).
 """
 
 from __future__ import annotations
@@ -98,12 +101,13 @@ def nce_grad(
     stats: RowStats,
     alpha: float = 0.0,
     ratio: float = 1.0,
-    renormalize: bool = False,
+    renormalize: bool = True,
 ) -> Tensor:
     """``∂ℓ_i/∂z_ij`` for every entry (EGA-amplified on negatives when ``alpha > 0``).
 
-    With ``renormalize`` the amplified probabilities ``P̄`` are renormalised over each row
-    before ``P̄ − target``, so every row of the gradient sums to zero as InfoNCE's does.
+    With ``renormalize`` (default) the amplified probabilities ``P̄`` are renormalised over
+    each row before ``P̄ − target``, so every row of the gradient sums to zero as InfoNCE's
+    does; without it the negatives' gradients are only multiplied by ``1 + α·h``.
     """
     if pos.index is not None:
         assert stats.lse_all is not None
@@ -160,7 +164,7 @@ def nce_rows(
     alpha: float = 0.0,
     hardness_ratio: float = 1.0,
     aggregate: str = "mean",
-    renormalize: bool = False,
+    renormalize: bool = True,
 ) -> Tensor:
     """Per-anchor multi-positive InfoNCE loss (R,) of fp32 logits ``z`` (R, N).
 
@@ -170,7 +174,8 @@ def nce_rows(
         alpha: EGA amplification α (0 gives the plain InfoNCE gradient).
         hardness_ratio: ``τ/τ_h`` of the EGA hardness (1 means ``τ_h = τ``).
         aggregate: ``"mean"`` (log-mean-exp) or ``"sum"`` (log-sum-exp) of the positives.
-        renormalize: renormalise EGA's amplified probabilities per row (see :func:`nce_grad`).
+        renormalize: renormalise EGA's amplified probabilities per row (default; False is the
+            literal, unstable form; see the module docstring).
     """
     if aggregate not in ("mean", "sum"):
         raise ValueError(f"aggregate must be 'mean' or 'sum', got {aggregate!r}")

@@ -12,9 +12,9 @@ from hardneg.losses import LOSSES
 
 __all__ = ["LOSSES", "METHODS", "method_overrides"]
 
-# EGA as trained by the methods: P̄ renormalised per row (see EGALoss(renormalize=...)); the
-# literal METHODS.md form keeps the embeddings collapsed when training from scratch
-_EGA = {"name": "ega", "kwargs": {"renormalize": True}}
+# EGA's default (P̄ renormalised per row); ega_unnormalized is the literal form, an ablation
+# that keeps the embeddings collapsed when training from scratch (EGALoss(renormalize=False))
+_EGA = {"name": "ega"}
 _BNS = {"selector": {"name": "bns"}}
 _CLA = {"aux": {"cla_weight": 0.3}}
 _BACL = {"selector": {"name": "bns"}, "aux": {"cla_weight": 0.3}}
@@ -28,7 +28,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "soft_infonce": {"loss": {"name": "soft_infonce"}},
     "negclip": {"loss": {"name": "negclip"}, "data": {"hard_negative_captions": True}},
     "ega": {"loss": _EGA},
-    "ega_unnormalized": {"loss": {"name": "ega"}},
+    "ega_unnormalized": {"loss": {"name": "ega", "kwargs": {"renormalize": False}}},
     "bns": _BNS,
     "cla": _CLA,
     "bacl": _BACL,
