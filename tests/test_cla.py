@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -87,6 +88,53 @@ def test_gradient_reaches_negative_attention_with_the_formula_value_and_not_posi
         expected[t, p] = -(1 + delta) / (a_b + EPS) / 3
     torch.testing.assert_close(neg.grad[0], expected)
     assert pos.grad is None or torch.all(pos.grad == 0)
+
+
+def test_differentiable_delta_gradients_equal_finite_differences_of_the_formula():
+    # independent formula: Ω fixed by ΔA ranking, mean over Ω of −log(A⁻(1+β|A⁺−A⁻|)+ε)
+    g = torch.Generator().manual_seed(3)
+    pos = torch.softmax(torch.randn(2, 3, 5, generator=g, dtype=torch.float64), dim=-1)
+    neg = torch.softmax(torch.randn(2, 3, 5, generator=g, dtype=torch.float64), dim=-1)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    rho, beta = 0.2, 1.5
+    n_omega = math.ceil(rho * 15)
+    omega = [
+        sorted(range(15), key=lambda c: -abs(pos[b].flatten()[c] - neg[b].flatten()[c]).item())[
+            :n_omega
+        ]
+        for b in range(2)
+    ]
+
+    def reference(p, n):
+        total = 0.0
+        for b in range(2):
+            pf, nf = p[b].flatten(), n[b].flatten()
+            cells = [-torch.log(nf[c] * (1 + beta * (pf[c] - nf[c]).abs()) + EPS) for c in omega[b]]
+            total = total + sum(cells) / n_omega
+        return total / 2
+
+    p, n = pos.clone().requires_grad_(True), neg.clone().requires_grad_(True)
+    contrastive_local_attention_loss(p, n, mask, rho, beta, EPS, detach_delta=False).backward()
+    for grad, which in ((p.grad, 0), (n.grad, 1)):
+        numeric = torch.zeros_like(pos)
+        for idx in np.ndindex(*pos.shape):
+            bumped = [pos.clone(), neg.clone()]
+            bumped[which][idx] += 1e-6
+            up = reference(*bumped)
+            bumped[which][idx] -= 2e-6
+            numeric[idx] = (up - reference(*bumped)) / 2e-6
+        torch.testing.assert_close(grad, numeric, atol=1e-5, rtol=1e-4)
+    assert p.grad.abs().sum() > 0  # A⁺ is pushed away from A⁻ on Ω
+
+
+def test_detached_and_differentiable_delta_give_the_same_value():
+    g = torch.Generator().manual_seed(4)
+    pos = torch.softmax(torch.randn(2, 3, 5, generator=g), dim=-1)
+    neg = torch.softmax(torch.randn(2, 3, 5, generator=g), dim=-1)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    a = contrastive_local_attention_loss(pos, neg, mask, detach_delta=True)
+    b = ContrastiveLocalAttentionLoss(detach_delta=False)(pos, neg, mask)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
 def test_gradient_reaches_a_toy_cross_attention_module():

@@ -30,7 +30,8 @@ CORE_METHODS = [
 ]  # fmt: skip
 ALL_METHODS = [
     *CORE_METHODS,
-    "decoupled", "bacl_aggressive", "bacl_shallow", "fixed_q", "progressive", "falcon_batch",
+    "decoupled", "bacl_aggressive", "bacl_shallow", "cla_grad", "bacl_cla_grad", "fixed_q",
+    "progressive", "falcon_batch",
 ]  # fmt: skip
 
 

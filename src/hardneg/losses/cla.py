@@ -1,9 +1,9 @@
 r"""CLA: BACL's contrastive local attention loss (token-level mismatch localisation).
 
 Reference: "Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal
-Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Contrastive Local Attention"; hardneg's
-METHODS.md (BACL, CLA). No code is public; the choices the paper leaves open are documented on
-:func:`contrastive_local_attention_loss`.
+Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Contrastive Local Attention". No code is
+public; the choices the paper leaves open are documented on
+:func:`contrastive_local_attention_loss` and in ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def contrastive_local_attention_loss(
     rho: float = 0.1,
     beta: float = 1.0,
     eps: float = 1e-6,
+    detach_delta: bool = True,
 ) -> Tensor:
     r"""Local mismatch loss of BACL's CLA.
 
@@ -28,22 +29,21 @@ def contrastive_local_attention_loss(
     negative image: ``A⁻``), over the valid cells (valid tokens × all patches):
 
     .. math::
-        \Delta A = \mathrm{sg}(|A^+ - A^-|),\qquad
+        \Delta A = |A^+ - A^-|,\qquad
         A_b = A^- \odot (1 + \beta\,\Delta A),\qquad
         \mathcal L_b = \frac{1}{|\Omega_b|}\sum_{(t,p)\in\Omega_b}
         -\log\big(A_b(t,p) + \varepsilon\big)
 
     with ``Ω_b`` the ``max(1, ⌈ρ·n_b⌉)`` valid cells of largest ``ΔA`` (``n_b`` = valid tokens ×
-    patches). The loss is the mean of ``L_b`` over pairs (each pair weighs the same whatever its
-    caption length; METHODS.md: mean over Ω instead of the paper's sum).
+    patches). The loss is the mean of ``L_b`` over pairs; averaging over Ω instead of the paper's
+    sum only rescales λ_local, but keeps it independent of ρ, caption length and patch count.
 
-    Gradient: ``ΔA`` is **detached** (stop-gradient). In the seed it only *identifies* the most
-    divergent cells (the choice of Ω is not differentiable anyway) and *scales* the negative
-    attention there; letting gradient through ``|A⁺ − A⁻|`` would add an unstated term that
-    pushes ``A⁺`` away from ``A⁻``. So the gradient flows only through ``A⁻`` (and the
-    cross-attention parameters producing it): it raises the negative pair's attention on the
-    cells where it differs most from the positive pair, i.e. it teaches the model to localise
-    the mismatch.
+    Gradient of ``ΔA`` (the paper does not say): with ``detach_delta=True`` (default) ``ΔA`` is
+    a stop-gradient that only *selects* Ω and *scales* ``A⁻`` there, so the gradient flows only
+    through ``A⁻``: the negative pair's attention rises on the cells where it differs most from
+    the positive pair. With ``detach_delta=False`` the ``−log(1 + β·ΔA)`` part is differentiated
+    too, which also moves ``A⁺`` away from ``A⁻`` on Ω. The default was chosen on the quick
+    bench (both variants at equal budget; numbers in ``docs/methods.md``).
 
     Args:
         attn_pos: (B, T, P) cross-attention of caption tokens over image patches, positive image
@@ -53,6 +53,7 @@ def contrastive_local_attention_loss(
         rho: fraction ρ ∈ (0, 1] of valid cells in Ω (default 0.1, at least one cell).
         beta: amplification β ≥ 0 (default 1).
         eps: ε > 0 inside the log, so zero-attention cells give a finite loss (default 1e-6).
+        detach_delta: stop the gradient through ``ΔA`` (default True; see above).
 
     Returns:
         Scalar loss (λ_local = 0.3 is applied by the trainer).
@@ -68,13 +69,15 @@ def contrastive_local_attention_loss(
     a_pos, a_neg = attn_pos.to(dtype), attn_neg.to(dtype)
     batch, tokens, patches = a_neg.shape
 
-    delta = (a_pos - a_neg).abs().detach()
+    delta = (a_pos - a_neg).abs()
+    if detach_delta:
+        delta = delta.detach()
     cell_valid = token_mask.unsqueeze(-1).expand(batch, tokens, patches).reshape(batch, -1)
     n_valid = cell_valid.sum(dim=1)
     n_omega = torch.clamp(torch.ceil(rho * n_valid.to(dtype)), min=1).long()
 
     # rank cells by ΔA inside each pair; invalid cells rank last
-    scores = delta.reshape(batch, -1).masked_fill(~cell_valid, float("-inf"))
+    scores = delta.detach().reshape(batch, -1).masked_fill(~cell_valid, float("-inf"))
     order = scores.argsort(dim=1, descending=True)
     ranks = torch.empty_like(order).scatter_(
         1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
@@ -134,6 +137,7 @@ class ContrastiveLocalAttentionLoss(nn.Module):
         rho: fraction of valid cells in Ω (default 0.1).
         beta: amplification β (default 1.0).
         eps: ε inside the log (default 1e-6).
+        detach_delta: stop the gradient through ΔA (default True).
 
     Relations: the auxiliary loss of BACL; add ``λ_local · CLA`` (λ_local = 0.3, trainer config)
     to any contrastive loss, with ``A⁻`` from the hardest negative of
@@ -146,16 +150,19 @@ class ContrastiveLocalAttentionLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, rho: float = 0.1, beta: float = 1.0, eps: float = 1e-6) -> None:
+    def __init__(
+        self, rho: float = 0.1, beta: float = 1.0, eps: float = 1e-6, detach_delta: bool = True
+    ) -> None:
         super().__init__()
         _check_hyper(rho, beta, eps)
         self.rho, self.beta, self.eps = rho, beta, eps
+        self.detach_delta = bool(detach_delta)
 
     def forward(self, attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor) -> Tensor:
         """CLA loss of one batch; see :func:`contrastive_local_attention_loss`."""
         return contrastive_local_attention_loss(
-            attn_pos, attn_neg, token_mask, self.rho, self.beta, self.eps
+            attn_pos, attn_neg, token_mask, self.rho, self.beta, self.eps, self.detach_delta
         )
 
     def extra_repr(self) -> str:
-        return f"rho={self.rho}, beta={self.beta}, eps={self.eps}"
+        return f"rho={self.rho}, beta={self.beta}, eps={self.eps}, detach_delta={self.detach_delta}"

@@ -101,6 +101,8 @@ class AuxConfig:
     Attributes:
         cla_weight: λ_local of the contrastive local attention loss (BACL: 0.3; 0 = off).
         cla_rho, cla_beta: Ω = top-ρ cells of ΔA; amplification β.
+        cla_detach_delta: stop the gradient through ΔA (see
+            :func:`~hardneg.losses.cla.contrastive_local_attention_loss`).
         itm_weight: image-text matching loss on positives vs the hardest negative image.
         mlm_weight: masked-language-modelling loss given the image.
     """
@@ -108,6 +110,7 @@ class AuxConfig:
     cla_weight: float = 0.0
     cla_rho: float = 0.1
     cla_beta: float = 1.0
+    cla_detach_delta: bool = True
     itm_weight: float = 1.0
     mlm_weight: float = 0.5
 

@@ -36,11 +36,6 @@ def init_distributed() -> None:
         dist.init_process_group(backend)
 
 
-def _summary(history: list[dict[str, float]], key: str) -> float | None:
-    values = [h[key] for h in history if key in h]
-    return statistics.fmean(values) if values else None
-
-
 def train_and_evaluate(
     config: TrainConfig, resume: bool = True, trainer: Trainer | None = None
 ) -> dict[str, Any] | None:
@@ -58,19 +53,18 @@ def train_and_evaluate(
     if resume:
         trainer.resume()
     with PeakMemory(trainer.device) as peak:
-        history = trainer.fit()
+        trainer.fit()
     trainer.save()
     if trainer.rank != 0:
         return None
-    step_times = [h["step_time"] for h in history[3:]] or [h["step_time"] for h in history]
+    step_times = trainer.step_times[3:] or trainer.step_times  # the first steps warm up
     result: dict[str, Any] = {
         "method": config.method,
         "seed": config.seed,
         "steps": trainer.step,
         "step_time": statistics.median(step_times) if step_times else None,
         "peak_mem_mib": peak.mib,
-        "selected_fn_rate": _summary(history, "selected_fn_rate"),
-        "batch_fn_rate": _summary(history, "batch_fn_rate"),
+        **trainer.summary(),
         "metrics": {},
     }
     for name in EVAL_SPLITS:

@@ -205,7 +205,9 @@ class Trainer:
                     seed=cfg.seed,
                 )
             ).to(self.device)
-        self.cla = ContrastiveLocalAttentionLoss(cfg.aux.cla_rho, cfg.aux.cla_beta)
+        self.cla = ContrastiveLocalAttentionLoss(
+            cfg.aux.cla_rho, cfg.aux.cla_beta, detach_delta=cfg.aux.cla_detach_delta
+        )
         self.sampler = self._build_sampler()
         self.steps_per_epoch = max(1, len(self.sampler))
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -224,6 +226,11 @@ class Trainer:
         self.epoch = 0
         self.selected_bs: list[Tensor] = []  # (step, BS) rows of selected negatives
         self.bs_samples_per_step = 64
+        # running sums of the figures a run reports (checkpointed: a resumed run reports
+        # what the uninterrupted run would)
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.step_times: list[float] = []
         self.out_dir = Path(cfg.out_dir)
         self.autocast_dtype = (
             torch.bfloat16
@@ -556,7 +563,38 @@ class Trainer:
         for key, value in self.sampler.last_batch_stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 logs[f"batch_{key}"] = float(value)
+        logs = self._global_logs(logs)
+        self._accumulate(logs)
         return logs
+
+    def _global_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Under DDP, every logged figure as the mean over ranks: a shard's loss becomes the
+        global batch's (figures already global, such as the FN rates, stay as they are)."""
+        if self.world == 1:
+            return logs
+        keys = sorted(logs)
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world).tolist()))
+
+    SUMMARY_KEYS = ("selected_fn_rate", "batch_fn_rate")
+
+    def _accumulate(self, logs: dict[str, float]) -> None:
+        self.step_times.append(logs["step_time"])
+        for key in self.SUMMARY_KEYS:
+            if key in logs:
+                self.sums[key] = self.sums.get(key, 0.0) + logs[key]
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Run-level figures over every step trained so far, resumed runs included: the mean
+        of each of :attr:`SUMMARY_KEYS` (None if never logged) and ``summary_steps``."""
+        out: dict[str, float | int | None] = {
+            key: self.sums[key] / self.counts[key] if self.counts.get(key) else None
+            for key in self.SUMMARY_KEYS
+        }
+        out["summary_steps"] = len(self.step_times)
+        return out
 
     @torch.no_grad()
     def _embed_untrained(self, idx: Tensor) -> None:
@@ -630,6 +668,12 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "caption_gen": self.caption_gen.get_state(),
             "rng": _rng_state(),
+            "summary": {
+                "sums": self.sums,
+                "counts": self.counts,
+                "step_times": self.step_times,
+                "selected_bs": self.selected_bs,
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -647,6 +691,10 @@ class Trainer:
         self.caption_gen.set_state(state["caption_gen"])
         _set_rng_state(state["rng"])
         self.step, self.epoch = state["step"], state["epoch"]
+        summary = state["summary"]
+        self.sums, self.counts = dict(summary["sums"]), dict(summary["counts"])
+        self.step_times = list(summary["step_times"])
+        self.selected_bs = list(summary["selected_bs"])
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""
