@@ -99,6 +99,30 @@ def test_bad_cla_argument_is_named(arg, value):
     _raises_naming(arg, lambda: contrastive_local_attention_loss(pos, pos, mask, **{arg: value}))
 
 
+def _attn(*shape: int) -> torch.Tensor:
+    return torch.softmax(torch.randn(*shape, generator=torch.Generator().manual_seed(4)), -1)
+
+
+CLA_INPUT_CASES: list[tuple[str, str, Callable[[], tuple]]] = [
+    ("neg_meta", "attn_neg", lambda: (_attn(2, 3, 4), _attn(2, 3, 4).to("meta"), None)),
+    ("pos_list", "attn_pos", lambda: (_attn(2, 3, 4).tolist(), _attn(2, 3, 4), None)),
+    ("mask_list", "token_mask", lambda: (_attn(2, 3, 4), _attn(2, 3, 4), [[True] * 3] * 2)),
+    ("mask_meta", "token_mask", lambda: (_attn(2, 3, 4), _attn(2, 3, 4), "meta")),
+    ("mask_int", "token_mask", lambda: (_attn(2, 3, 4), _attn(2, 3, 4), torch.ones(2, 3))),
+    ("neg_nan", "attn_neg", lambda: (_attn(2, 3, 4), _attn(2, 3, 4) * math.nan, None)),
+    ("neg_shape", "attn_neg", lambda: (_attn(2, 3, 4), _attn(2, 3, 5), None)),
+    ("pos_2d", "attn_pos", lambda: (_attn(3, 4), _attn(2, 3, 4), None)),
+]
+
+
+@pytest.mark.parametrize("case,arg,make", CLA_INPUT_CASES, ids=[c[0] for c in CLA_INPUT_CASES])
+def test_bad_cla_input_is_named(case, arg, make):
+    pos, neg, mask = make()
+    if mask is None or isinstance(mask, str):
+        mask = torch.ones(2, 3, dtype=torch.bool, device=mask)
+    _raises_naming(arg, lambda: ContrastiveLocalAttentionLoss()(pos, neg, mask))
+
+
 # ------------------------------------------------------------------------------------ inputs
 
 B, D = 6, 8
