@@ -282,6 +282,18 @@ def test_temperature_whose_scale_overflows_is_named(name):
     assert LOSSES[name](temperature=1e-40).scale().item() == pytest.approx(100.0)
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_meta_inputs_infer_the_shape_and_a_meta_loss_is_named(name):
+    meta = dict(image_emb=_u().to("meta"), text_emb=_v().to("meta"))
+    if name in NEEDS_EXTRA:
+        meta["extra_text_emb"] = _extra().to("meta")
+    loss = VARIANTS[name]()(**meta)
+    assert loss.shape == () and loss.device.type == "meta"
+    cpu = {key: value.new_empty(value.shape, device="cpu").normal_() for key, value in meta.items()}
+    loss_on_meta = VARIANTS[name]().to("meta")
+    _raises_naming("logit_scale", lambda: loss_on_meta(**cpu))
+
+
 def test_non_finite_temperature_parameter_is_reported():
     loss_fn = InfoNCELoss()
     with torch.no_grad():

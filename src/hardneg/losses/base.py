@@ -85,7 +85,7 @@ class ContrastiveLoss(nn.Module):
         check_pair(image_emb, text_emb)
         ids = check_ids(positive_ids, image_emb.shape[0], image_emb.device)
         extra = check_extra(extra_text_emb, text_emb)
-        self.check_state()
+        self.check_state(image_emb.device)
         # logits in at least fp32 (fp16/bf16 inputs are promoted; fp64 stays fp64)
         dtype = torch.promote_types(
             torch.promote_types(image_emb.dtype, text_emb.dtype), torch.float32
@@ -142,9 +142,10 @@ class ContrastiveLoss(nn.Module):
         """
         return self.loss(self.prepare(image_emb, text_emb, positive_ids, extra_text_emb))
 
-    def check_state(self) -> None:
-        """Refuse a diverged learned temperature (NaN/inf ``logit_scale``) before it gives NaN."""
-        check_parameter("logit_scale", self.logit_scale, "log(1/τ)")
+    def check_state(self, device: torch.device) -> None:
+        """Refuse a diverged learned temperature (NaN/inf ``logit_scale``) before it gives NaN,
+        and one on a device the inputs (on ``device``) cannot use (a CPU scalar can)."""
+        check_parameter("logit_scale", self.logit_scale, "log(1/τ)", device)
 
     def loss(self, pairs: ContrastivePairs) -> Tensor:
         raise NotImplementedError

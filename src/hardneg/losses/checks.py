@@ -31,7 +31,7 @@ def check_number(
     even though Python would compare them.
     """
     left = "(" if low_open or low is None else "["
-    right = ")" if high_open or high is None else "]"
+    right = ")" if high_open or (high is None and not allow_inf) else "]"
     valid = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
@@ -92,12 +92,18 @@ def check_finite(name: str, x: Tensor) -> None:
     )
 
 
-def check_parameter(name: str, value: Tensor, meaning: str) -> None:
-    """Check that a learned scalar of a loss (``logit_scale``, ``logit_bias``) is finite."""
+def check_parameter(name: str, value: Tensor, meaning: str, device: torch.device) -> None:
+    """Check that a learned scalar of a loss (``logit_scale``, ``logit_bias``) is finite and
+    usable with inputs on ``device`` (there, or a CPU scalar)."""
+    if value.device not in (device, torch.device("cpu")):
+        raise ValueError(
+            f"the loss's {name} is on {value.device} but image_emb is on {device}; move the "
+            "loss with loss_fn.to(image_emb.device)"
+        )
     if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
         raise ValueError(
             f"{name} (the loss's learned {meaning}) is {value.detach().cpu().tolist()}: it "
-            "diverged; lower the learning rate, or fix it (learn_temperature=False)"
+            "diverged; lower the learning rate (or fix the temperature: learn_temperature=False)"
         )
 
 

@@ -48,10 +48,10 @@ class SigLIPLoss(ContrastiveLoss):
         super().__init__(temperature, learn_temperature, normalize, max_logit_scale)
         self.logit_bias = nn.Parameter(torch.tensor(check_number("bias", bias)))
 
-    def check_state(self) -> None:
+    def check_state(self, device: torch.device) -> None:
         """Also refuse a diverged learned bias (NaN/inf ``logit_bias``)."""
-        super().check_state()
-        check_parameter("logit_bias", self.logit_bias, "bias b")
+        super().check_state(device)
+        check_parameter("logit_bias", self.logit_bias, "bias b", device)
 
     def loss(self, pairs: ContrastivePairs) -> Tensor:
         logits = self.scale().to(pairs.image.dtype) * (
