@@ -7,7 +7,10 @@ extra_text_emb=None) -> scalar``.
 - :class:`SoftInfoNCELoss`
 - :class:`EGALoss` (explicit gradient amplifier for hard negatives)
 
-All are DDP-aware (local anchors vs. features gathered with gradient from every rank).
+All are DDP-aware (local anchors vs. features gathered with gradient from every rank). Bad
+arguments and inputs raise a one-line ``ValueError`` naming the argument. Double backward
+(``create_graph=True``, e.g. a gradient penalty) works on every plain path; EGA's amplified
+gradient (``alpha > 0``) and the blockwise ``chunk_size`` path raise a ``RuntimeError`` for it.
 """
 
 from hardneg.losses.base import ContrastiveLoss, SymmetricRowLoss

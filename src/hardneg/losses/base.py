@@ -13,9 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardneg.losses.checks import check_extra, check_ids, check_pair
+from hardneg.losses.checks import (
+    check_bool,
+    check_extra,
+    check_ids,
+    check_logit_range,
+    check_number,
+    check_pair,
+    check_parameter,
+)
 from hardneg.losses.distributed import gather_no_grad, gather_with_grad, world_info
 from hardneg.losses.pairs import ContrastivePairs, Positives
+
+_LOG_FP32_MAX = math.log(torch.finfo(torch.float32).max)
 
 
 class ContrastiveLoss(nn.Module):
@@ -26,7 +36,12 @@ class ContrastiveLoss(nn.Module):
             clamped so that ``1/τ ≤ max_logit_scale``.
         learn_temperature: make the temperature a trainable parameter (else a buffer).
         normalize: L2-normalise the inputs (set False for pre-normalised features).
-        max_logit_scale: upper clamp of ``1/τ`` (CLIP uses 100).
+        max_logit_scale: upper clamp of ``1/τ`` (CLIP uses 100; ``math.inf`` disables it).
+
+    Raises:
+        ValueError: naming the argument, for a non-finite or non-positive ``temperature`` (or
+            one whose ``1/τ`` overflows float32), a NaN or non-positive ``max_logit_scale``, or
+            a non-bool flag. At each call, for bad inputs (see :meth:`forward`).
     """
 
     def __init__(
@@ -37,14 +52,21 @@ class ContrastiveLoss(nn.Module):
         max_logit_scale: float = 100.0,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        init = torch.tensor(math.log(1.0 / temperature))
-        if learn_temperature:
+        temperature = check_number("temperature", temperature, low=0.0, low_open=True)
+        max_logit_scale = check_number(
+            "max_logit_scale", max_logit_scale, low=0.0, low_open=True, allow_inf=True
+        )
+        if min(-math.log(temperature), math.log(max_logit_scale)) >= _LOG_FP32_MAX:
+            raise ValueError(
+                f"temperature={temperature} gives a logit scale 1/τ beyond the float32 range; "
+                "use temperature > 1e-38 or a finite max_logit_scale"
+            )
+        init = torch.tensor(-math.log(temperature))
+        if check_bool("learn_temperature", learn_temperature):
             self.logit_scale = nn.Parameter(init)
         else:
             self.register_buffer("logit_scale", init)
-        self.normalize = normalize
+        self.normalize = check_bool("normalize", normalize)
         self.max_log_scale = math.log(max_logit_scale)
 
     def scale(self) -> Tensor:
@@ -62,7 +84,8 @@ class ContrastiveLoss(nn.Module):
         """Validate, normalise (in fp32) and gather the inputs of one step."""
         check_pair(image_emb, text_emb)
         ids = check_ids(positive_ids, image_emb.shape[0], image_emb.device)
-        extra = check_extra(extra_text_emb, text_emb.shape[1])
+        extra = check_extra(extra_text_emb, text_emb)
+        self.check_state(image_emb.device)
         # logits in at least fp32 (fp16/bf16 inputs are promoted; fp64 stays fp64)
         dtype = torch.promote_types(
             torch.promote_types(image_emb.dtype, text_emb.dtype), torch.float32
@@ -72,6 +95,11 @@ class ContrastiveLoss(nn.Module):
         if self.normalize:
             image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
             extra = None if extra is None else F.normalize(extra, dim=-1)
+        else:
+            given = {"image_emb": image, "text_emb": text}
+            if extra is not None:
+                given["extra_text_emb"] = extra
+            check_logit_range(self.scale().to(dtype), given)
         rank, world = world_info()
         all_extra = None
         if extra is not None:
@@ -105,8 +133,19 @@ class ContrastiveLoss(nn.Module):
                 never used as negatives. Without ids only the diagonal is positive.
             extra_text_emb: optional (B, K, d) or (M, d) hard-negative captions (NegCLIP); used
                 as extra negatives of the image anchors only.
+
+        Raises:
+            ValueError: naming the argument, for non-tensor, non-2-D, non-floating, empty or
+                non-finite embeddings, B < 2, inputs on different devices, ids of the wrong
+                length or dtype, a diverged ``logit_scale``, or (``normalize=False``)
+                embeddings so large that the logits would overflow.
         """
         return self.loss(self.prepare(image_emb, text_emb, positive_ids, extra_text_emb))
+
+    def check_state(self, device: torch.device) -> None:
+        """Refuse a diverged learned temperature (NaN/inf ``logit_scale``) before it gives NaN,
+        and one on a device the inputs (on ``device``) cannot use (a CPU scalar can)."""
+        check_parameter("logit_scale", self.logit_scale, "log(1/τ)", device)
 
     def loss(self, pairs: ContrastivePairs) -> Tensor:
         raise NotImplementedError

@@ -5,7 +5,8 @@ The forward pass streams over blocks of ``chunk`` anchors: each block's logits
 and freed. The backward pass recomputes each block and accumulates ``∂A``, ``∂C`` and
 ``∂scale``. Peak extra memory is ``O(chunk · N)`` instead of ``O(R · N)``, at the price of
 one more matrix product per block. Values and gradients equal :func:`nce_rows` on the full
-logit matrix (same math, same functions).
+logit matrix (same math, same functions). The backward is not itself differentiable: double
+backward (``create_graph=True``) raises and needs the plain path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hardneg.losses.checks import check_int
 from hardneg.losses.nce import RowStats, nce_forward, nce_grad
 from hardneg.losses.pairs import Positives, positives_from_ids
 
@@ -37,6 +39,11 @@ class _ChunkedNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: the recomputed blocks have no graph
+            raise RuntimeError(
+                "double backward (create_graph=True, e.g. a gradient penalty) is not supported "
+                "with chunk_size (blockwise backward); use chunk_size=None"
+            )
         anchors, cands, scale, anchor_ids, cand_ids, lse_neg, z_pos, lse_all = ctx.saved_tensors
         chunk, alpha, ratio, _, renormalize = ctx.opts
         grad_a = torch.empty_like(anchors)
@@ -98,7 +105,6 @@ def chunked_nce_rows(
         chunk: anchors per block.
         alpha, hardness_ratio, aggregate, renormalize: as :func:`hardneg.losses.nce.nce_rows`.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk}")
+    check_int("chunk_size", chunk)
     opts = (chunk, alpha, hardness_ratio, aggregate, renormalize)
     return _ChunkedNCE.apply(anchors, candidates, scale, anchor_ids, candidate_ids, offset, opts)

@@ -8,10 +8,10 @@ public; the choices the paper leaves open are documented on
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
+
+from hardneg.losses.checks import check_bool, check_device, check_number
 
 
 def contrastive_local_attention_loss(
@@ -64,7 +64,8 @@ def contrastive_local_attention_loss(
         >>> mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
         >>> contrastive_local_attention_loss(pos, neg, mask).backward()
     """
-    _check_inputs(attn_pos, attn_neg, token_mask, rho, beta, eps)
+    rho, beta, eps = _check_hyper(rho, beta, eps)
+    _check_inputs(attn_pos, attn_neg, token_mask)
     dtype = torch.promote_types(attn_neg.dtype, torch.float32)
     a_pos, a_neg = attn_pos.to(dtype), attn_neg.to(dtype)
     batch, tokens, patches = a_neg.shape
@@ -90,15 +91,16 @@ def contrastive_local_attention_loss(
     return (per_pair / n_omega.to(dtype)).mean()
 
 
-def _check_inputs(
-    attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor, rho: float, beta: float, eps: float
-) -> None:
+def _check_inputs(attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor) -> None:
     for name, attn in (("attn_pos", attn_pos), ("attn_neg", attn_neg)):
         if not isinstance(attn, Tensor) or attn.dim() != 3 or not attn.is_floating_point():
             shape = tuple(attn.shape) if isinstance(attn, Tensor) else type(attn).__name__
             raise ValueError(
                 f"{name} must be a floating (B, T, P) attention map (tokens × patches), got {shape}"
             )
+        check_device(name, attn, "attn_pos", attn_pos.device)
+        if attn.device.type == "meta":
+            continue
         if not bool(torch.isfinite(attn).all()):
             raise ValueError(f"{name} contains NaN or inf; check the cross-attention module")
         if bool((attn < 0).any()):
@@ -111,23 +113,32 @@ def _check_inputs(
             f"attn_pos has shape {tuple(attn_pos.shape)} but attn_neg has "
             f"{tuple(attn_neg.shape)}; both maps must be of the same caption (B, T, P)"
         )
-    if token_mask.dtype != torch.bool or token_mask.shape != attn_pos.shape[:2]:
+    if (
+        not isinstance(token_mask, Tensor)
+        or token_mask.dtype != torch.bool
+        or token_mask.shape != attn_pos.shape[:2]
+    ):
+        got = (
+            f"{token_mask.dtype} {tuple(token_mask.shape)}"
+            if isinstance(token_mask, Tensor)
+            else type(token_mask).__name__
+        )
         raise ValueError(
             f"token_mask must be a bool tensor of shape {tuple(attn_pos.shape[:2])} (True for "
-            f"valid tokens), got {token_mask.dtype} {tuple(token_mask.shape)}"
+            f"valid tokens), got {got}"
         )
+    check_device("token_mask", token_mask, "attn_pos", attn_pos.device)
     if not bool(token_mask.any(dim=1).all()):
         raise ValueError("token_mask has a caption with no valid token; drop empty captions")
-    _check_hyper(rho, beta, eps)
 
 
-def _check_hyper(rho: float, beta: float, eps: float) -> None:
-    if not (0.0 < rho <= 1.0):
-        raise ValueError(f"rho must be in (0, 1] (fraction of cells in Ω), got {rho}")
-    if not (beta >= 0 and math.isfinite(beta)):
-        raise ValueError(f"beta must be a finite number ≥ 0, got {beta}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (keeps −log finite at zero attention), got {eps}")
+def _check_hyper(rho: float, beta: float, eps: float) -> tuple[float, float, float]:
+    """ρ ∈ (0, 1] (fraction of cells in Ω), β ≥ 0, ε > 0 (keeps −log finite), all finite."""
+    return (
+        check_number("rho", rho, low=0.0, high=1.0, low_open=True),
+        check_number("beta", beta, low=0.0),
+        check_number("eps", eps, low=0.0, low_open=True),
+    )
 
 
 class ContrastiveLocalAttentionLoss(nn.Module):
@@ -154,9 +165,8 @@ class ContrastiveLocalAttentionLoss(nn.Module):
         self, rho: float = 0.1, beta: float = 1.0, eps: float = 1e-6, detach_delta: bool = True
     ) -> None:
         super().__init__()
-        _check_hyper(rho, beta, eps)
-        self.rho, self.beta, self.eps = rho, beta, eps
-        self.detach_delta = bool(detach_delta)
+        self.rho, self.beta, self.eps = _check_hyper(rho, beta, eps)
+        self.detach_delta = check_bool("detach_delta", detach_delta)
 
     def forward(self, attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor) -> Tensor:
         """CLA loss of one batch; see :func:`contrastive_local_attention_loss`."""

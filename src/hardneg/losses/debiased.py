@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from hardneg.losses.base import SymmetricRowLoss
+from hardneg.losses.checks import check_number
 from hardneg.losses.nce import positive_logit
 from hardneg.losses.pairs import Positives
 
@@ -86,12 +87,8 @@ class HCLLoss(SymmetricRowLoss):
         max_logit_scale: float = 100.0,
     ) -> None:
         super().__init__(temperature, learn_temperature, normalize, max_logit_scale)
-        if not 0.0 <= tau_plus < 1.0:
-            raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
-        if beta < 0:
-            raise ValueError(f"beta must be ≥ 0, got {beta}")
-        self.beta = float(beta)
-        self.tau_plus = float(tau_plus)
+        self.beta = check_number("beta", beta, low=0.0)
+        self.tau_plus = check_number("tau_plus", tau_plus, low=0.0, high=1.0, high_open=True)
 
     def row_loss(self, logits: Tensor, positives: Positives, scale: Tensor) -> Tensor:
         mask = positives.as_mask(logits.shape[1])

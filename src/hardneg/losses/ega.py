@@ -12,6 +12,7 @@ renormalised ``P̄`` is the reading under which ``P̄ − I`` is a prediction-mi
 
 from __future__ import annotations
 
+from hardneg.losses.checks import check_bool, check_number
 from hardneg.losses.infonce import InfoNCELoss
 
 
@@ -69,13 +70,13 @@ class EGALoss(InfoNCELoss):
         super().__init__(
             temperature, learn_temperature, normalize, max_logit_scale, aggregate, chunk_size
         )
-        if alpha < 0:
-            raise ValueError(f"alpha must be ≥ 0 (it amplifies gradients), got {alpha}")
-        if hardness_temperature is not None and not hardness_temperature > 0:
-            raise ValueError(f"hardness_temperature must be > 0, got {hardness_temperature}")
-        self.alpha = float(alpha)
-        self.renormalize = bool(renormalize)
-        self.hardness_temperature = hardness_temperature
+        self.alpha = check_number("alpha", alpha, low=0.0)
+        self.renormalize = check_bool("renormalize", renormalize)
+        self.hardness_temperature = (
+            None
+            if hardness_temperature is None
+            else check_number("hardness_temperature", hardness_temperature, low=0, low_open=True)
+        )
 
     @property
     def hardness_ratio(self) -> float:  # type: ignore[override]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from hardneg.losses.base import SymmetricRowLoss
+from hardneg.losses.checks import check_int
 from hardneg.losses.chunked import chunked_nce_rows
 from hardneg.losses.nce import nce_rows
 from hardneg.losses.pairs import ContrastivePairs, Positives
@@ -34,7 +35,8 @@ class InfoNCELoss(SymmetricRowLoss):
             :class:`~hardneg.losses.base.ContrastiveLoss`.
         aggregate: ``"mean"`` (default) or ``"sum"`` over multiple positives.
         chunk_size: if set, compute blockwise with that many anchors per block so that memory
-            does not grow as B² (:mod:`hardneg.losses.chunked`); same value and gradients.
+            does not grow as B² (:mod:`hardneg.losses.chunked`); same value and gradients,
+            but no double backward (``create_graph=True`` needs ``chunk_size=None``).
 
     Inputs: see :meth:`~hardneg.losses.base.ContrastiveLoss.forward`.
 
@@ -64,10 +66,8 @@ class InfoNCELoss(SymmetricRowLoss):
         super().__init__(temperature, learn_temperature, normalize, max_logit_scale)
         if aggregate not in ("mean", "sum"):
             raise ValueError(f"aggregate must be 'mean' or 'sum', got {aggregate!r}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
         self.aggregate = aggregate
-        self.chunk_size = chunk_size
+        self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size)
 
     def row_loss(self, logits: Tensor, positives: Positives, scale: Tensor) -> Tensor:
         return nce_rows(

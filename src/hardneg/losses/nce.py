@@ -139,6 +139,27 @@ def nce_grad(
     return grad.mul_(neg_share / norm).add_(pos_grad.mul_((1.0 - neg_share) / norm - 1.0))
 
 
+def _differentiable_grad(
+    z: Tensor, pos: Positives, aggregate: str, alpha: float, grad_out: Tensor
+) -> Tensor:
+    """``∂(Σ grad_out·ℓ)/∂z`` with a graph, for double backward (``create_graph=True``).
+
+    The fast :func:`nce_grad` works in place on statistics saved without a graph, so its
+    result cannot be differentiated again; here the forward is recomputed with autograd from
+    ``z`` instead. EGA's amplified gradient is not the gradient of a function of ``z`` and has
+    no such recomputation.
+    """
+    if alpha:
+        raise RuntimeError(
+            "double backward (create_graph=True, e.g. a gradient penalty) is not supported by "
+            "EGA's amplified gradient (a custom backward); use alpha=0 (plain InfoNCE)"
+        )
+    with torch.enable_grad():
+        loss, _ = nce_forward(z, pos, aggregate)
+        (grad,) = torch.autograd.grad(loss, z, grad_out, create_graph=True)
+    return grad
+
+
 class _NCERows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, pos_index, pos_mask, opts):  # type: ignore[override]
@@ -146,13 +167,20 @@ class _NCERows(torch.autograd.Function):
         pos = Positives(index=pos_index, mask=pos_mask)
         loss, stats = nce_forward(z, pos, aggregate)
         ctx.save_for_backward(z, pos_index, pos_mask, stats.lse_neg, stats.z_pos, stats.lse_all)
-        ctx.alpha, ctx.ratio, ctx.renormalize = alpha, ratio, renormalize
+        ctx.alpha, ctx.ratio, ctx.aggregate, ctx.renormalize = alpha, ratio, aggregate, renormalize
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         z, pos_index, pos_mask, lse_neg, z_pos, lse_all = ctx.saved_tensors
         pos = Positives(index=pos_index, mask=pos_mask)
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
+            return (
+                _differentiable_grad(z, pos, ctx.aggregate, ctx.alpha, grad_out),
+                None,
+                None,
+                None,
+            )
         stats = RowStats(lse_neg=lse_neg, z_pos=z_pos, lse_all=lse_all)
         grad = nce_grad(z, pos, stats, ctx.alpha, ctx.ratio, ctx.renormalize)
         return grad.mul_(grad_out[:, None]), None, None, None

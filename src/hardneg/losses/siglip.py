@@ -5,13 +5,12 @@ Reference: Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training", §3
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.losses.base import ContrastiveLoss
+from hardneg.losses.checks import check_number, check_parameter
 from hardneg.losses.pairs import ContrastivePairs
 
 
@@ -47,9 +46,12 @@ class SigLIPLoss(ContrastiveLoss):
         max_logit_scale: float = 100.0,
     ) -> None:
         super().__init__(temperature, learn_temperature, normalize, max_logit_scale)
-        if not math.isfinite(bias):
-            raise ValueError(f"bias must be finite, got {bias}")
-        self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
+        self.logit_bias = nn.Parameter(torch.tensor(check_number("bias", bias)))
+
+    def check_state(self, device: torch.device) -> None:
+        """Also refuse a diverged learned bias (NaN/inf ``logit_bias``)."""
+        super().check_state(device)
+        check_parameter("logit_bias", self.logit_bias, "bias b", device)
 
     def loss(self, pairs: ContrastivePairs) -> Tensor:
         logits = self.scale().to(pairs.image.dtype) * (

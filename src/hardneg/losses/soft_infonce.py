@@ -8,13 +8,12 @@ Reference: Li et al. 2023, "Rethinking Negative Pairs in Code Search", EMNLP, §
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hardneg.losses.base import SymmetricRowLoss
+from hardneg.losses.checks import check_number
 from hardneg.losses.nce import positive_logit
 from hardneg.losses.pairs import Positives
 
@@ -67,11 +66,9 @@ class SoftInfoNCELoss(SymmetricRowLoss):
         max_logit_scale: float = 100.0,
     ) -> None:
         super().__init__(temperature, learn_temperature, normalize, max_logit_scale)
-        if not (weight_temperature > 0 and math.isfinite(weight_temperature)):
-            raise ValueError(
-                f"weight_temperature must be a finite τ_w > 0, got {weight_temperature}"
-            )
-        self.weight_temperature = float(weight_temperature)
+        self.weight_temperature = check_number(
+            "weight_temperature", weight_temperature, low=0.0, low_open=True
+        )
 
     def row_loss(self, logits: Tensor, positives: Positives, scale: Tensor) -> Tensor:
         mask = positives.as_mask(logits.shape[1])
