@@ -4,17 +4,24 @@ The lock is an exclusive ``flock`` on ``<run>/run.lock``; the file also records 
 PID and host so that a refusal can say who holds it. The kernel drops the ``flock`` when its
 process dies (even by ``kill -9``), so a lock file left by a dead process is stale and the next
 runner takes it over. POSIX only (``fcntl``).
+
+:func:`exit_on_signals` turns SIGTERM/SIGHUP into ``SystemExit`` so that ``finally`` blocks run
+(locks released, child processes stopped) when a run or a bench is told to stop.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
-__all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "lock_holder"]
+__all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "exit_on_signals", "lock_holder"]
 
 LOCK_NAME = "run.lock"
 
@@ -121,3 +128,31 @@ class RunLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+@contextmanager
+def exit_on_signals(
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP),
+) -> Iterator[list[int]]:
+    """Within the block, the first of ``signals`` raises ``SystemExit(128 + signum)`` (the
+    shell's exit status for a signal) in the main thread; later ones are only recorded, so
+    that cleanup is not interrupted. Yields the list of received signal numbers.
+
+    Outside the main thread (where handlers cannot be set) the block runs unchanged.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
