@@ -201,6 +201,8 @@ def test_refused_resume_leaves_the_run_directory_unchanged(tmp_path, tiny_text_m
     trainer.save()
     run = Path(first.out_dir)
     (run / "config.json").write_text(json.dumps(first.to_dict(), indent=2))
+    stale = run / ".checkpoint.pt.k2j3h4g5.tmp"  # a checkpoint write killed by kill -9
+    stale.write_bytes(b"\0" * 1000)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     other = resolve_config("infonce", _values(tmp_path, tiny_text_model, steps=1, seed=3))
     with pytest.raises(ValueError, match="different configuration"):
@@ -209,6 +211,10 @@ def test_refused_resume_leaves_the_run_directory_unchanged(tmp_path, tiny_text_m
     assert after.keys() == before.keys()  # no lock file or temp file left either
     for name, content in before.items():
         assert after[name] == content, f"{name} was rewritten by a refused resume"
+    # the same config resumes (nothing left to train), cleans the temp file and evaluates
+    result = train_and_evaluate(first)
+    assert result["steps"] == 1 and (run / "metrics.json").is_file() and not stale.exists()
+    assert (run / "config.json").read_bytes() == before["config.json"]
 
 
 _BENCH = """

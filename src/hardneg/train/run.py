@@ -53,7 +53,8 @@ def train_and_evaluate(
 
     Nothing in ``out_dir`` is written before the run is known to be valid: a directory locked
     by a live process (:class:`~hardneg.train.run_lock.RunLockedError`) or a checkpoint of a
-    different configuration (ValueError) leaves it as it was.
+    different configuration (ValueError) leaves it as it was. Once valid, temp files that a
+    killed run left behind (e.g. a ``.checkpoint.pt.*.tmp``) are removed.
 
     Returns the result dict on rank 0 (None on other ranks).
     """
@@ -62,8 +63,6 @@ def train_and_evaluate(
     # torchrun: one lock per run, held by rank 0 (the only rank that writes)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     with RunLock(config.out_dir) if main_rank else contextlib.nullcontext():
-        if main_rank:  # no one else writes here now: every temp file is a killed write's
-            remove_stale_temps(config.out_dir, locked=True)
         return _train_and_evaluate(config, resume, trainer)
 
 
@@ -75,6 +74,8 @@ def _train_and_evaluate(
     if resume:
         trainer.resume()  # raises on a checkpoint of another configuration
     if trainer.rank == 0:
+        # we hold the lock, so no one else writes here: every temp file is a killed write's
+        remove_stale_temps(out, locked=True)
         text = json.dumps(config.to_dict(), indent=2)
         atomic_write(out / "config.json", lambda f: f.write(text.encode()))
     with PeakMemory(trainer.device) as peak:
