@@ -270,10 +270,14 @@ def test_sigterm_to_the_bench_stops_its_training_processes(tmp_path, tiny_text_m
             time.sleep(0.5)
         children = psutil.Process(bench.pid).children(recursive=True)
         holders = {lock_holder(r) for r in runs}
+        sent = time.monotonic()
         bench.send_signal(signal.SIGTERM)
         returncode = bench.wait(timeout=60)
         _, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"orphaned training processes: {[p.pid for p in alive]}"
+        stopped_in = time.monotonic() - sent
+        print(f"bench and its {len(children)} trainers stopped {stopped_in:.1f} s after SIGTERM")
+        assert stopped_in < 30
         assert returncode == 128 + signal.SIGTERM
         assert holders <= {c.pid for c in children}  # each run was locked by its trainer
         assert all(lock_holder(r) is None for r in runs)

@@ -38,7 +38,8 @@ def _recorded_pid(path: Path) -> int | None:
 
 
 def lock_holder(directory: str | os.PathLike) -> int | None:
-    """PID of the live process holding ``directory``'s lock, or None when it is free/stale."""
+    """PID of the live process holding ``directory``'s lock (-1 if it has not recorded its PID
+    yet), or None when the lock is free or stale."""
     path = Path(directory) / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY)
