@@ -135,6 +135,17 @@ def test_lock_file_written_by_hand_with_a_dead_pid_is_recovered(tmp_path):
         assert (tmp_path / "run.lock").read_text().split()[0] == str(os.getpid())
 
 
+def test_hardneg_train_on_a_locked_run_directory_fails_before_training(tmp_path, capsys):
+    from hardneg import cli
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        rc = cli.main(["train", "--method", "infonce", "--out", str(run), "--steps", "1"])
+        assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # nothing else written
+    assert rc == 2
+    assert f"locked by running process {os.getpid()}" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------- feature cache
 def _features(idx):
     i = torch.as_tensor(np.asarray(idx), dtype=torch.float32)
