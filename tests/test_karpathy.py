@@ -171,3 +171,109 @@ def test_bad_arguments_raise_clear_errors(coco, tmp_path):
         KarpathyDataset(path, tmp_path / "no_images")
     with pytest.raises(ValueError, match="image_size"):
         KarpathyDataset(path, root, image_size=0)
+
+
+# --------------------------------------------------------------- malformed JSON and images
+def _set(*keys_and_value):
+    """Mutation setting data[k1][k2]...[kn] = value (entry #1 is b.jpg of the test split)."""
+    *keys, value = keys_and_value
+
+    def mutate(data):
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return mutate
+
+
+def _delete(*keys):
+    def mutate(data):
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+
+    return mutate
+
+
+# (case, mutation, exception, what the message must name besides the file)
+MALFORMED = [
+    ("raw null", _set("images", 1, "sentences", 0, "raw", None), ValueError,
+     r"#1 \(filename 'b\.jpg'\), sentence #0: key 'raw' .* got None"),
+    ("raw empty", _set("images", 1, "sentences", 2, "raw", ""), ValueError,
+     r"#1 .*sentence #2: key 'raw' .* got ''"),
+    ("raw blank", _set("images", 1, "sentences", 1, "raw", "  \n"), ValueError,
+     r"#1 .*sentence #1: key 'raw' .* got '  \\n'"),
+    ("raw number", _set("images", 0, "sentences", 0, "raw", 7), ValueError,
+     r"#0 \(filename 'a\.png'\), sentence #0: key 'raw' .* got 7"),
+    ("raw missing", _delete("images", 1, "sentences", 0, "raw"), KeyError,
+     r"#1 .*sentence #0.*'raw'"),
+    ("sentence not an object", _set("images", 1, "sentences", 0, "a caption"), ValueError,
+     r"#1 .*key 'sentences'.* #0 is a str"),
+    ("sentences null", _set("images", 1, "sentences", None), ValueError,
+     r"#1 .*key 'sentences' must be a list .*got None"),
+    ("sentences empty", _set("images", 1, "sentences", []), ValueError,
+     r"#1 .*key 'sentences' .*no captions"),
+    ("images null", _set("images", None), ValueError, r"key 'images' must be a list .*got None"),
+    ("images object", _set("images", {}), ValueError, r"key 'images' must be a list .*dict"),
+    ("filename number", _set("images", 1, "filename", 391895), ValueError,
+     r"#1, key 'filename' must be a non-empty string, got 391895"),
+    ("filename null", _set("images", 1, "filename", None), ValueError,
+     r"#1, key 'filename' must be a non-empty string, got None"),
+    ("filename empty", _set("images", 1, "filename", ""), ValueError,
+     r"#1 .*key 'filename' must be a non-empty string, got ''"),
+    ("filepath number", _set("images", 1, "filepath", 2014), ValueError,
+     r"#1 .*key 'filepath' must be a string, got 2014"),
+    ("imgid fraction", _set("images", 1, "imgid", 7.5), ValueError,
+     r"#1 .*key 'imgid' must be an integer, got 7\.5"),
+    ("imgid string", _set("images", 1, "imgid", "3"), ValueError,
+     r"#1 .*key 'imgid' must be an integer, got '3'"),
+    ("imgid bool", _set("images", 1, "imgid", True), ValueError,
+     r"#1 .*key 'imgid' must be an integer, got True"),
+    ("imgid duplicate", _set("images", 1, "imgid", 7), ValueError,
+     r"entries #0 and #1 .*share imgid 7"),
+    ("split null", _set("images", 2, "split", None), ValueError,
+     r"#2 \(filename 'c\.jpg'\), key 'split' must be one of train, val, test, restval, got None"),
+    ("split typo", _set("images", 3, "split", "tset"), ValueError,
+     r"#3 .*key 'split' must be one of .*got 'tset'"),
+    ("entry not an object", _set("images", 2, ["c.jpg"]), ValueError, r"#2 is a list, not an"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mutate,error,message", [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
+def test_malformed_json_names_file_entry_and_key(coco, mutate, error, message):
+    path, root = coco
+    data = json.loads(path.read_text())
+    mutate(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(error, match=rf"dataset_coco\.json.*{message}"):
+        KarpathyDataset(path, root, split="test")
+
+
+def test_float_imgids_are_not_truncated_into_false_duplicates(coco):
+    path, root = coco
+    data = json.loads(path.read_text())
+    data["images"][0]["imgid"], data["images"][1]["imgid"] = 3.2, 3.7  # both int() to 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"#0 .*key 'imgid' must be an integer, got 3\.2"):
+        KarpathyDataset(path, root, split="test")
+    data["images"][0]["imgid"], data["images"][1]["imgid"] = 7.0, 3.0  # integral: exact
+    path.write_text(json.dumps(data))
+    ds = KarpathyDataset(path, root, split="test")
+    assert ds.semantic_ids.tolist() == [7, 3]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_image_names_the_file_and_entry(coco, damage):
+    path, root = coco
+    image = root / "val2014" / "b.jpg"
+    content = image.read_bytes()
+    broken = b"\x00not a jpeg" * 50 if damage == "garbage" else content[: len(content) // 2]
+    image.write_bytes(broken)
+    ds = KarpathyDataset(path, root, split="test", image_size=24)
+    ds[0]  # the intact image still loads
+    with pytest.raises(ValueError, match=rf"image file {image} \(.*entry #1\) .*corrupt"):
+        ds[1]

@@ -143,3 +143,115 @@ def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_m
     assert [Path(c["out_dir"]).parent.name for c in started] == ["hcl"]
     with pytest.raises(ValueError, match="jobs must be ≥ 1"):
         runner.run_bench("quick", out, jobs=0)
+
+
+def test_refused_resume_leaves_the_run_directory_unchanged(tmp_path, tiny_text_model):
+    from hardneg.train.run import train_and_evaluate
+
+    first = resolve_config("infonce", _values(tmp_path, tiny_text_model, steps=1))
+    trainer = Trainer(first)
+    trainer.fit()
+    trainer.save()
+    run = Path(first.out_dir)
+    (run / "config.json").write_text(json.dumps(first.to_dict(), indent=2))
+    stale = run / ".checkpoint.pt.k2j3h4g5.tmp"  # a checkpoint write killed by kill -9
+    stale.write_bytes(b"\0" * 1000)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    other = resolve_config("infonce", _values(tmp_path, tiny_text_model, steps=1, seed=3))
+    with pytest.raises(ValueError, match="different configuration"):
+        train_and_evaluate(other)
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after.keys() == before.keys()  # no lock file or temp file left either
+    for name, content in before.items():
+        assert after[name] == content, f"{name} was rewritten by a refused resume"
+    # the same config resumes (nothing left to train), cleans the temp file and evaluates
+    result = train_and_evaluate(first)
+    assert result["steps"] == 1 and (run / "metrics.json").is_file() and not stale.exists()
+    assert (run / "config.json").read_bytes() == before["config.json"]
+
+
+_BENCH = """
+import sys, json
+from hardneg import cli
+from hardneg.bench import runner
+runner.PRESETS["quick"] = runner.BenchPreset(**json.loads(sys.argv[1]))
+sys.exit(cli.main(["bench", "--out", sys.argv[2], "--jobs", "2"]))
+"""
+
+
+def _bench_preset(tmp_path, text_model, steps):
+    values = _values(tmp_path, text_model)
+    overrides = {key: values[key] for key in ("model", "selector", "optim", "checkpoint_every")}
+    overrides["data"] = {k: v for k, v in values["data"].items() if k != "preset"}
+    return {
+        "data_preset": "tiny",
+        "steps": steps,
+        "batch_size": 16,
+        "seeds": 1,
+        "methods": ["infonce", "hcl"],
+        "overrides": overrides,
+    }
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_bench_stops_its_training_processes(tmp_path, tiny_text_model):
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from hardneg.train.run_lock import lock_holder
+
+    out = tmp_path / "bench"
+    preset = _bench_preset(tmp_path, tiny_text_model, steps=100_000)  # trains "forever"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    bench = subprocess.Popen(
+        [sys.executable, "-c", _BENCH, json.dumps(preset), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    runs = [out / m / "seed0" for m in preset["methods"]]
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not all((r / "train_log.csv").is_file() for r in runs):  # both are training
+            assert bench.poll() is None, bench.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the bench's runs never started"
+            time.sleep(0.5)
+        children = psutil.Process(bench.pid).children(recursive=True)
+        holders = {lock_holder(r) for r in runs}
+        sent = time.monotonic()
+        bench.send_signal(signal.SIGTERM)
+        returncode = bench.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"orphaned training processes: {[p.pid for p in alive]}"
+        stopped_in = time.monotonic() - sent
+        print(f"bench and its {len(children)} trainers stopped {stopped_in:.1f} s after SIGTERM")
+        assert stopped_in < 30
+        assert returncode == 128 + signal.SIGTERM
+        assert holders <= {c.pid for c in children}  # each run was locked by its trainer
+        assert all(lock_holder(r) is None for r in runs)
+    finally:
+        for proc in [*children, psutil.Process(bench.pid)] if bench.poll() is None else children:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_bench_refuses_a_run_directory_locked_by_a_live_process(
+    tmp_path, tiny_text_model, monkeypatch
+):
+    from hardneg.bench import runner
+    from hardneg.train.run_lock import RunLock, RunLockedError
+
+    preset = runner.BenchPreset(**_bench_preset(tmp_path, tiny_text_model, steps=3))
+    monkeypatch.setitem(runner.PRESETS, "quick", preset)
+    monkeypatch.setattr(runner, "_launch", lambda cfg, t: pytest.fail("launched a run"))
+    out = tmp_path / "bench"
+    with RunLock(out / "hcl" / "seed0"):  # a trainer of an earlier bench is still running
+        with pytest.raises(RunLockedError, match=r"hcl/seed0 is locked by running process \d+"):
+            runner.run_bench("quick", out)

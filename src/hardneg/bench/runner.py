@@ -5,12 +5,17 @@ peak memory is its own; all share one cached DigitScenes build and one cached te
 (``data.encode_all``), encoded once up front. A finished run leaves ``metrics.json`` and is
 skipped when the bench is started again; an interrupted run resumes from its checkpoint. The
 report (tables and plots) is rebuilt at the end, or any time with ``hardneg report``.
+
+Stopping the bench (SIGTERM, SIGINT/Ctrl-C, SIGHUP) forwards the signal to the running
+trainers and waits for them to exit, so none is left training on its own; a bench refuses to
+start while one of its run directories is locked by a live trainer (``run.lock``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hardneg.train.config import config_from_dict, merge
+from hardneg.train.run_lock import RunLockedError, exit_on_signals, lock_holder
 from hardneg.train.trainer import resolve_config
 
 CORE_METHODS = [
@@ -125,6 +131,31 @@ def _launch(config: dict[str, Any], threads: int) -> subprocess.Popen:
         )
 
 
+def _check_unlocked(run_dirs: list[Path]) -> None:
+    """Refuse to start while a trainer (of an earlier bench, say) still runs in a directory."""
+    for run_dir in run_dirs:
+        pid = lock_holder(run_dir)
+        if pid is not None:
+            raise RunLockedError(
+                f"run directory {run_dir} is locked by running process {pid} (a trainer of "
+                "another bench or `hardneg train` on it); stop it or wait, or use another --out"
+            )
+
+
+def _stop(procs: list[subprocess.Popen], signum: int, timeout: float = 30.0) -> None:
+    """Send ``signum`` to the running ``procs``, wait up to ``timeout`` s, then kill the rest."""
+    alive = [p for p in procs if p.poll() is None]
+    for proc in alive:
+        proc.send_signal(signum)
+    deadline = time.monotonic() + timeout
+    for proc in alive:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_bench(
     preset_name: str,
     out: Path,
@@ -143,6 +174,7 @@ def run_bench(
     seed_list = list(range(seeds if seeds is not None else preset.seeds))
     configs = {(m, s): run_config(preset, m, s, out) for m in methods for s in seed_list}
     jobs = jobs or default_jobs()
+    _check_unlocked([Path(c["out_dir"]) for c in configs.values()])
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(
         json.dumps(
@@ -170,28 +202,45 @@ def run_bench(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="bench", unit="run")
     running: dict[tuple[str, int], tuple[subprocess.Popen, float]] = {}
-    try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                key = todo.pop(0)
-                running[key] = (_launch(configs[key], threads), time.perf_counter())
-            bar.set_postfix_str(", ".join(f"{m} seed {s}" for m, s in running))
-            time.sleep(0.5)
-            for key, (proc, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[key]
-                _finish(key, proc.returncode, Path(configs[key]["out_dir"]), t0)
-                bar.update(1)
-    finally:
-        for proc, _ in running.values():  # interrupted: stop the children, resume next time
-            proc.terminate()
+    stop_signal = signal.SIGTERM
+    with exit_on_signals() as received:
+        try:
+            _train_all(todo, running, configs, jobs, threads, bar)
+        except KeyboardInterrupt:
+            stop_signal = signal.SIGINT
+            raise
+        finally:  # interrupted: stop the children (they resume next time) and wait for them
+            _stop([proc for proc, _ in running.values()], received[0] if received else stop_signal)
     bar.close()
     from hardneg.bench.report import write_report
 
     report = write_report(out)
     print(f"hardneg bench: finished in {time.perf_counter() - start:.0f} s; see {out}/results.md")
     return report
+
+
+def _train_all(
+    todo: list[tuple[str, int]],
+    running: dict[tuple[str, int], tuple[subprocess.Popen, float]],
+    configs: dict[tuple[str, int], dict[str, Any]],
+    jobs: int,
+    threads: int,
+    bar: tqdm,
+) -> None:
+    """Keep ``jobs`` runs of ``todo`` training until all are done (``running`` is updated in
+    place, so that the caller can stop what still runs)."""
+    while todo or running:
+        while todo and len(running) < jobs:
+            key = todo.pop(0)
+            running[key] = (_launch(configs[key], threads), time.perf_counter())
+        bar.set_postfix_str(", ".join(f"{m} seed {s}" for m, s in running))
+        time.sleep(0.5)
+        for key, (proc, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            _finish(key, proc.returncode, Path(configs[key]["out_dir"]), t0)
+            bar.update(1)
 
 
 def _finish(key: tuple[str, int], returncode: int, out_dir: Path, t0: float) -> None:

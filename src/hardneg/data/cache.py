@@ -1,11 +1,13 @@
-"""On-disk feature cache for frozen towers (ARCHITECTURE.md: "optional FeatureCache for frozen
-towers (memmap, keyed by dataset item)").
+"""On-disk feature cache for frozen towers (memory-mapped, keyed by dataset item).
 
 Features of item ``i`` live in row ``i`` of a ``.npy`` memmap under
-``<root>/<fingerprint(model, data)>/``; a second memmap flags the rows already computed, and a
-``meta.json`` — written last, atomically — says what the directory holds. Changing the model
-weights or the data changes the fingerprint (a new directory, so the features are recomputed);
-a truncated/corrupt/mismatching directory is detected when opened and rebuilt.
+``<root>/<fingerprint(model, data)>/``; a second memmap flags the rows already computed, a third
+holds a checksum (8-byte BLAKE2b) of each computed row, and a ``meta.json`` — written last,
+atomically — says what the directory holds. Changing the model weights or the data changes the
+fingerprint (a new directory, so the features are recomputed); a truncated/mismatching
+directory is detected when opened and rebuilt, and rows whose bytes no longer match their
+checksum (bit rot, a stray write) are recomputed. The checksums are verified once per process
+per file version (size, mtime, inode), so reopening a verified cache costs nothing.
 
 Concurrency: one writer per directory. Under DDP let rank 0 :meth:`FeatureCache.fill` the cache
 before the other ranks open it (or give each rank its own ``root``).
@@ -13,7 +15,6 @@ before the other ranks open it (or give each rank its own ``root``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,85 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from hardneg.data.atomic_files import atomic_write
+from hardneg.data.atomic_files import atomic_write, remove_stale_temps
+from hardneg.data.checksums import mark_verified, row_digests, verified_in_process
+from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 
 __all__ = ["FeatureCache", "content_fingerprint", "module_fingerprint"]
 
-_FORMAT_VERSION = 1
-_FEATURES, _FILLED, _META = "features.npy", "filled.npy", "meta.json"
-
-
-def _update(h: Any, part: Any) -> None:
-    if isinstance(part, Tensor):
-        t = part.detach().cpu().contiguous()
-        h.update(f"tensor{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(part, np.ndarray):
-        a = np.ascontiguousarray(part)
-        if a.dtype.hasobject:
-            raise ValueError("cannot fingerprint an object array; pass a numeric or str array")
-        h.update(f"array{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    elif isinstance(part, bytes | bytearray):
-        h.update(b"bytes%d:" % len(part))
-        h.update(part)
-    elif isinstance(part, str | int | float | bool) or part is None:
-        text = repr(part).encode()
-        h.update(b"scalar%d:" % len(text))
-        h.update(text)
-    elif isinstance(part, list | tuple):
-        h.update(b"seq%d:" % len(part))
-        for p in part:
-            _update(h, p)
-    elif isinstance(part, dict):
-        h.update(b"dict%d:" % len(part))
-        for key in sorted(part, key=repr):
-            _update(h, key)
-            _update(h, part[key])
-    else:
-        raise ValueError(
-            f"cannot fingerprint a {type(part).__name__}; pass tensors, arrays, str, bytes, "
-            "numbers, or lists/tuples/dicts of them"
-        )
-
-
-def content_fingerprint(*parts: Any) -> str:
-    """SHA-256 (hex) of nested tensors / arrays / strings / numbers, including dtypes and shapes.
-
-    Use it as the *data* fingerprint of a :class:`FeatureCache` (e.g. the caption texts or the
-    split's images), or to combine fingerprints.
-
-    Example:
-        >>> content_fingerprint(["a red 3"], np.arange(3)) == content_fingerprint(
-        ...     ["a red 3"], np.arange(3))
-        True
-        >>> content_fingerprint("a") == content_fingerprint(["a"])
-        False
-    """
-    h = hashlib.sha256()
-    _update(h, list(parts))
-    return h.hexdigest()
-
-
-def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 (hex) of a module's class and every ``state_dict`` tensor (names, dtypes, values).
-
-    Two modules share a fingerprint iff they have the same class and bit-identical weights and
-    buffers, so features of a frozen tower are reused exactly as long as its weights are.
-
-    Example:
-        >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
-        >>> b.load_state_dict(a.state_dict())
-        <All keys matched successfully>
-        >>> module_fingerprint(a) == module_fingerprint(b)
-        True
-    """
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    cls = type(module)
-    return content_fingerprint(f"{cls.__module__}.{cls.__qualname__}", dict(module.state_dict()))
+_FORMAT_VERSION = 2  # 2: per-row checksums
+_FEATURES, _FILLED, _DIGESTS, _META = "features.npy", "filled.npy", "digests.npy", "meta.json"
 
 
 def _open_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
@@ -138,7 +70,8 @@ class FeatureCache:
         dtype: storage dtype (numpy), e.g. ``np.float32`` or ``np.float16``.
 
     The directory is ``root / fingerprint``, a hash of both fingerprints. It is (re)built empty
-    when ``meta.json`` is missing or disagrees with the arguments, or when a file is truncated.
+    when ``meta.json`` is missing or disagrees with the arguments, or when a file is truncated;
+    rows that fail their checksum are marked missing (recomputed on demand) with a warning.
 
     Example:
         >>> import tempfile
@@ -186,8 +119,14 @@ class FeatureCache:
         self.directory = Path(root) / key
         self._features: np.memmap
         self._filled: np.memmap
+        self._digests: np.memmap
+        remove_stale_temps(self.directory)
         if not self._open():
             self._create()
+
+    @property
+    def _files(self) -> list[Path]:
+        return [self.directory / name for name in (_FEATURES, _FILLED, _DIGESTS)]
 
     # ------------------------------------------------------------------ storage
     def _open(self) -> bool:
@@ -210,6 +149,7 @@ class FeatureCache:
                 self.directory / _FEATURES, (self.n_items, *self.shape), self.dtype
             )
             filled = _open_npy(self.directory / _FILLED, (self.n_items,), np.dtype(np.bool_))
+            digests = _open_npy(self.directory / _DIGESTS, (self.n_items,), np.dtype(np.uint64))
         except (OSError, ValueError, EOFError) as err:
             warnings.warn(
                 f"feature cache {self.directory} is corrupt or stale ({err}); rebuilding it",
@@ -217,8 +157,40 @@ class FeatureCache:
                 stacklevel=3,
             )
             return False
-        self._features, self._filled = features, filled
+        self._features, self._filled, self._digests = features, filled, digests
+        if not verified_in_process(self._files):
+            self._verify()
         return True
+
+    def _verify(self) -> None:
+        """Unflag rows whose flag is not 0/1 or whose bytes do not match their checksum."""
+        flags = np.asarray(self._filled).view(np.uint8)
+        invalid = np.flatnonzero(flags > 1)
+        filled = np.flatnonzero(flags == 1)
+        corrupt = [
+            chunk[row_digests(self._features[chunk]) != self._digests[chunk]]
+            for chunk in np.array_split(filled, max(1, len(filled) // 4096))
+        ]
+        corrupt = np.concatenate(corrupt) if corrupt else filled[:0]
+        problems = []
+        if invalid.size:
+            problems.append(f"{_FILLED} rows {invalid[:10].tolist()} hold invalid flags")
+        if corrupt.size:
+            problems.append(
+                f"{_FEATURES} rows {corrupt[:10].tolist()}"
+                f"{' …' if corrupt.size > 10 else ''} do not match their checksums ({_DIGESTS})"
+            )
+        if problems:
+            warnings.warn(
+                f"feature cache {self.directory}: {'; '.join(problems)} (corrupt); "
+                f"recomputing those {invalid.size + corrupt.size} rows",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self._filled[np.concatenate([invalid, corrupt])] = False
+            self._filled.flush()
+            self._write_meta(complete=False)
+        mark_verified(self._files)
 
     def _create(self) -> None:
         if self.directory.exists():
@@ -233,9 +205,13 @@ class FeatureCache:
         self._filled = np.lib.format.open_memmap(
             self.directory / _FILLED, mode="w+", dtype=np.bool_, shape=(self.n_items,)
         )
-        self._features.flush()
-        self._filled.flush()
+        self._digests = np.lib.format.open_memmap(
+            self.directory / _DIGESTS, mode="w+", dtype=np.uint64, shape=(self.n_items,)
+        )
+        for memmap in (self._features, self._filled, self._digests):
+            memmap.flush()
         self._write_meta(complete=False)
+        mark_verified(self._files)
 
     def _write_meta(self, complete: bool) -> None:
         text = json.dumps({**self.meta, "complete": complete}, indent=2)
@@ -292,10 +268,14 @@ class FeatureCache:
                 f"compute_fn returned non-finite features for items {idx[:5].tolist()}…; "
                 "fix the tower (nothing was cached)"
             )
-        self._features[idx] = values.astype(self.dtype, copy=False)
-        self._features.flush()  # rows first, then their flags: a crash never flags garbage
+        values = values.astype(self.dtype, copy=False)
+        self._features[idx] = values
+        self._features.flush()  # rows and checksums first, then their flags: a crash never
+        self._digests[idx] = row_digests(values)  # flags garbage
+        self._digests.flush()
         self._filled[idx] = True
         self._filled.flush()
+        mark_verified(self._files)  # our own writes need no re-verification
         if self.complete:
             self._write_meta(complete=True)
 

@@ -11,8 +11,10 @@ The format (Karpathy & Fei-Fei 2015, "Deep visual-semantic alignments", §4; the
                  "sentences": [{"raw": "A man ...", "tokens": [...], "sentid": 0}, ...],
                  "sentids": [0, ...]}, ...]}
 
-Each image's captions are its positives and its ``imgid`` is its semantics id (BENCHMARK.md:
-real datasets load through the same ``Dataset`` interface as DigitScenes).
+Each image's captions are its positives and its ``imgid`` is its semantics id; real datasets
+load through the same ``Dataset`` interface as DigitScenes. A malformed file (a null or empty
+caption, a non-string filename, a fractional ``imgid``, …) or a corrupt image fails with an
+error naming the file, the entry and the key.
 """
 
 from __future__ import annotations
@@ -52,14 +54,76 @@ def resize_center_crop(image: Image.Image, size: int) -> Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
 
 
-def _field(entry: dict[str, Any], key: str, position: int) -> Any:
-    if key not in entry:
-        name = entry.get("filename", "?") if isinstance(entry, dict) else "?"
-        raise KeyError(
-            f"Karpathy JSON image entry #{position} (filename {name!r}) has no {key!r} key; "
-            "expected keys filename, split, imgid, sentences (+ filepath for COCO)"
-        )
-    return entry[key]
+class _Entry:
+    """Reads and checks the keys of one image entry; errors name file, entry and key."""
+
+    def __init__(self, json_path: Path, entry: Any, position: int) -> None:
+        self.where = f"{json_path}: image entry #{position}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{self.where} is a {type(entry).__name__}, not an object")
+        self.entry = entry
+        name = entry.get("filename")
+        self.where += f" (filename {name!r})" if isinstance(name, str) else ""
+
+    def get(self, key: str) -> Any:
+        if key not in self.entry:
+            raise KeyError(
+                f"{self.where} has no {key!r} key; expected keys filename, split, imgid, "
+                "sentences (+ filepath for COCO)"
+            )
+        return self.entry[key]
+
+    def bad(self, key: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"{self.where}, key {key!r} must be {expected}, got {value!r}")
+
+    def split(self) -> str:
+        split = self.get("split")
+        if split not in KARPATHY_SPLITS:
+            raise self.bad("split", f"one of {', '.join(KARPATHY_SPLITS)}", split)
+        return split
+
+    def path(self, root: Path) -> Path:
+        name = self.get("filename")
+        if not isinstance(name, str) or not name:
+            raise self.bad("filename", "a non-empty string", name)
+        folder = self.entry.get("filepath", "")
+        if not isinstance(folder, str):
+            raise self.bad("filepath", "a string", folder)
+        return root / folder / name
+
+    def imgid(self) -> int:
+        imgid = self.get("imgid")
+        if isinstance(imgid, float) and imgid.is_integer():
+            return int(imgid)  # 12.0: exact
+        if isinstance(imgid, bool) or not isinstance(imgid, int):
+            raise self.bad("imgid", "an integer", imgid)
+        return imgid
+
+    def captions(self) -> list[str]:
+        sentences = self.get("sentences")
+        if not isinstance(sentences, list):
+            raise self.bad("sentences", "a list of {'raw': caption} objects", sentences)
+        if not sentences:
+            raise ValueError(
+                f"{self.where}, key 'sentences' has no captions; every image needs at least one"
+            )
+        captions = []
+        for k, sentence in enumerate(sentences):
+            if not isinstance(sentence, dict):
+                raise ValueError(
+                    f"{self.where}, key 'sentences': sentence #{k} is a "
+                    f"{type(sentence).__name__}, not a {{'raw': caption}} object"
+                )
+            if "raw" not in sentence:
+                raise KeyError(f"{self.where}, sentence #{k} has no 'raw' caption key")
+            raw = sentence["raw"]
+            if not isinstance(raw, str) or not raw.strip():
+                raise ValueError(
+                    f"{self.where}, sentence #{k}: key 'raw' must be a non-empty caption "
+                    f"string, got {raw!r}"
+                )
+            captions.append(raw.strip())
+        return captions
 
 
 class KarpathyDataset(ImageCaptionDataset):
@@ -78,8 +142,10 @@ class KarpathyDataset(ImageCaptionDataset):
 
     Raises:
         FileNotFoundError: the JSON or an image file is missing (message names file and root).
-        KeyError: an entry lacks a required key (message names key and entry).
-        ValueError: bad split / size, or a malformed JSON.
+        KeyError: an entry lacks a required key (message names file, entry and key).
+        ValueError: bad split / size, a malformed JSON or entry (null or empty caption,
+            non-string filename, non-integer or duplicate ``imgid``, unknown split; the message
+            names file, entry and key), or — when an item is loaded — a corrupt image file.
 
     Example:
         >>> ds = KarpathyDataset("dataset_coco.json", "coco/", split="train")  # doctest: +SKIP
@@ -117,38 +183,35 @@ class KarpathyDataset(ImageCaptionDataset):
             raise ValueError(f"{json_path} is not valid JSON ({err})") from err
         if not isinstance(data, dict) or "images" not in data:
             raise KeyError(f"{json_path} has no top-level 'images' key (not a Karpathy JSON)")
+        if not isinstance(data["images"], list):
+            raise ValueError(
+                f"{json_path}: key 'images' must be a list of image entries, got "
+                f"{type(data['images']).__name__} {data['images']!r:.40}"
+            )
         wanted = {split, "restval"} if split == "train" and merge_restval else {split}
         self.split, self.image_size, self.dataset_name = split, image_size, data.get("dataset")
         self.paths: list[Path] = []
         self.captions = []
-        ids = []
-        for position, entry in enumerate(data["images"]):
-            if not isinstance(entry, dict):
-                raise ValueError(f"{json_path}: image entry #{position} is not an object")
-            if _field(entry, "split", position) not in wanted:
+        self.entry_positions: list[int] = []  # item → its entry's index in the JSON
+        first_of: dict[int, int] = {}  # imgid → entry that has it
+        for position, raw_entry in enumerate(data["images"]):
+            entry = _Entry(json_path, raw_entry, position)
+            if entry.split() not in wanted:
                 continue
-            folder = self.image_root / entry["filepath"] if "filepath" in entry else self.image_root
-            self.paths.append(folder / _field(entry, "filename", position))
-            sentences = _field(entry, "sentences", position)
-            try:
-                captions = [str(s["raw"]).strip() for s in sentences]
-            except (KeyError, TypeError) as err:
-                raise KeyError(
-                    f"Karpathy JSON image entry #{position} ({entry['filename']!r}): every "
-                    "sentence needs a 'raw' caption"
-                ) from err
-            if not captions:
+            self.paths.append(entry.path(self.image_root))
+            self.captions.append(entry.captions())
+            imgid = entry.imgid()
+            if imgid in first_of:
                 raise ValueError(
-                    f"Karpathy JSON image entry #{position} ({entry['filename']!r}) has no "
-                    "sentences; every image needs at least one caption"
+                    f"{json_path}: image entries #{first_of[imgid]} and #{position} (split(s) "
+                    f"{sorted(wanted)}) share imgid {imgid}; imgids must be unique"
                 )
-            self.captions.append(captions)
-            ids.append(int(_field(entry, "imgid", position)))
+            first_of[imgid] = position
+            self.entry_positions.append(position)
         if not self.paths:
             raise ValueError(f"{json_path} has no images in split(s) {sorted(wanted)}")
-        self.semantic_ids = np.asarray(ids, dtype=np.int64)
-        if len(np.unique(self.semantic_ids)) != len(ids):
-            raise ValueError(f"{json_path}: duplicate imgid values in split {split!r}")
+        self.semantic_ids = np.asarray(list(first_of), dtype=np.int64)
+        self.json_path = json_path
         if check_files:
             for path in self.paths:
                 self._check_file(path)
@@ -164,5 +227,11 @@ class KarpathyDataset(ImageCaptionDataset):
         """Image ``index`` resized and center-cropped to (3, image_size, image_size) in [0, 1]."""
         path = self.paths[index]
         self._check_file(path)
-        with Image.open(path) as image:
-            return resize_center_crop(image, self.image_size)
+        try:
+            with Image.open(path) as image:
+                return resize_center_crop(image, self.image_size)
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a damaged file
+            raise ValueError(
+                f"image file {path} ({self.json_path.name} entry #{self.entry_positions[index]})"
+                f" is corrupt or truncated ({type(err).__name__}: {err}); re-download it"
+            ) from err

@@ -3,10 +3,14 @@
 Writes into the run directory: ``config.json``, ``train_log.csv`` (+ ``tb/``),
 ``checkpoint.pt`` (resumable) and ``metrics.json`` (test and test_novel metrics, step time,
 peak memory, FN rate of the selected negatives). Works under ``torchrun`` (rank 0 writes).
+While it runs, the directory is locked (``run.lock`` with the PID, see
+:mod:`hardneg.train.run_lock`): a second run on it is refused, and temp files that a killed
+run left behind are removed on start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -18,10 +22,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hardneg.data.atomic_files import atomic_write
+from hardneg.data.atomic_files import atomic_write, remove_stale_temps
 from hardneg.eval.runner import evaluate_split
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.memory import PeakMemory
+from hardneg.train.run_lock import RunLock, exit_on_signals
 from hardneg.train.trainer import Trainer, validate_config
 
 EVAL_SPLITS = ("test", "test_novel")
@@ -41,17 +46,33 @@ def train_and_evaluate(
 ) -> dict[str, Any] | None:
     """Train (resuming from ``out_dir/checkpoint.pt``), evaluate, write ``metrics.json``.
 
+    Nothing in ``out_dir`` is written before the run is known to be valid: a directory locked
+    by a live process (:class:`~hardneg.train.run_lock.RunLockedError`) or a checkpoint of a
+    different configuration (ValueError) leaves it as it was. Once valid, temp files that a
+    killed run left behind (e.g. a ``.checkpoint.pt.*.tmp``) are removed.
+
     Returns the result dict on rank 0 (None on other ranks).
     """
     validate_config(config)
     init_distributed()
+    # torchrun: one lock per run, held by rank 0 (the only rank that writes)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with RunLock(config.out_dir) if main_rank else contextlib.nullcontext():
+        return _train_and_evaluate(config, resume, trainer)
+
+
+def _train_and_evaluate(
+    config: TrainConfig, resume: bool, trainer: Trainer | None
+) -> dict[str, Any] | None:
     out = Path(config.out_dir)
     trainer = trainer or Trainer(config)
-    if trainer.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     if resume:
-        trainer.resume()
+        trainer.resume()  # raises on a checkpoint of another configuration
+    if trainer.rank == 0:
+        # we hold the lock, so no one else writes here: every temp file is a killed write's
+        remove_stale_temps(out, locked=True)
+        text = json.dumps(config.to_dict(), indent=2)
+        atomic_write(out / "config.json", lambda f: f.write(text.encode()))
     with PeakMemory(trainer.device) as peak:
         trainer.fit()
     trainer.save()
@@ -103,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m hardneg.train.run CONFIG_JSON", file=sys.stderr)
         return 2
-    train_and_evaluate(config_from_dict(json.loads(argv[0])))
+    with exit_on_signals():  # SIGTERM/SIGHUP from the bench: release the lock and stop
+        train_and_evaluate(config_from_dict(json.loads(argv[0])))
     return 0
 
 

@@ -3,11 +3,14 @@
 The text tower (MiniLM) is frozen, so each distinct caption is encoded once; training and
 evaluation then gather token states by caption index and only the projection head and the
 cross-modal transformer run per step. The cache file is keyed by the tower's weights, the
-caption list and the token length, and written atomically.
+caption list and the token length, and written atomically with a SHA-256 checksum next to it
+(``<key>.pt.sha256``); the checksum is verified once per process before the file is memory-
+mapped, and a file that fails it (or has none) is rebuilt with a warning naming it.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +18,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hardneg.data.atomic_files import atomic_write
-from hardneg.data.cache import content_fingerprint, module_fingerprint
+from hardneg.data.atomic_files import atomic_write, remove_stale_temps
+from hardneg.data.checksums import file_sha256, mark_verified, verified_in_process
+from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.models.outputs import TextOutput
 from hardneg.models.text import TextTower
 
@@ -56,6 +60,40 @@ class TextBank:
         )
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _load_cached(path: Path) -> TextBank | None:
+    """The bank cached at ``path`` if its checksum verifies (warn and delete it otherwise)."""
+    problem = None
+    checksum = _checksum_path(path)
+    if not verified_in_process([path]):
+        expected = checksum.read_text().strip() if checksum.is_file() else None
+        if expected is None:
+            problem = f"has no checksum file {checksum.name} (interrupted write or old version)"
+        elif file_sha256(path) != expected:
+            problem = f"does not match its checksum in {checksum.name} (corrupt)"
+        else:
+            mark_verified([path])
+    if problem is None:
+        try:  # memory-mapped: only the rows a run touches are read
+            return TextBank(**torch.load(path, weights_only=True, mmap=True))
+        except Exception as err:
+            problem = f"cannot be loaded ({type(err).__name__}: {err})"
+    warnings.warn(f"text-bank cache {path} {problem}; rebuilding it", RuntimeWarning, stacklevel=3)
+    path.unlink(missing_ok=True)
+    checksum.unlink(missing_ok=True)
+    return None
+
+
+def _save(path: Path, state: dict[str, object]) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+    digest = file_sha256(path)
+    atomic_write(_checksum_path(path), lambda f: f.write(f"{digest}\n".encode()))
+    mark_verified([path])
+
+
 @torch.no_grad()
 def encode_bank(
     tower: TextTower,
@@ -65,17 +103,19 @@ def encode_bank(
     batch_size: int = 256,
     progress: bool = True,
 ) -> TextBank:
-    """Encode distinct ``texts`` with a frozen ``tower`` (padded to ``max_len``), with a cache."""
+    """Encode distinct ``texts`` with a frozen ``tower`` (padded to ``max_len``), with a cache.
+
+    With ``cache_dir``, the bank is read from (or written to) ``<cache_dir>/text/<key>.pt``;
+    a cache file that fails its checksum is rebuilt (``RuntimeWarning`` naming it).
+    """
     texts = list(dict.fromkeys(texts))
     path = None
     if cache_dir is not None:
         key = content_fingerprint(module_fingerprint(tower), texts, max_len)
         path = Path(cache_dir) / "text" / f"{key}.pt"
-        if path.is_file():
-            try:  # memory-mapped: only the rows a run touches are read
-                return TextBank(**torch.load(path, weights_only=True, mmap=True))
-            except Exception:  # corrupt cache: recompute and overwrite below
-                path.unlink(missing_ok=True)
+        remove_stale_temps(path.parent)
+        if path.is_file() and (bank := _load_cached(path)) is not None:
+            return bank
     n, dim = len(texts), tower.token_dim
     tokens = torch.zeros(n, max_len, dim, dtype=torch.float16)
     mask = torch.zeros(n, max_len, dtype=torch.bool)
@@ -95,5 +135,5 @@ def encode_bank(
     bank = TextBank(texts, tokens, mask, ids, pooled)
     if path is not None:
         state = {"texts": texts, "tokens": tokens, "mask": mask, "input_ids": ids, "pooled": pooled}
-        atomic_write(path, lambda f: torch.save(state, f))
+        _save(path, state)
     return bank

@@ -1,0 +1,288 @@
+"""Fault suite for files: modes, stale temp files, run-directory locks, corrupt caches.
+
+Each test plays a hostile user or a crash (issue 18 items 2, 3, 5): a corrupt cache is
+detected and rebuilt, a second runner is refused, a dead runner's lock and temp files are
+recovered, and files are created with the umask's mode like ``open()``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hardneg.data import cache as cache_module
+from hardneg.data import checksums
+from hardneg.data.atomic_files import atomic_write, remove_stale_temps
+from hardneg.data.cache import FeatureCache
+from hardneg.models.outputs import TextOutput
+from hardneg.train.finite import non_finite_message
+from hardneg.train.run_lock import RunLock, RunLockedError, lock_holder
+from hardneg.train.textbank import encode_bank
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ------------------------------------------------------------------------------ file modes
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_honours_the_umask_like_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        with open(tmp_path / "b.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "a.bin") == 0o666 & ~umask == _mode(tmp_path / "b.bin")
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    path = tmp_path / "shared.json"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new" and _mode(path) == 0o640
+
+
+# ------------------------------------------------------------------------ stale temp files
+def test_stale_temps_of_dead_writers_are_removed_live_and_foreign_files_kept(tmp_path):
+    def killed(f):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # an interrupted write removes its own temp file
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "checkpoint.pt", killed)
+    assert os.listdir(tmp_path) == []
+    seen = []  # the name of a temp file being written by this (live) process
+    atomic_write(tmp_path / "checkpoint.pt", lambda f: seen.extend(os.listdir(tmp_path)))
+    (tmp_path / "checkpoint.pt").unlink()
+    host_pid = seen[0].split(".")[3]  # .checkpoint.pt.<host>-<pid>.<hex>.tmp
+    assert host_pid.endswith(f"-{os.getpid()}")
+    live = tmp_path / seen[0]
+    dead = tmp_path / seen[0].replace(f"-{os.getpid()}.", f"-{_dead_pid()}.")  # kill -9
+    other_host = tmp_path / seen[0].replace(host_pid, f"elsewhere-{_dead_pid()}")
+    legacy = tmp_path / ".checkpoint.pt.k2j3h4g5.tmp"  # pre-PID name: writer unknown
+    foreign = tmp_path / ".notes.tmp"  # not ours
+    for p in (dead, live, other_host, legacy, foreign):
+        p.write_bytes(b"x" * 100)
+    assert remove_stale_temps(tmp_path) == [dead]
+    assert {p.name for p in tmp_path.iterdir()} == {
+        live.name,
+        other_host.name,
+        legacy.name,
+        foreign.name,
+    }
+    # the owner of a locked directory knows no one else writes there: every temp of ours goes
+    assert sorted(remove_stale_temps(tmp_path, locked=True)) == sorted([live, other_host, legacy])
+    assert [p.name for p in tmp_path.iterdir()] == [foreign.name]
+
+
+# --------------------------------------------------------------------------- run lock
+_HOLDER = """
+import sys, time
+from hardneg.train.run_lock import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_refuses_a_second_live_runner_and_recovers_a_stale_one(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert lock_holder(run) == holder.pid
+        with pytest.raises(RunLockedError, match=rf"{run}.*locked by running process {holder.pid}"):
+            RunLock(run).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock file (with its PID) is stale
+    assert (run / "run.lock").read_text().split()[0] == str(holder.pid)
+    assert lock_holder(run) is None
+    with RunLock(run) as lock:
+        assert (run / "run.lock").read_text().split()[0] == str(os.getpid())
+        assert lock_holder(run) == os.getpid()
+        with pytest.raises(RunLockedError):  # a second lock in the same process, too
+            RunLock(run).acquire()
+    assert not (run / "run.lock").exists() and lock_holder(run) is None
+    assert lock.released
+
+
+def test_lock_file_written_by_hand_with_a_dead_pid_is_recovered(tmp_path):
+    (tmp_path / "run.lock").write_text(f"{_dead_pid()} somehost\n")
+    with RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_hardneg_train_on_a_locked_run_directory_fails_before_training(tmp_path, capsys):
+    from hardneg import cli
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        rc = cli.main(["train", "--method", "infonce", "--out", str(run), "--steps", "1"])
+        assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # nothing else written
+    assert rc == 2
+    assert f"locked by running process {os.getpid()}" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- feature cache
+def _features(idx):
+    i = torch.as_tensor(np.asarray(idx), dtype=torch.float32)
+    return torch.stack([i, i * i + 1, -i / 3], dim=1)
+
+
+class _Calls:
+    def __init__(self):
+        self.rows: list[int] = []
+
+    def __call__(self, idx):
+        self.rows.extend(np.asarray(idx).tolist())
+        return _features(idx)
+
+
+def _flip(path, offset: int, n: int) -> None:
+    data = bytearray(path.read_bytes())
+    for k in range(offset, offset + n):
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_feature_cache_flipped_bytes_are_detected_and_only_those_rows_recomputed(
+    tmp_path, monkeypatch
+):
+    cache = FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
+    cache.fill(_Calls(), progress=False)
+    path = cache.directory / "features.npy"
+    header = path.stat().st_size - 20 * 3 * 4
+    del cache
+    row_bytes = 3 * 4
+    _flip(path, header + 7 * row_bytes + 1, 8)  # rows 7 (bytes 1..8) → 7 only
+    _flip(path, header + 15 * row_bytes + 11, 2)  # last byte of row 15 + first of row 16
+    calls = _Calls()
+    with pytest.warns(RuntimeWarning, match=r"features\.npy.*rows \[7, 15, 16\]"):
+        reopened = FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
+    assert reopened.n_filled == 17
+    got = reopened.get_or_compute(np.arange(20), calls)
+    assert calls.rows == [7, 15, 16]
+    torch.testing.assert_close(got, _features(np.arange(20)), rtol=0, atol=0)
+
+    # verified once per process: a second open of the unchanged files does not hash them
+    def no_hashing(rows):
+        raise AssertionError("verified files were hashed again")
+
+    monkeypatch.setattr(cache_module, "row_digests", no_hashing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
+    assert again.n_filled == 20
+    _flip(path, header + 2 * row_bytes, 1)  # ...but a file changed since is hashed again
+    with pytest.raises(AssertionError, match="hashed again"):
+        FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
+
+
+def test_feature_cache_corrupt_filled_flags_are_detected(tmp_path):
+    cache = FeatureCache(tmp_path, "m", "d", n_items=8, shape=(3,))
+    cache.get_or_compute([0, 1, 2], _Calls())
+    path = cache.directory / "filled.npy"
+    header = path.stat().st_size - 8
+    del cache
+    data = bytearray(path.read_bytes())
+    data[header + 5] = 1  # row 5 claims to be computed but holds zeros
+    data[header + 1] = 0x40  # not a bool
+    path.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match=r"filled\.npy|features\.npy"):
+        reopened = FeatureCache(tmp_path, "m", "d", n_items=8, shape=(3,))
+    calls = _Calls()
+    got = reopened.get_or_compute(np.arange(8), calls)
+    assert 5 in calls.rows and 1 in calls.rows and 0 not in calls.rows
+    torch.testing.assert_close(got, _features(np.arange(8)), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- text bank
+class _FakeTower(nn.Module):
+    """Deterministic token states from the characters of each caption (no model download)."""
+
+    token_dim, pooled_dim, pad_token_id = 8, 4, 0
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(-1, 1, 8), requires_grad=False)
+        self.calls = 0
+
+    def encode_text(self, texts):
+        self.calls += 1
+        length = max(len(t) for t in texts)
+        codes = torch.zeros(len(texts), length)
+        for i, t in enumerate(texts):
+            codes[i, : len(t)] = torch.tensor([ord(c) / 128 for c in t])
+        tokens = codes[:, :, None] * self.weight
+        mask = codes > 0
+        return TextOutput(tokens, mask, tokens[:, :, :4].mean(1), (codes * 128).long())
+
+
+def test_text_bank_flipped_bytes_are_detected_and_rebuilt(tmp_path):
+    texts = [f"caption number {i} " + "x" * (i % 7) for i in range(60)]
+    tower = _FakeTower()
+    fresh = encode_bank(tower, texts, max_len=24, cache_dir=tmp_path, progress=False)
+    (path,) = (tmp_path / "text").glob("*.pt")
+    size = path.stat().st_size
+    _flip(path, size // 2, 64)  # inside the token states, as in the issue
+    tower.calls = 0
+    with pytest.warns(RuntimeWarning, match=rf"{path.name}.*checksum"):
+        bank = encode_bank(tower, texts, max_len=24, cache_dir=tmp_path, progress=False)
+    assert tower.calls > 0  # recomputed
+    assert torch.equal(bank.tokens, fresh.tokens) and torch.equal(bank.pooled, fresh.pooled)
+    tower.calls = 0  # the rebuilt file verifies
+    again = encode_bank(tower, texts, max_len=24, cache_dir=tmp_path, progress=False)
+    assert tower.calls == 0 and torch.equal(again.tokens, fresh.tokens)
+
+
+def test_text_bank_without_checksum_is_rebuilt(tmp_path, monkeypatch):
+    texts = ["a red 3", "a blue 7"]
+    tower = _FakeTower()
+    encode_bank(tower, texts, max_len=8, cache_dir=tmp_path, progress=False)
+    for p in (tmp_path / "text").glob("*.sha256"):
+        p.unlink()  # killed between the cache file and its checksum
+    monkeypatch.setattr(checksums, "_VERIFIED", {})  # a new process: nothing verified yet
+    tower.calls = 0
+    with pytest.warns(RuntimeWarning, match="checksum"):
+        encode_bank(tower, texts, max_len=8, cache_dir=tmp_path, progress=False)
+    assert tower.calls > 0
+
+
+# ------------------------------------------------------------- non-finite loss inputs
+def test_non_finite_message_names_the_first_bad_input():
+    good = torch.ones(2, 3)
+    tokens = torch.zeros(2, 4, 3)
+    tokens[1, 2, 0] = float("nan")
+    scale = torch.tensor(float("inf"))
+    msg = non_finite_message(
+        {"images": good, "ids": torch.arange(4), "text_tokens": tokens, "logit_scale": scale}
+    )
+    assert msg.startswith("text_tokens has 1 non-finite value")
+    assert "nan" in msg and "(1, 2, 0)" in msg
+    assert non_finite_message({"logit_scale": scale}).startswith("logit_scale has 1 non-finite")
+    assert non_finite_message({"images": good, "missing": None}) is None
+    with pytest.raises(ValueError, match="tensors must map names to tensors"):
+        non_finite_message({"images": [1.0]})
