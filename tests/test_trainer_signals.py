@@ -126,3 +126,31 @@ def test_store_holds_the_features_of_the_training_forward(tmp_path, tiny_text_mo
     assert torch.allclose(store.image[batch], seen["image"], atol=1e-6)
     assert torch.allclose(store.text[batch], seen["text"], atol=1e-6)
     assert int(store.filled.sum()) == 16
+
+
+def test_non_finite_loss_names_the_non_finite_input(tmp_path, tiny_text_model):
+    trainer = Trainer(resolve_config("infonce", trainer_values(tmp_path, tiny_text_model)))
+    trainer.bank.pooled[trainer.train_split.caption_rows[:16]] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"text_pooled has \d+ non-finite value"):
+        trainer.train_step(list(range(16)))
+
+
+def test_gradients_that_overflow_at_every_step_stop_the_run(tmp_path, tiny_text_model):
+    trainer = Trainer(resolve_config("infonce", trainer_values(tmp_path, tiny_text_model)))
+    scale = trainer.loss_fn.logit_scale
+
+    def poison(grad):
+        return torch.full_like(grad, float("inf"))
+
+    scale.register_hook(poison)
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    with pytest.raises(FloatingPointError, match="gradient norm"):
+        trainer.train_step(list(range(16)))
+    # no scaler on CPU: the step is refused before the optimizer applies inf
+    after = trainer.model.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_max_grad_norm_must_be_positive():
+    with pytest.raises(ValueError, match=r"optim\.max_grad_norm"):
+        resolve_config("infonce", {"optim": {"max_grad_norm": 0.0}})

@@ -52,7 +52,9 @@ from hardneg.samplers import (
 )
 from hardneg.train.config import TrainConfig, config_from_dict, merge
 from hardneg.train.data import SplitTensors, load_run_data
+from hardneg.train.finite import non_finite_message
 from hardneg.train.methods import LOSSES, method_overrides
+from hardneg.train.overflow import GradNormOverflow
 from hardneg.train.textbank import TextBank
 
 
@@ -94,6 +96,11 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(
                 f"aux.{name} must be ≥ 0 (a loss weight), got {getattr(cfg.aux, name)}"
             )
+    if not cfg.optim.max_grad_norm > 0:
+        raise ValueError(
+            f"optim.max_grad_norm must be > 0 (gradients are clipped to that norm), got "
+            f"{cfg.optim.max_grad_norm}; use a large value such as 1e9 to disable clipping"
+        )
     if cfg.optim.name not in ("adamw", "sgd"):
         raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {cfg.optim.name!r}")
     if cfg.selector.name not in ("none", "bns"):
@@ -241,6 +248,7 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and self.autocast_dtype == torch.float16
         )
+        self.overflow = GradNormOverflow()
 
     # ------------------------------------------------------------------------------ building
     def _build_model(self) -> AlignmentModel:
@@ -377,6 +385,12 @@ class Trainer:
         cfg, model = self.cfg, self.model
         images = self.train_split.image_batch(batch["local_idx"], self.device)
         text = self.bank.take(batch["rows"], self.device)
+        bad = non_finite_message({"images": images, "text_pooled": text.pooled})
+        if bad:  # a corrupt cache is not a learning-rate problem
+            raise FloatingPointError(
+                f"step {self.step}: {bad} (scenes {batch['local_idx'].tolist()[:8]}…, text-bank "
+                f"rows {batch['rows'].tolist()[:8]}…); delete {self.cfg.data.cache_dir} to rebuild"
+            )
         logs: dict[str, float] = {}
         with self._autocast():
             img_emb, img_out = model.dual.encode_image(images)
@@ -531,9 +545,11 @@ class Trainer:
         for batch in micro_batches:
             loss, part = self._losses(batch)
             if not torch.isfinite(loss):
+                params = dict(self.model.named_parameters()) | dict(self.loss_fn.named_parameters())
+                cause = non_finite_message(params) or "inputs and parameters are finite"
                 raise FloatingPointError(
-                    f"non-finite loss {float(loss)} at step {self.step} ({part}); lower optim.lr "
-                    "or disable AMP"
+                    f"non-finite loss {float(loss)} at step {self.step} ({part}); {cause}: lower "
+                    "optim.lr or disable AMP"
                 )
             self.grad_scaler.scale(loss / len(micro_batches)).backward()
             for key, value in part.items():
@@ -543,6 +559,9 @@ class Trainer:
         self._sync_grads(params + policy)
         self.grad_scaler.unscale_(self.optimizer)
         logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+        # before the step: without a scaler a non-finite norm must never reach the parameters
+        skipped = self.grad_scaler.is_enabled() and not math.isfinite(logs["grad_norm"])
+        self.overflow.update(logs["grad_norm"], skipped=skipped, step=self.step)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -665,6 +684,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
+            "overflow": self.overflow.state_dict(),
             "sampler": self.sampler.state_dict(),
             "caption_gen": self.caption_gen.get_state(),
             "rng": _rng_state(),
@@ -677,6 +697,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:
+            raise ValueError(
+                f"checkpoint has no {missing}: it was written by an older hardneg; train into a "
+                "new --out directory"
+            )
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         bad = [k for k in missing if not k.startswith("dual.text_tower.")] + list(unexpected)
         if bad:
@@ -687,6 +713,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.overflow.load_state_dict(state["overflow"])
         self.sampler.load_state_dict(state["sampler"])
         self.caption_gen.set_state(state["caption_gen"])
         _set_rng_state(state["rng"])
