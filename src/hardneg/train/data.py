@@ -14,24 +14,63 @@ import torch
 from torch import Tensor
 
 from hardneg.data.digitscenes import PRESETS, SceneSplit, load_digitscenes
+from hardneg.data.scene_captions import COLOURS, N_SEMANTIC_IDS
 from hardneg.models.text import TextTower
 from hardneg.train.config import DataConfig
 from hardneg.train.textbank import TextBank, encode_bank
+
+# meaning ids of captions that describe one object only ("a red 3"): offset + digit·6 + colour
+PARTIAL_MEANING_OFFSET = N_SEMANTIC_IDS
 
 
 @dataclass
 class SplitTensors:
     """One split: images (N, 3, H, W) uint8, caption rows (N, C), semantic ids (N,), hard
-    negative caption rows (N, K) (−1 = none), and the :class:`SceneSplit` annotations."""
+    negative caption rows (N, K) (−1 = none), and the :class:`SceneSplit` annotations.
+
+    ``partial_rows`` (N, P) are the text-bank rows of captions that describe only one object of
+    the scene (−1 = none; P = 0 when the build has none): they are true of every scene that
+    holds that object, so they are the benchmark's false negatives. :meth:`relevance` says
+    exactly which caption meanings are true of which scenes.
+    """
 
     images: Tensor
     caption_rows: Tensor
     semantic_ids: Tensor
     hard_negative_rows: Tensor
     scenes: SceneSplit
+    partial_rows: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.partial_rows is None:
+            self.partial_rows = torch.full((len(self), 0), -1, dtype=torch.long)
+        digits = torch.from_numpy(np.asarray(self.scenes.digits, dtype=np.int64))
+        colours = torch.from_numpy(np.asarray(self.scenes.colours, dtype=np.int64))
+        # (N, 3) object codes digit·6 + colour, −1 for absent objects
+        self.object_codes = torch.where(digits >= 0, digits * len(COLOURS) + colours, -1)
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def caption_meanings(self) -> Tensor:
+        """(N, C + P) meaning id of every caption slot: full captions carry the scene's
+        semantic id, partial ones ``PARTIAL_MEANING_OFFSET + object code`` (−1 = no caption)."""
+        full = self.semantic_ids[:, None].expand_as(self.caption_rows)
+        assert self.partial_rows is not None
+        p = self.partial_rows.shape[1]
+        partial = PARTIAL_MEANING_OFFSET + self.object_codes[:, :p]
+        partial = torch.where(self.partial_rows >= 0, partial, -1)
+        return torch.cat([full, partial], dim=1)
+
+    def relevance(self, scenes: Tensor, meanings: Tensor) -> Tensor:
+        """``(len(scenes), len(meanings))`` bool: caption meaning ``m`` is true of scene ``s``
+        (same canonical description, or the one object a partial caption names is in it)."""
+        scenes, meanings = scenes.long().cpu(), meanings.long().cpu()
+        full = self.semantic_ids[scenes][:, None] == meanings[None, :]
+        codes = self.object_codes[scenes]  # (n, 3)
+        part = meanings - PARTIAL_MEANING_OFFSET
+        hit = (codes[:, :, None] == part[None, None, :]).any(dim=1) & (part >= 0)[None, :]
+        return full | hit
 
     def image_batch(self, index: Tensor, device: torch.device | str) -> Tensor:
         """Float images in [0, 1] of the given scenes."""
