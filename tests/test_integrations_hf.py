@@ -17,6 +17,7 @@ from hardneg.integrations.callbacks import BNSProgressCallback
 from hardneg.integrations.hf_trainer import LOSS_STATE_FILE, HardnegCLIPTrainer, RetrievalMetrics
 from hardneg.losses import EGALoss, InfoNCELoss
 from hardneg.samplers import BNSConfig
+from tests.bns_record import adam_steps, assert_same_state, record_selections
 from tests.examples import run_example
 
 
@@ -261,28 +262,6 @@ def _bns_trainer(tmp_path: Path, rows: int = 16, k: int = 3, **overrides) -> Har
     )
 
 
-def _record_selections(monkeypatch) -> list[dict]:
-    """Each selection with the selector state just before it (policy, Adam steps, generator)."""
-    record: list[dict] = []
-    select = BNSNegativeSelector.select
-
-    def recording(self, pairs):
-        sampler = self.sampler
-        record.append(
-            {
-                "policy": {k: v.clone() for k, v in sampler.policy.state_dict().items()},
-                "adam": [s["step"].item() for s in sampler.optimizer.state.values()],
-                "generator": sampler.generator.get_state().clone(),
-                "progress": self.progress,
-            }
-        )
-        record[-1]["selection"] = select(self, pairs)
-        return record[-1]["selection"]
-
-    monkeypatch.setattr(BNSNegativeSelector, "select", recording)
-    return record
-
-
 def test_evaluation_with_bns_is_deterministic_and_scores_every_negative(tmp_path):
     """Three evaluate() calls on the same weights give one eval loss: the full-batch EGA loss."""
     trainer = _bns_trainer(tmp_path, max_steps=1)
@@ -298,7 +277,7 @@ def test_evaluation_with_bns_is_deterministic_and_scores_every_negative(tmp_path
 
 def test_gradient_accumulation_steps_the_policy_once_per_optimizer_step(tmp_path, monkeypatch):
     """GA=2, 3 optimiser steps: one selection per micro-batch (6), 3 policy steps, η per step."""
-    record = _record_selections(monkeypatch)
+    record = record_selections(monkeypatch)
     trainer = _bns_trainer(
         tmp_path, max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2
     )
@@ -308,8 +287,7 @@ def test_gradient_accumulation_steps_the_policy_once_per_optimizer_step(tmp_path
     assert [r["progress"] for r in record] == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     # Adam of the policy has stepped once per optimiser step before each micro-batch
     assert [r["adam"][:1] for r in record] == [[], [], [1.0], [1.0], [2.0], [2.0]]
-    steps = [s["step"].item() for s in trainer.criterion.selector.sampler.optimizer.state.values()]
-    assert steps == [3.0] * 4
+    assert adam_steps(trainer.criterion.selector) == [3.0] * 4
 
 
 def test_short_last_batch_clips_k_with_a_logged_warning(tmp_path, caplog):
@@ -324,7 +302,7 @@ def test_short_last_batch_clips_k_with_a_logged_warning(tmp_path, caplog):
 def test_resume_mid_training_continues_the_selector_exactly(tmp_path, monkeypatch):
     """Resume at step 2 of 4: the selector state at step 3 equals the uninterrupted run's, and
     so do the negatives it picks."""
-    record = _record_selections(monkeypatch)
+    record = record_selections(monkeypatch)
     _bns_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2).train()
     uninterrupted = record[:]
     record.clear()
@@ -332,11 +310,7 @@ def test_resume_mid_training_continues_the_selector_exactly(tmp_path, monkeypatc
     assert len(record) == 2
     assert record[0]["adam"] == [2.0] * 4  # restored after 2 policy steps, not a fresh policy
     for resumed, original in zip(record, uninterrupted[2:]):
-        assert resumed["progress"] == original["progress"]
-        assert resumed["adam"] == original["adam"]
-        assert torch.equal(resumed["generator"], original["generator"])
-        for key, value in original["policy"].items():
-            assert torch.equal(resumed["policy"][key], value), key
+        assert_same_state(resumed, original)
     picked = [r["selection"].i2t_indices for r in record]
     assert all(
         torch.equal(a, b["selection"].i2t_indices) for a, b in zip(picked, uninterrupted[2:])

@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
 from hardneg.integrations.open_clip import OpenCLIPLossAdapter
 from hardneg.integrations.open_clip_train import (
     CHECKPOINT_KEY,
@@ -24,6 +23,7 @@ from hardneg.integrations.open_clip_train import (
     main,
     parse_hardneg_args,
 )
+from tests.bns_record import adam_steps, assert_same_state, record_selections
 
 pytest.importorskip("webdataset")  # open_clip_train.data imports it
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,29 +70,16 @@ def _run(data: Path, logs: Path, name: str, *extra: str, k: int = 2) -> OpenClip
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Every selection (progress, policy state, generator state) and every loss call."""
-    record: dict[str, list] = {"select": [], "loss": []}
-    select, forward = BNSNegativeSelector.select, OpenCLIPLossAdapter.forward
-
-    def recording_select(self, pairs):
-        snapshot = {k: v.clone() for k, v in self.sampler.policy.state_dict().items()}
-        adam = [s["step"].item() for s in self.sampler.optimizer.state.values()]
-        generator = self.sampler.generator.get_state().clone()
-        selection = select(self, pairs)
-        record["select"].append((self.progress, snapshot, adam, generator, selection))
-        return selection
+    """Every selection (see tests.bns_record) and the negatives of every loss call."""
+    record = {"select": record_selections(monkeypatch), "loss": []}
+    forward = OpenCLIPLossAdapter.forward
 
     def recording_forward(self, *args, negatives=None, **kwargs):
         record["loss"].append(negatives)
         return forward(self, *args, negatives=negatives, **kwargs)
 
-    monkeypatch.setattr(BNSNegativeSelector, "select", recording_select)
     monkeypatch.setattr(OpenCLIPLossAdapter, "forward", recording_forward)
     return record
-
-
-def _adam_steps(selector: BNSNegativeSelector) -> list[float]:
-    return [s["step"].item() for s in selector.sampler.optimizer.state.values()]
 
 
 def test_accum_freq_selects_once_per_optimizer_step_on_the_accumulated_batch(
@@ -102,21 +89,21 @@ def test_accum_freq_selects_once_per_optimizer_step_on_the_accumulated_batch(
     loss = _run(
         data, tmp_path, "accum", "--epochs", "1", "--accum-freq", "2", "--save-frequency", "0"
     )
-    assert [entry[0] for entry in recorded["select"]] == [0.0, 0.5]
-    selections = [entry[4] for entry in recorded["select"]]
+    assert [entry["progress"] for entry in recorded["select"]] == [0.0, 0.5]
+    selections = [entry["selection"] for entry in recorded["select"]]
     # 4 loss calls (accum_freq per step) on the 8-row accumulated batch, each step's selection
     # reused for both of its calls
     assert len(recorded["loss"]) == 4
     assert all(a is b for a, b in zip(recorded["loss"], [s for s in selections for _ in "ab"]))
     assert all(s.i2t_keep.shape == (8, 8) for s in selections)
-    assert _adam_steps(loss.selector) == [2.0] * 4  # the policy's Adam stepped twice
+    assert adam_steps(loss.selector) == [2.0] * 4  # the policy's Adam stepped twice
 
 
 def test_resume_restores_the_selector_state_from_open_clips_checkpoint(data, tmp_path, recorded):
     first = _run(data, tmp_path, "a", "--epochs", "1", "--save-frequency", "1")
     saved = {k: v.clone() for k, v in first.selector.sampler.policy.state_dict().items()}
     generator = first.selector.sampler.generator.get_state().clone()
-    assert _adam_steps(first.selector) == [4.0] * 4  # 16 rows / batch 4 = 4 steps
+    assert adam_steps(first.selector) == [4.0] * 4  # 16 rows / batch 4 = 4 steps
     checkpoint_path = tmp_path / "a" / "checkpoints" / "epoch_1.pt"
     stored = torch.load(checkpoint_path, weights_only=False)["optimizer"][CHECKPOINT_KEY]
     assert torch.equal(stored["sampler._extra_state"]["generator"], generator)
@@ -125,13 +112,9 @@ def test_resume_restores_the_selector_state_from_open_clips_checkpoint(data, tmp
     second = _run(
         data, tmp_path, "b", "--epochs", "2", "--resume", str(checkpoint_path)
     )  # fmt: skip
-    progress, policy, adam, gen, _ = recorded["select"][0]
-    assert progress == 1.0  # epoch 2 starts at η = 1, not 0
-    assert adam == [4.0] * 4
-    assert torch.equal(gen, generator)
-    for key, value in saved.items():
-        assert torch.equal(policy[key], value), key
-    assert _adam_steps(second.selector) == [8.0] * 4
+    after_epoch_1 = {"progress": 1.0, "adam": [4.0] * 4, "generator": generator, "policy": saved}
+    assert_same_state(recorded["select"][0], after_epoch_1)  # η = 1 at epoch 2, not 0
+    assert adam_steps(second.selector) == [8.0] * 4
 
 
 def test_resuming_a_training_checkpoint_without_selector_state_is_refused(tmp_path):
