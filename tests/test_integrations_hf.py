@@ -340,3 +340,17 @@ def test_compute_metrics_gives_multi_positive_retrieval_of_the_eval_set(tmp_path
         ap = (hits.cumsum(1) / torch.arange(1, 9) * hits).sum(1) / hits.sum(1)
         assert metrics[f"eval_{name}_R@1"] == pytest.approx(float(r1), abs=1e-4)
         assert metrics[f"eval_{name}_mAP"] == pytest.approx(float(100 * ap.mean()), abs=1e-3)
+
+
+def test_retrieval_metrics_without_labels_take_pair_i_as_row_is_positive():
+    """No label column (the Trainer passes an empty tuple): the diagonal pairs are positives."""
+    from transformers import EvalPrediction
+
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    txt = F.normalize(torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.9, 1.0]]), dim=-1)
+    metrics = RetrievalMetrics(ks=(1,))
+    for labels in ((), None):
+        out = metrics(EvalPrediction(predictions=(img.numpy(), txt.numpy()), label_ids=labels))
+        assert out["i2t_R@1"] == pytest.approx(100.0) and out["t2i_R@1"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="image_embeds, text_embeds"):
+        metrics(EvalPrediction(predictions=img.numpy(), label_ids=None))

@@ -1,7 +1,7 @@
 r"""BACL's boundary-aware negative sampler (BNS) as a self-contained hook for other frameworks.
 
 Reference: "Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal
-Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3; hardneg's METHODS.md, BACL steps 1–7.
+Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3; see docs/integrations.md.
 
 :class:`~hardneg.samplers.BoundaryAwareSampler` picks ``k`` negatives for one direction and
 leaves its policy update to the caller. A foreign training loop (open_clip, a

@@ -64,8 +64,8 @@ class RetrievalMetrics:
         image = as_tensor(predictions[0], "image_embeds").float()
         text = as_tensor(predictions[1], "text_embeds").float()
         labels = eval_pred.label_ids
-        if labels is None:
-            ids = torch.arange(image.shape[0])
+        if labels is None or (isinstance(labels, (tuple, list)) and not labels):
+            ids = torch.arange(image.shape[0])  # no label column: pair i is row i's positive
         else:
             ids = as_tensor(labels, "label_ids").long().reshape(-1)
         return retrieval_metrics(image, text, ids, ids, self.ks, self.chunk_size)
