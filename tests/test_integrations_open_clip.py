@@ -273,3 +273,11 @@ def test_open_clip_example_runs():
     result = run_example("open_clip_ega.py", "--max-steps", "2", "--bns", "2")
     assert result.returncode == 0, result.stderr
     assert "loss on a fixed batch" in result.stdout
+
+
+def test_readme_import_of_the_open_clip_adapter_works():
+    """README: ``from hardneg.models import OpenCLIPAdapter`` (the tower adapter)."""
+    from hardneg.models import OpenCLIPAdapter
+    from hardneg.models.open_clip import OpenCLIPAdapter as Defined
+
+    assert OpenCLIPAdapter is Defined
