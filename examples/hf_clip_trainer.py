@@ -21,7 +21,7 @@ from datasets import Dataset
 from transformers import CLIPConfig, CLIPModel, TrainingArguments
 
 from hardneg.integrations.bns_selector import BNSNegativeSelector
-from hardneg.integrations.hf_trainer import HardnegCLIPTrainer
+from hardneg.integrations.hf_trainer import HardnegCLIPTrainer, RetrievalMetrics
 from hardneg.losses import EGALoss
 from hardneg.samplers import BNSConfig
 
@@ -66,10 +66,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=10)
     parser.add_argument("--bns", type=int, default=0, help="select K negatives with BNS (0: all)")
+    parser.add_argument(
+        "--ega-literal",
+        action="store_true",
+        help="EGA's literal (not renormalised) form; unstable from scratch (default: EGALoss's)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    loss = EGALoss(alpha=1.0)
+    loss = EGALoss(alpha=1.0, **({"renormalize": False} if args.ega_literal else {}))
     selector = BNSNegativeSelector(BNSConfig(k=args.bns)) if args.bns else None
     with tempfile.TemporaryDirectory() as tmp:
         trainer = HardnegCLIPTrainer(
@@ -88,12 +93,15 @@ def main() -> None:
             train_dataset=random_pairs(32),
             loss=loss,
             selector=selector,
+            compute_metrics=RetrievalMetrics(ks=(1, 5)),
         )
         scale_before = float(loss.scale())
         trainer.train()
+        metrics = trainer.evaluate(random_pairs(16, seed=1))
     history = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     print(f"training loss: first {history[0]:.4f}  last {history[-1]:.4f}")
     print(f"loss temperature 1/τ: {scale_before:.3f} -> {float(loss.scale()):.3f}")
+    print(f"eval: loss {metrics['eval_loss']:.4f}  image→text R@1 {metrics['eval_i2t_R@1']:.1f}%")
 
 
 if __name__ == "__main__":

@@ -39,12 +39,18 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--bns", type=int, default=0, help="select K negatives with BNS (0: all)")
+    parser.add_argument(
+        "--ega-literal",
+        action="store_true",
+        help="EGA's literal (not renormalised) form; unstable from scratch (default: EGALoss's)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = tiny_clip()
     images, texts = torch.randn(32, 3, 32, 32), torch.randint(0, 1000, (32, 16))
-    loss_fn = HardnegClipLoss("ega", alpha=1.0)  # open_clip: ClipLoss()
+    ega_form = {"renormalize": False} if args.ega_literal else {}
+    loss_fn = HardnegClipLoss("ega", alpha=1.0, **ega_form)  # open_clip: ClipLoss()
     selector = BNSNegativeSelector(BNSConfig(k=args.bns)) if args.bns else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     steps_per_epoch = len(images) // args.batch_size

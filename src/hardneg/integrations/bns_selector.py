@@ -1,7 +1,7 @@
 r"""BACL's boundary-aware negative sampler (BNS) as a self-contained hook for other frameworks.
 
 Reference: "Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal
-Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3; hardneg's METHODS.md, BACL steps 1–7.
+Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3; see docs/integrations.md.
 
 :class:`~hardneg.samplers.BoundaryAwareSampler` picks ``k`` negatives for one direction and
 leaves its policy update to the caller. A foreign training loop (open_clip, a
@@ -11,10 +11,15 @@ leaves its policy update to the caller. A foreign training loop (open_clip, a
 - image anchors pick among all captions (then any extra hard-negative captions), caption
   anchors among all images, each with its own positives (ids) excluded;
 - the policy is trained *inside* the call: the policy loss only depends on the policy MLP
-  (every input feature is detached), so it is back-propagated and the policy's own Adam steps
-  right away, whatever the outer loop does with the contrastive loss;
+  (every input feature is detached), so it is back-propagated right away, whatever the outer
+  loop does with the contrastive loss; the policy's own Adam steps at once, or — with
+  ``defer_policy_step`` (set by the framework hooks under gradient accumulation) — once per
+  optimiser step in :meth:`BNSNegativeSelector.step_policy`, on the mean policy gradient of
+  the micro-batches;
 - under ``torch.distributed`` the policy gradients are averaged over ranks before the step,
-  so every rank keeps the same policy.
+  so every rank keeps the same policy;
+- a batch too small for ``k`` (the short last batch of an epoch) gets ``k`` clipped to the
+  fewest allowed candidates of a row, with a logged warning, instead of an error mid-epoch.
 
 The result, :class:`NegativeSelection`, restricts a loss to {positives ∪ picked negatives}
 through :meth:`hardneg.losses.pairs.ContrastivePairs.restrict`.
@@ -22,8 +27,9 @@ through :meth:`hardneg.losses.pairs.ContrastivePairs.restrict`.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -33,6 +39,8 @@ from hardneg.losses.base import ContrastiveLoss
 from hardneg.losses.distributed import world_info
 from hardneg.losses.pairs import ContrastivePairs
 from hardneg.samplers.bns import BNSConfig, BoundaryAwareSampler, Selection
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,15 @@ class BNSNegativeSelector(nn.Module):
             temperatures, policy learning rate, seed).
         train_policy: update the policy during training calls (False: frozen policy).
 
+    Attributes:
+        defer_policy_step: False (default): the policy steps inside each training call. True:
+            each call only accumulates the policy gradient and :meth:`step_policy` steps once
+            on their mean (``BNSProgressCallback`` switches this on for the Trainer's run, so
+            the policy steps once per optimiser step under gradient accumulation).
+
+    ``state_dict()`` holds the policy, its Adam state and the noise generator (the hosts'
+    checkpoints store it, see docs/integrations.md).
+
     Example (the open_clip hook; a ``ContrastiveLoss`` takes the same ``negatives``):
         >>> import torch
         >>> from hardneg.samplers import BNSConfig
@@ -130,8 +147,11 @@ class BNSNegativeSelector(nn.Module):
         self.train_policy = train_policy
         self.progress = 0.0
         self.total = 1.0
+        self.defer_policy_step = False
+        self._pending = 0
         self._progress_given = False
         self._warned_frozen = False
+        self._warned_k: set[int] = set()
 
     @property
     def config(self) -> BNSConfig:
@@ -206,9 +226,50 @@ class BNSNegativeSelector(nn.Module):
             tau=i2t.tau,
         )
 
+    def step_policy(self) -> None:
+        """Adam step of the policy on the mean gradient of the calls since the last step.
+
+        Averaged over the calls and, under ``torch.distributed``, over ranks. A no-op when no
+        training call happened (e.g. a step whose batches were all skipped).
+        """
+        if self._pending == 0:
+            return
+        _, world = world_info()
+        for param in self.sampler.policy_parameters():
+            if param.grad is not None:
+                if world > 1:
+                    dist.all_reduce(param.grad)
+                param.grad.div_(self._pending * world)
+        self._pending = 0
+        self.sampler.step_policy()
+
     def _pick(self, sim: Tensor, positive_mask: Tensor, own: Tensor) -> Selection:
         pos_sim = sim.gather(1, own[:, None]).squeeze(1)
-        return self.sampler(sim, positive_mask, pos_sim, self.progress, self.total)
+        k = self.config.k
+        fewest = int((~positive_mask).sum(dim=1).min())
+        if fewest >= k:
+            return self.sampler(sim, positive_mask, pos_sim, self.progress, self.total)
+        if fewest == 0:
+            raise ValueError(
+                "a batch has an anchor with no allowed negative (a batch of one row, or every "
+                "row sharing one id); use batches of ≥ 2 distinct pairs (dataloader_drop_last)"
+            )
+        if fewest not in self._warned_k:
+            logger.warning(
+                "BNS: a batch has only %d allowed candidates in some row (a short last batch?); "
+                "picking k=%d instead of k=%d for it. Drop short batches "
+                "(dataloader_drop_last=True) to keep k fixed",
+                fewest,
+                fewest,
+                k,
+            )
+            self._warned_k.add(fewest)
+        config = self.sampler.config
+        self.sampler.config = replace(config, k=fewest)
+        try:
+            return self.sampler(sim, positive_mask, pos_sim, self.progress, self.total)
+        finally:
+            self.sampler.config = config
 
     def _update_policy(self, policy_loss: Tensor) -> None:
         if not self._progress_given and not self._warned_frozen:
@@ -220,10 +281,6 @@ class BNSNegativeSelector(nn.Module):
             )
             self._warned_frozen = True
         policy_loss.backward()  # reaches only the policy MLP: its inputs are detached
-        _, world = world_info()
-        if world > 1:
-            for param in self.sampler.policy_parameters():
-                if param.grad is not None:
-                    dist.all_reduce(param.grad)
-                    param.grad.div_(world)
-        self.sampler.step_policy()
+        self._pending += 1
+        if not self.defer_policy_step:
+            self.step_policy()

@@ -1,20 +1,26 @@
-"""``transformers.TrainerCallback`` that feeds the training progress η to a BNS selector.
+"""``transformers.TrainerCallback`` that runs a BNS selector inside any ``transformers.Trainer``.
 
 BACL's curriculum α(η) and the Gumbel temperature are functions of the training progress η in
-(fractional) epochs (METHODS.md, BACL step 4). A ``transformers.Trainer`` (and so
-``SentenceTransformerTrainer``) knows it; a loss does not. This callback copies it over before
-every optimisation step.
+(fractional) epochs (BACL, arXiv:2511.08399 §3). A ``transformers.Trainer`` (and so
+``SentenceTransformerTrainer``) knows it, its optimiser steps and its checkpoints; a loss does
+not. :class:`BNSProgressCallback` connects them.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sized
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hardneg.integrations.bns_selector import BNSNegativeSelector
+
+#: File holding the selector state in each ``checkpoint-N`` directory.
+SELECTOR_STATE_FILE = "hardneg_bns.pt"
 
 
 def updates_per_epoch(train_dataloader: Any, accumulation_steps: int) -> int | None:
@@ -25,15 +31,26 @@ def updates_per_epoch(train_dataloader: Any, accumulation_steps: int) -> int | N
 
 
 class BNSProgressCallback(TrainerCallback):
-    r"""Set ``selector``'s progress to ``η = global_step / steps_per_epoch`` at each step.
+    r"""Progress, one policy step per optimiser step, and checkpoints for a BNS selector.
 
-    The length of the run is ``state.max_steps / steps_per_epoch`` epochs (fractional, so
-    ``max_steps`` runs and fractional ``num_train_epochs`` are both exact). Without a sized
-    dataloader (an ``IterableDataset``) the whole run counts as one epoch.
+    - progress: ``η = global_step / steps_per_epoch`` at each step begin; the run lasts
+      ``state.max_steps / steps_per_epoch`` epochs (fractional, so ``max_steps`` runs and
+      fractional ``num_train_epochs`` are both exact). Without a sized dataloader (an
+      ``IterableDataset``) the whole run counts as one epoch.
+    - gradient accumulation: negatives are selected per micro-batch (the loss of a micro-batch
+      can only use its own candidates), but the policy steps once per optimiser step, on the
+      mean policy gradient of the step's micro-batches (``on_pre_optimizer_step``, before the
+      Trainer's optimiser, which therefore never sees a policy gradient).
+    - checkpoints (``checkpoint=True``): the selector's ``state_dict()`` (policy, its Adam
+      state, noise generator) is saved as ``hardneg_bns.pt`` in every ``checkpoint-N`` and
+      restored on ``train(resume_from_checkpoint=...)`` from
+      ``output_dir/checkpoint-<resumed global_step>``.
 
     Args:
         selector: the :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector` of the
             loss (e.g. ``loss.selector`` of a sentence-transformers hardneg loss).
+        checkpoint: save/restore the selector with the Trainer's checkpoints (False when the
+            host saves it otherwise, as ``HardnegCLIPTrainer`` does in ``hardneg_loss.pt``).
 
     Example:
         >>> from hardneg.samplers import BNSConfig
@@ -41,13 +58,32 @@ class BNSProgressCallback(TrainerCallback):
         >>> callback = BNSProgressCallback(selector)  # Trainer(..., callbacks=[callback])
     """
 
-    def __init__(self, selector: BNSNegativeSelector) -> None:
+    def __init__(self, selector: BNSNegativeSelector, checkpoint: bool = True) -> None:
         if not isinstance(selector, BNSNegativeSelector):
             raise ValueError(
                 f"selector must be a BNSNegativeSelector (e.g. loss.selector), got "
                 f"{type(selector).__name__}; build the loss with bns=BNSConfig(...)"
             )
         self.selector = selector
+        self.checkpoint = checkpoint
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.selector.defer_policy_step = True
+        if self.checkpoint and state.global_step > 0:  # resumed from checkpoint-<global_step>
+            directory = os.path.join(
+                args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            )
+            path = os.path.join(directory, SELECTOR_STATE_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"resuming at step {state.global_step} but {path} does not exist: the BNS "
+                    "policy would silently restart. Resume from a checkpoint of this output_dir "
+                    "written with BNSProgressCallback (or copy its hardneg_bns.pt there)"
+                )
+            device = next(self.selector.parameters()).device
+            self.selector.load_state_dict(torch.load(path, map_location=device, weights_only=True))
 
     def on_step_begin(
         self,
@@ -62,3 +98,24 @@ class BNSProgressCallback(TrainerCallback):
         self.selector.set_progress(
             state.global_step / per_epoch, max(state.max_steps, 1) / per_epoch
         )
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.selector.step_policy()
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.checkpoint and args.should_save:
+            directory = os.path.join(
+                args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            )
+            os.makedirs(directory, exist_ok=True)
+            torch.save(self.selector.state_dict(), os.path.join(directory, SELECTOR_STATE_FILE))
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.selector.step_policy()  # nothing pending after a normal run
+        self.selector.defer_policy_step = False

@@ -12,8 +12,18 @@ the optimiser the Trainer builds for the model — the model stays a plain ``CLI
 (``save_pretrained``/``from_pretrained`` unchanged), the scheduler sees the group because it
 is created after the optimiser. The loss state is saved next to each checkpoint
 (``hardneg_loss.pt``) and restored by ``train(resume_from_checkpoint=...)``, so a resumed run
-continues with the learned temperature. The model's own ``logit_scale`` is not used (it gets
-no gradient; the Trainer's AdamW skips it).
+continues with the learned temperature; with a BNS selector the same file holds its policy,
+Adam state and noise generator, so a resumed run draws the same negatives as an uninterrupted
+one. The model's own ``logit_scale`` is not used (it gets no gradient; the Trainer's AdamW
+skips it).
+
+With a selector: negatives are selected per micro-batch and the policy steps once per
+optimiser step under gradient accumulation; ``evaluate()`` scores every negative
+(deterministic); a short last batch gets ``k`` clipped with a logged warning (see
+:class:`~hardneg.integrations.callbacks.BNSProgressCallback` and
+:class:`~hardneg.integrations.selected_loss.SelectedNegativesLoss`). For retrieval metrics
+pass ``compute_metrics=RetrievalMetrics()``: ``compute_loss`` returns the embeddings as the
+outputs the Trainer gathers.
 """
 
 from __future__ import annotations
@@ -28,8 +38,11 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hardneg.integrations.bns_selector import BNSNegativeSelector
 from hardneg.integrations.callbacks import BNSProgressCallback
+from hardneg.integrations.retrieval import RetrievalMetrics
 from hardneg.integrations.selected_loss import SelectedNegativesLoss
 from hardneg.losses.base import ContrastiveLoss
+
+__all__ = ["LOSS_STATE_FILE", "HardnegCLIPTrainer", "RetrievalMetrics"]
 
 #: File holding the loss (and selector) state in an output or checkpoint directory.
 LOSS_STATE_FILE = "hardneg_loss.pt"
@@ -42,14 +55,15 @@ class HardnegCLIPTrainer(Trainer):
     Per step: ``out = model(pixel_values, input_ids, attention_mask, return_loss=False)``,
     ``loss = L(out.image_embeds, out.text_embeds, positive_ids=inputs.get("labels"))`` with
     ``L`` the hardneg loss, scored on every in-batch negative or, with ``selector``, on the
-    ``k`` negatives BACL's boundary-aware sampler picks per anchor (METHODS.md, BACL step 6).
+    ``k`` negatives BACL's boundary-aware sampler picks per anchor (arXiv:2511.08399 §3).
 
     Args:
         *args: as ``transformers.Trainer`` (``model``, ``args``, ``train_dataset``, ...).
         loss: the :class:`~hardneg.losses.ContrastiveLoss` (e.g. ``EGALoss()``); its trainable
             parameters are optimised with the model (see module docstring).
         selector: optional :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector`;
-            its progress is kept up to date by a :class:`BNSProgressCallback` added here.
+            a :class:`BNSProgressCallback` added here keeps its progress up to date and steps
+            its policy once per optimiser step; its state is saved in ``hardneg_loss.pt``.
         **kwargs: as ``transformers.Trainer``.
 
     Dataset columns: ``pixel_values``, ``input_ids`` (optionally ``attention_mask``) and,
@@ -91,7 +105,7 @@ class HardnegCLIPTrainer(Trainer):
         self.can_return_loss = True
         self.criterion = SelectedNegativesLoss(loss, selector).to(self.args.device)
         if selector is not None:
-            self.add_callback(BNSProgressCallback(selector))
+            self.add_callback(BNSProgressCallback(selector, checkpoint=False))
 
     def compute_loss(
         self,
@@ -101,7 +115,11 @@ class HardnegCLIPTrainer(Trainer):
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, Any]:
         """Hardneg loss of the model's normalised embeddings (``num_items_in_batch`` unused:
-        a contrastive loss averages over anchors of the batch)."""
+        a contrastive loss averages over anchors of the batch).
+
+        With ``return_outputs`` (evaluation) the outputs are ``{"image_embeds", "text_embeds"}``
+        only, which the Trainer gathers over the eval set for ``compute_metrics``.
+        """
         for key in ("pixel_values", "input_ids"):
             if key not in inputs:
                 raise KeyError(
@@ -117,7 +135,9 @@ class HardnegCLIPTrainer(Trainer):
         value = self.criterion(
             outputs.image_embeds, outputs.text_embeds, positive_ids=inputs.get("labels")
         )
-        return (value, outputs) if return_outputs else value
+        if return_outputs:
+            return value, {"image_embeds": outputs.image_embeds, "text_embeds": outputs.text_embeds}
+        return value
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimiser for the model, plus one group with the loss's parameters.

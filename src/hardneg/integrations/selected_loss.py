@@ -9,6 +9,7 @@ negatives a :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector` pick
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from hardneg.integrations.bns_selector import BNSNegativeSelector, NegativeSelection
@@ -19,7 +20,13 @@ class SelectedNegativesLoss(nn.Module):
     r"""``loss`` on {positives ∪ selected negatives}, or on the whole batch without a selector.
 
     With a selection, each anchor's denominator keeps its positives and its ``k`` picked
-    negatives (BACL, METHODS.md step 6); the rest get logit ``−∞``.
+    negatives (BACL, arXiv:2511.08399 §3); the rest get logit ``−∞``.
+
+    The ``selector`` is used only in training (module in training mode and gradients
+    enabled). Evaluation — the hosts' ``evaluate()`` runs under ``torch.no_grad()`` — scores
+    every negative: the selection is a training curriculum with Gumbel noise, so an evaluation
+    on it would be random; on all negatives it is deterministic and comparable with runs
+    without BNS. A ``negatives=`` selection given explicitly is always applied.
 
     Args:
         loss: any :class:`~hardneg.losses.ContrastiveLoss` (its temperature, normalisation
@@ -52,16 +59,30 @@ class SelectedNegativesLoss(nn.Module):
         positive_ids: Tensor | None = None,
         extra_text_emb: Tensor | None = None,
         negatives: NegativeSelection | None = None,
+        image_to_text_only: bool = False,
     ) -> Tensor:
         """Scalar loss; arguments as :meth:`hardneg.losses.ContrastiveLoss.forward`.
 
         Args:
             negatives: a selection made beforehand on the same features (takes precedence
                 over ``selector``).
+            image_to_text_only: score the image (anchor) → text direction only,
+                ``L = (1/B) Σ_i ℓ_i2t``: every text anchor keeps only its positives, so its row
+                loss and gradient are exactly 0, and the symmetric mean ``½(i2t + t2i)`` is
+                doubled. Valid for the softmax-row losses (InfoNCE, EGA, HCL, DCL, decoupled),
+                whose row without negatives is 0.
         """
         pairs = self.loss.prepare(image_emb, text_emb, positive_ids, extra_text_emb)
-        if negatives is None and self.selector is not None:
+        if negatives is None and self.selector is not None and self.in_training():
             negatives = self.selector.select(pairs)
         if negatives is not None:
             pairs = negatives.restrict(pairs)
-        return self.loss.loss(pairs)
+        if not image_to_text_only:
+            return self.loss.loss(pairs)
+        none = torch.zeros(pairs.text.shape[0], pairs.all_image.shape[0], dtype=torch.bool)
+        pairs = pairs.restrict(pairs.i2t_keep, none.to(pairs.text.device))
+        return 2.0 * self.loss.loss(pairs)
+
+    def in_training(self) -> bool:
+        """True when the selector is used: training mode with gradients enabled."""
+        return self.training and torch.is_grad_enabled()

@@ -14,257 +14,51 @@ temperature ``τ = 1/scale``:
 
 Mapping of the columns (hardneg calls anchors "images" and positives "captions"): column 0 =
 anchors, column 1 = positives, columns 2.. = hard negatives of each anchor, which become extra
-candidates of the anchors (hardneg's ``extra_text_emb``). hardneg's losses are symmetric: the
-anchor→candidates term (with the hard negatives) is averaged with a positive→anchors term, as
-``MultipleNegativesRankingLoss(directions=("query_to_doc", "doc_to_query"),
-partition_mode="per_direction")`` — for :class:`InfoNCERankingLoss` the two are equal.
+candidates of the anchors (hardneg's ``extra_text_emb``).
+
+Directions — these losses are **symmetric by default**, unlike ``MultipleNegativesRankingLoss``:
+with ``directions=("query_to_doc", "doc_to_query")`` (default) the anchor→candidates term (with
+the hard negatives) is averaged with a positive→anchors term, as ``MultipleNegativesRankingLoss(
+directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")``; with
+``directions=("query_to_doc",)`` only the anchor→candidates term is kept, as MNRL's default.
+For :class:`InfoNCERankingLoss` both equalities are tested.
+
+Each loss has ``compute_loss_from_embeddings(embeddings, labels)`` (as MNRL), so wrappers that
+compute the embeddings themselves (e.g. ``MatryoshkaLoss``) can nest it. With
+``bns=BNSConfig(...)`` add ``BNSProgressCallback(loss.selector)`` to the trainer: it drives the
+curriculum, steps the policy once per optimiser step and stores the selector in the checkpoints;
+evaluation scores every negative (deterministic), and a short last batch gets ``k`` clipped
+with a logged warning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict
 from typing import Any
 
-import torch
 from sentence_transformers import SentenceTransformer
-from torch import Tensor, nn
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
-from hardneg.integrations.selected_loss import SelectedNegativesLoss
-from hardneg.losses import (
-    ContrastiveLoss,
-    DCLLoss,
-    DecoupledInfoNCELoss,
-    EGALoss,
-    HCLLoss,
-    InfoNCELoss,
-    SigLIPLoss,
-    SoftInfoNCELoss,
+from hardneg.integrations.ranking_loss import (
+    QUERY_TO_DOC,
+    SYMMETRIC,
+    SYMMETRIC_ONLY,
+    HardnegRankingLoss,
+    fixed_temperature,
 )
+from hardneg.losses import DCLLoss, EGALoss, HCLLoss, InfoNCELoss, SoftInfoNCELoss
 from hardneg.samplers.bns import BNSConfig
 
-#: BibTeX of each loss family (looked up along the loss class's MRO) and of BACL's BNS.
-CITATIONS: dict[type, str] = {
-    InfoNCELoss: """
-@misc{oord2018representation,
-    title={Representation Learning with Contrastive Predictive Coding},
-    author={Aaron van den Oord and Yazhe Li and Oriol Vinyals},
-    year={2018},
-    eprint={1807.03748},
-    archivePrefix={arXiv},
-}
-""",
-    EGALoss: """
-@misc{ega2025,
-    title={Improve Multi-Modal Embedding Learning via Explicit Hard Negative Gradient Amplifying},
-    year={2025},
-    eprint={2506.02020},
-    archivePrefix={arXiv},
-}
-""",
-    HCLLoss: """
-@inproceedings{robinson2021contrastive,
-    title={Contrastive Learning with Hard Negative Samples},
-    author={Joshua Robinson and Ching-Yao Chuang and Suvrit Sra and Stefanie Jegelka},
-    booktitle={International Conference on Learning Representations},
-    year={2021},
-}
-""",
-    DCLLoss: """
-@inproceedings{chuang2020debiased,
-    title={Debiased Contrastive Learning},
-    author={Ching-Yao Chuang and Joshua Robinson and Lin Yen-Chen and Antonio Torralba and
-            Stefanie Jegelka},
-    booktitle={Advances in Neural Information Processing Systems},
-    year={2020},
-}
-""",
-    DecoupledInfoNCELoss: """
-@inproceedings{yeh2022decoupled,
-    title={Decoupled Contrastive Learning},
-    author={Chun-Hsiao Yeh and Cheng-Yao Hong and Yen-Chi Hsu and Tyng-Luh Liu and Yubei Chen
-            and Yann LeCun},
-    booktitle={European Conference on Computer Vision},
-    year={2022},
-}
-""",
-    SoftInfoNCELoss: """
-@inproceedings{li2023rethinking,
-    title={Rethinking Negative Pairs in Code Search},
-    author={Haochen Li and Xin Zhou and Luu Anh Tuan and Chunyan Miao},
-    booktitle={Proceedings of the 2023 Conference on Empirical Methods in Natural Language
-               Processing},
-    year={2023},
-}
-""",
-    SigLIPLoss: """
-@inproceedings{zhai2023sigmoid,
-    title={Sigmoid Loss for Language Image Pre-Training},
-    author={Xiaohua Zhai and Basil Mustafa and Alexander Kolesnikov and Lucas Beyer},
-    booktitle={International Conference on Computer Vision},
-    year={2023},
-}
-""",
-    BNSNegativeSelector: """
-@inproceedings{bacl2025,
-    title={Aligning by Misaligning: Boundary-aware Curriculum Learning for Multimodal Alignment},
-    booktitle={Advances in Neural Information Processing Systems},
-    year={2025},
-    eprint={2511.08399},
-    archivePrefix={arXiv},
-}
-""",
-}
-
-
-def fixed_temperature(scale: float) -> dict[str, Any]:
-    """Keyword arguments of a hardneg loss with the fixed temperature ``τ = 1/scale``."""
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0 (it is 1/temperature; 20 means τ = 0.05), got {scale}")
-    return {
-        "temperature": 1.0 / scale,
-        "learn_temperature": False,
-        "max_logit_scale": max(100.0, float(scale)),
-    }
-
-
-class HardnegRankingLoss(nn.Module):
-    r"""Any hardneg contrastive loss as a sentence-transformers loss.
-
-    For a batch of ``B`` rows with anchor embeddings ``a_i``, positives ``p_i`` and optional
-    hard negatives ``n_i^{(1..K)}``, the hardneg loss is called as
-    ``loss(a, p, extra_text_emb=n)``: each anchor is scored against every positive of the batch
-    and every hard negative of the batch (its own and the other rows'), each positive against
-    every anchor, and the two directions are averaged. With ``bns`` only the positives and
-    ``k`` negatives picked by BACL's boundary-aware sampler enter each denominator.
-
-    Args:
-        model: the ``SentenceTransformer`` to train.
-        loss: a :class:`~hardneg.losses.ContrastiveLoss`; its temperature is used as is (a
-            learnable one is trained by ``SentenceTransformerTrainer`` with the model).
-        bns: optional :class:`~hardneg.samplers.BNSConfig`: select ``bns.k`` negatives per
-            anchor (``k ≤ batch_size − 1``). Add
-            ``BNSProgressCallback(loss.selector)`` to the trainer's callbacks so that the
-            curriculum follows the training progress.
-        labels_as_ids: treat the dataset's ``label`` column as integer semantic ids: rows
-            sharing a label are positives of each other, never negatives (duplicates).
-
-    References:
-        - see :attr:`citation` (the wrapped loss; BACL when ``bns`` is set).
-
-    Requirements:
-        1. (anchor, positive) pairs or (anchor, positive, negative_1, ..., negative_n) tuples.
-
-    Inputs:
-        +-------------------------------------------------+-------------------------------+
-        | Inputs                                          | Labels                        |
-        +=================================================+===============================+
-        | (anchor, positive) pairs                        | none (or int ids)             |
-        +-------------------------------------------------+-------------------------------+
-        | (anchor, positive, negative) triplets           | none (or int ids)             |
-        +-------------------------------------------------+-------------------------------+
-        | (anchor, positive, negative_1, ..., negative_n) | none (or int ids)             |
-        +-------------------------------------------------+-------------------------------+
-
-    Recommendations:
-        - Use ``BatchSamplers.NO_DUPLICATES`` (or ``labels_as_ids``) so that no in-batch
-          negative is a duplicate of the positive.
-
-    Relations:
-        - :class:`InfoNCERankingLoss` equals ``MultipleNegativesRankingLoss`` with
-          ``directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"``.
-        - Under ``torch.distributed`` the embeddings of all ranks are gathered (with gradient)
-          as candidates, like ``gather_across_devices=True``.
-
-    Example:
-        ::
-
-            from hardneg.losses import DecoupledInfoNCELoss
-            from hardneg.integrations.sentence_transformers import HardnegRankingLoss
-
-            loss = HardnegRankingLoss(
-                model, DecoupledInfoNCELoss(temperature=0.05, learn_temperature=False)
-            )
-    """
-
-    def __init__(
-        self,
-        model: SentenceTransformer,
-        loss: ContrastiveLoss,
-        bns: BNSConfig | None = None,
-        labels_as_ids: bool = False,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        selector = BNSNegativeSelector(bns) if bns is not None else None
-        self.criterion = SelectedNegativesLoss(loss, selector)
-        self.bns = bns
-        self.labels_as_ids = labels_as_ids
-
-    @property
-    def selector(self) -> BNSNegativeSelector | None:
-        """The BNS selector (None without ``bns``); give it to ``BNSProgressCallback``."""
-        return self.criterion.selector
-
-    @property
-    def scale(self) -> float:
-        """Current ``1/τ`` of the wrapped loss."""
-        return float(self.criterion.loss.scale())
-
-    @property
-    def temperature(self) -> float:
-        """Current temperature ``τ``."""
-        return 1.0 / self.scale
-
-    def forward(
-        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None
-    ) -> Tensor:
-        """Loss of one batch of (anchor, positive[, negatives...]) columns.
-
-        Args:
-            sentence_features: one tokenised feature dict per column.
-            labels: the dataset's label column (used only with ``labels_as_ids``).
-        """
-        embeddings = [self.model(features)["sentence_embedding"] for features in sentence_features]
-        if len(embeddings) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs (anchor, positive[, negative...]) columns, got "
-                f"{len(embeddings)} column(s); add a positive column to the dataset"
-            )
-        anchors, positives, negatives = embeddings[0], embeddings[1], embeddings[2:]
-        extra = torch.stack(negatives, dim=1) if negatives else None  # (B, K, d)
-        ids = None
-        if self.labels_as_ids:
-            if labels is None:
-                raise ValueError(
-                    "labels_as_ids=True but the batch has no labels; add an integer 'label' "
-                    "column (semantic ids) to the dataset"
-                )
-            ids = labels
-        return self.criterion(anchors, positives, positive_ids=ids, extra_text_emb=extra)
-
-    def loss_config(self) -> dict[str, Any]:
-        """Hyper-parameters of the wrapped loss for :meth:`get_config_dict`."""
-        return {"loss": type(self.criterion.loss).__name__}
-
-    def get_config_dict(self) -> dict[str, Any]:
-        """Configuration shown in the model card (as sentence-transformers losses)."""
-        return {
-            "scale": self.scale,
-            **self.loss_config(),
-            "bns": None if self.bns is None else asdict(self.bns),
-            "labels_as_ids": self.labels_as_ids,
-        }
-
-    @property
-    def citation(self) -> str:
-        """BibTeX of the wrapped loss (and of BACL when negatives are selected by BNS)."""
-        mro = type(self.criterion.loss).__mro__
-        parts = [next((CITATIONS[cls] for cls in mro if cls in CITATIONS), "")]
-        if self.selector is not None:
-            parts.append(CITATIONS[BNSNegativeSelector])
-        return "".join(parts)
+__all__ = [
+    "QUERY_TO_DOC",
+    "SYMMETRIC",
+    "SYMMETRIC_ONLY",
+    "DCLRankingLoss",
+    "EGARankingLoss",
+    "HCLRankingLoss",
+    "HardnegRankingLoss",
+    "InfoNCERankingLoss",
+    "SoftInfoNCERankingLoss",
+    "fixed_temperature",
+]
 
 
 class InfoNCERankingLoss(HardnegRankingLoss):
@@ -278,7 +72,7 @@ class InfoNCERankingLoss(HardnegRankingLoss):
     Args:
         model: the ``SentenceTransformer`` to train.
         scale: ``1/τ`` (20 means τ = 0.05), fixed.
-        bns, labels_as_ids: see :class:`HardnegRankingLoss`.
+        bns, labels_as_ids, directions: see :class:`HardnegRankingLoss`.
 
     Inputs: as :class:`HardnegRankingLoss`.
 
@@ -300,23 +94,32 @@ class InfoNCERankingLoss(HardnegRankingLoss):
         scale: float = 20.0,
         bns: BNSConfig | None = None,
         labels_as_ids: bool = False,
+        directions: tuple[str, ...] = SYMMETRIC,
     ) -> None:
-        super().__init__(model, InfoNCELoss(**fixed_temperature(scale)), bns, labels_as_ids)
+        loss = InfoNCELoss(**fixed_temperature(scale))
+        super().__init__(model, loss, bns, labels_as_ids, directions)
 
 
 class EGARankingLoss(HardnegRankingLoss):
     r"""InfoNCE value, hard-negative gradients amplified by ``1 + α·h`` (hardneg ``EGALoss``).
 
-    EGA (arXiv:2506.02020, §3): for a negative ``n`` of anchor ``i`` the InfoNCE gradient
-    ``∂ℓ/∂z_in = P_in`` becomes ``P_in (1 + α h_in)`` with the detached hardness
-    ``h_in = min(1, exp((s_in − s⁺_i)/τ_h))``; the loss value is unchanged.
+    EGA (arXiv:2506.02020, §3): the softmax probability ``P_in`` of a negative ``n`` of anchor
+    ``i`` is reweighted by ``1 + α h_in``, with the detached hardness
+    ``h_in = min(1, exp((s_in − s⁺_i)/τ_h))``; the loss value stays InfoNCE's. Renormalised
+    form: ``∂ℓ/∂z_i = P̄_i − y_i`` with ``P̄_in ∝ (1 + α h_in) e^{z_in}`` normalised over the row
+    (positives weight 1), the gradient of
+    ``−log(e^{z⁺} / (e^{z⁺} + Σ_n sg(1 + α h_n) e^{z_n}))``; literal form: ``∂ℓ/∂z_in =
+    P_in (1 + α h_in)``, whose rows do not sum to 0 (documented as unstable from scratch).
 
     Args:
         model: the ``SentenceTransformer`` to train.
         scale: ``1/τ`` (fixed).
         alpha: amplification α ≥ 0 (0 is InfoNCE).
         hardness_temperature: τ_h; None uses τ = 1/scale.
-        bns, labels_as_ids: see :class:`HardnegRankingLoss`.
+        renormalize: EGA's form (see :class:`~hardneg.losses.EGALoss`): True renormalises the
+            amplified probabilities over each row (a prediction-minus-target gradient),
+            False is the literal form; None (default) takes ``EGALoss``'s default.
+        bns, labels_as_ids, directions: see :class:`HardnegRankingLoss`.
 
     Inputs: as :class:`HardnegRankingLoss`.
 
@@ -337,15 +140,22 @@ class EGARankingLoss(HardnegRankingLoss):
         scale: float = 20.0,
         alpha: float = 1.0,
         hardness_temperature: float | None = None,
+        renormalize: bool | None = None,
         bns: BNSConfig | None = None,
         labels_as_ids: bool = False,
+        directions: tuple[str, ...] = SYMMETRIC,
     ) -> None:
-        loss = EGALoss(alpha, hardness_temperature, **fixed_temperature(scale))
-        super().__init__(model, loss, bns, labels_as_ids)
+        options = {} if renormalize is None else {"renormalize": renormalize}
+        loss = EGALoss(alpha, hardness_temperature, **options, **fixed_temperature(scale))
+        super().__init__(model, loss, bns, labels_as_ids, directions)
 
     def loss_config(self) -> dict[str, Any]:
         loss = self.criterion.loss
-        return {"alpha": loss.alpha, "hardness_temperature": loss.hardness_temperature}
+        return {
+            "alpha": loss.alpha,
+            "hardness_temperature": loss.hardness_temperature,
+            "renormalize": loss.renormalize,
+        }
 
 
 class HCLRankingLoss(HardnegRankingLoss):
@@ -359,7 +169,7 @@ class HCLRankingLoss(HardnegRankingLoss):
         scale: ``1/τ`` (fixed; the references use τ = 0.5 for SimCLR).
         beta: concentration β of the hard-negative weighting (0 is :class:`DCLRankingLoss`).
         tau_plus: class prior τ⁺ ∈ [0, 1) of false negatives.
-        bns, labels_as_ids: see :class:`HardnegRankingLoss`.
+        bns, labels_as_ids, directions: see :class:`HardnegRankingLoss`.
 
     Inputs: as :class:`HardnegRankingLoss`.
 
@@ -377,9 +187,10 @@ class HCLRankingLoss(HardnegRankingLoss):
         tau_plus: float = 0.1,
         bns: BNSConfig | None = None,
         labels_as_ids: bool = False,
+        directions: tuple[str, ...] = SYMMETRIC,
     ) -> None:
         loss = HCLLoss(beta, tau_plus, **fixed_temperature(scale))
-        super().__init__(model, loss, bns, labels_as_ids)
+        super().__init__(model, loss, bns, labels_as_ids, directions)
 
     def loss_config(self) -> dict[str, Any]:
         return {"beta": self.criterion.loss.beta, "tau_plus": self.criterion.loss.tau_plus}
@@ -395,7 +206,7 @@ class DCLRankingLoss(HardnegRankingLoss):
         model: the ``SentenceTransformer`` to train.
         scale: ``1/τ`` (fixed).
         tau_plus: class prior τ⁺ ∈ [0, 1) of false negatives.
-        bns, labels_as_ids: see :class:`HardnegRankingLoss`.
+        bns, labels_as_ids, directions: see :class:`HardnegRankingLoss`.
 
     Inputs: as :class:`HardnegRankingLoss`.
 
@@ -412,8 +223,10 @@ class DCLRankingLoss(HardnegRankingLoss):
         tau_plus: float = 0.1,
         bns: BNSConfig | None = None,
         labels_as_ids: bool = False,
+        directions: tuple[str, ...] = SYMMETRIC,
     ) -> None:
-        super().__init__(model, DCLLoss(tau_plus, **fixed_temperature(scale)), bns, labels_as_ids)
+        loss = DCLLoss(tau_plus, **fixed_temperature(scale))
+        super().__init__(model, loss, bns, labels_as_ids, directions)
 
     def loss_config(self) -> dict[str, Any]:
         return {"tau_plus": self.criterion.loss.tau_plus}
@@ -429,7 +242,7 @@ class SoftInfoNCERankingLoss(HardnegRankingLoss):
         model: the ``SentenceTransformer`` to train.
         scale: ``1/τ`` (fixed).
         weight_temperature: τ_w of the weights (larger is closer to InfoNCE).
-        bns, labels_as_ids: see :class:`HardnegRankingLoss`.
+        bns, labels_as_ids: see :class:`HardnegRankingLoss` (symmetric only).
 
     Inputs: as :class:`HardnegRankingLoss`.
 

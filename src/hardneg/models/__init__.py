@@ -7,8 +7,8 @@
 - :class:`ProjectionHead`, :class:`DualEncoder`
 - :class:`CrossModalTransformer` (ITM + MLM heads, exact cross-attention maps)
 - adapters: :class:`HFCLIPAdapter` (``hardneg.models.hf_clip``, transformers CLIPModel) and
-  :class:`OpenCLIPAdapter` (``hardneg.models.open_clip``, imported from their modules so that
-  open_clip stays optional)
+  :class:`OpenCLIPAdapter` (``hardneg.models.open_clip``; it imports open_clip only when a
+  model is built, so open_clip stays optional)
 """
 
 from hardneg.models.crossmodal import (
@@ -27,6 +27,7 @@ from hardneg.models.image import (
     TinyViT,
     build_image_tower,
 )
+from hardneg.models.open_clip import OpenCLIPAdapter
 from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.models.text import HFTextTower, MiniLMTextTower, TextTower
 
@@ -42,6 +43,7 @@ __all__ = [
     "ImageOutput",
     "ImageTowerConfig",
     "MiniLMTextTower",
+    "OpenCLIPAdapter",
     "PatchTokenEncoder",
     "ProjectionHead",
     "TextOutput",
