@@ -17,7 +17,7 @@ def record_selections(monkeypatch) -> list[dict]:
     record: list[dict] = []
     select = BNSNegativeSelector.select
 
-    def recording(self, pairs):
+    def recording(self, pairs, logit_scale=None):
         sampler = self.sampler
         record.append(
             {
@@ -27,7 +27,7 @@ def record_selections(monkeypatch) -> list[dict]:
                 "progress": self.progress,
             }
         )
-        record[-1]["selection"] = select(self, pairs)
+        record[-1]["selection"] = select(self, pairs, logit_scale)
         return record[-1]["selection"]
 
     monkeypatch.setattr(BNSNegativeSelector, "select", recording)

@@ -167,7 +167,9 @@ def test_bns_ranking_loss_scores_only_the_selected_negatives():
     loss_fn.selector.set_progress(0.5, 2.0)
     picked = []
     select = loss_fn.selector.select
-    loss_fn.selector.select = lambda pairs: picked.append(select(pairs)) or picked[-1]
+    loss_fn.selector.select = lambda pairs, scale=None: (
+        picked.append(select(pairs, scale)) or picked[-1]
+    )
     value = loss_fn(_features(columns), None)
     (selection,) = picked
     a, p, n = (F.normalize(c.detach(), dim=-1) for c in columns)

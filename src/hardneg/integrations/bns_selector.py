@@ -105,7 +105,8 @@ class BNSNegativeSelector(nn.Module):
 
     For image anchor ``i`` and caption ``j`` (and symmetrically for caption anchors), with
     detached cosines ``s``: boundary score ``BS_ij = s_ij − s_ii`` (``s_ii`` the anchor's own
-    pair), selection logit ``ℓ_ij = π(s_ij, s_ii, BS_ij, rank_ij) − α(η)·BS_ij`` and a
+    pair), selection logit ``ℓ_ij = α(η)·g(s_ij, s_ii, BS_ij, rank_ij, α) − α(η)·BS_ij/τ`` (τ the
+    loss's temperature, passed as ``logit_scale = 1/τ``) and a
     Gumbel top-k pick (BACL §3; see :class:`~hardneg.samplers.BoundaryAwareSampler`). The
     policy losses of the two directions are summed and, in training mode with gradients enabled,
     back-propagated and stepped immediately (see module docstring).
@@ -175,6 +176,7 @@ class BNSNegativeSelector(nn.Module):
         extra_text_features: Tensor | None = None,
         progress: float | None = None,
         total: float | None = None,
+        logit_scale: float | Tensor | None = None,
     ) -> NegativeSelection:
         """Select negatives from raw features (e.g. open_clip's image and text features).
 
@@ -186,6 +188,8 @@ class BNSNegativeSelector(nn.Module):
                 candidates of the image anchors.
             progress, total: training progress η and length of the run in epochs; given
                 together, they update :meth:`set_progress` first.
+            logit_scale: the loss's ``1/τ``, which puts the boundary score on the logit scale
+                in the selection logit (default: ``BNSConfig.logit_scale``).
 
         Returns:
             :class:`NegativeSelection`; pass it as ``negatives=`` to
@@ -199,10 +203,13 @@ class BNSNegativeSelector(nn.Module):
             # the loss base class validates, normalises and gathers exactly as the losses do
             layout = ContrastiveLoss(learn_temperature=False)
             pairs = layout.prepare(image_features, text_features, positive_ids, extra_text_features)
-        return self.select(pairs)
+        return self.select(pairs, logit_scale)
 
-    def select(self, pairs: ContrastivePairs) -> NegativeSelection:
-        """Select negatives for prepared pairs (from ``ContrastiveLoss.prepare``)."""
+    def select(
+        self, pairs: ContrastivePairs, logit_scale: float | Tensor | None = None
+    ) -> NegativeSelection:
+        """Select negatives for prepared pairs (from ``ContrastiveLoss.prepare``); see
+        :meth:`forward` for ``logit_scale``."""
         rows = pairs.image.shape[0]
         own = torch.arange(rows, device=pairs.image.device) + pairs.offset
         with torch.no_grad():
@@ -210,8 +217,10 @@ class BNSNegativeSelector(nn.Module):
             sim_t2i = pairs.text @ pairs.all_image.T
         pos_i2t = pairs.image_to_text_positives().as_mask(sim_i2t.shape[1])
         pos_t2i = pairs.text_to_image_positives().as_mask(sim_t2i.shape[1])
-        i2t = self._pick(sim_i2t, pos_i2t, own)
-        t2i = self._pick(sim_t2i, pos_t2i, own)
+        if isinstance(logit_scale, Tensor):
+            logit_scale = logit_scale.detach()
+        i2t = self._pick(sim_i2t, pos_i2t, own, logit_scale)
+        t2i = self._pick(sim_t2i, pos_t2i, own, logit_scale)
         # summed over the two directions, as hardneg.train.Trainer does (same policy dynamics)
         policy_loss = i2t.policy_loss + t2i.policy_loss
         if self.train_policy and self.training and torch.is_grad_enabled():
@@ -243,12 +252,14 @@ class BNSNegativeSelector(nn.Module):
         self._pending = 0
         self.sampler.step_policy()
 
-    def _pick(self, sim: Tensor, positive_mask: Tensor, own: Tensor) -> Selection:
+    def _pick(
+        self, sim: Tensor, positive_mask: Tensor, own: Tensor, logit_scale: float | Tensor | None
+    ) -> Selection:
         pos_sim = sim.gather(1, own[:, None]).squeeze(1)
         k = self.config.k
         fewest = int((~positive_mask).sum(dim=1).min())
         if fewest >= k:
-            return self.sampler(sim, positive_mask, pos_sim, self.progress, self.total)
+            return self.sampler(sim, positive_mask, pos_sim, self.progress, self.total, logit_scale)
         if fewest == 0:
             raise ValueError(
                 "a batch has an anchor with no allowed negative (a batch of one row, or every "
@@ -267,7 +278,7 @@ class BNSNegativeSelector(nn.Module):
         config = self.sampler.config
         self.sampler.config = replace(config, k=fewest)
         try:
-            return self.sampler(sim, positive_mask, pos_sim, self.progress, self.total)
+            return self.sampler(sim, positive_mask, pos_sim, self.progress, self.total, logit_scale)
         finally:
             self.sampler.config = config
 

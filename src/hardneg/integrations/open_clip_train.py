@@ -120,7 +120,11 @@ class OpenClipTrainLoss(nn.Module):
         if self.selector is not None and torch.is_grad_enabled():
             if self.calls % self.accum_freq == 0:  # first call of an optimiser step
                 self.negatives = self.selector(
-                    image_features, text_features, progress=self.progress, total=self.epochs
+                    image_features,
+                    text_features,
+                    progress=self.progress,
+                    total=self.epochs,
+                    logit_scale=logit_scale,
                 )
             negatives = self.negatives
             self.calls += 1

@@ -74,7 +74,7 @@ class SelectedNegativesLoss(nn.Module):
         """
         pairs = self.loss.prepare(image_emb, text_emb, positive_ids, extra_text_emb)
         if negatives is None and self.selector is not None and self.in_training():
-            negatives = self.selector.select(pairs)
+            negatives = self.selector.select(pairs, self.loss.scale())
         if negatives is not None:
             pairs = negatives.restrict(pairs)
         if not image_to_text_only:
