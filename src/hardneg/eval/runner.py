@@ -56,7 +56,7 @@ def evaluate_split(
     image_emb, image_tokens = [], []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
-        emb, out = model.dual.encode_image(split.image_batch(idx, device))
+        emb, out = model.encode_scenes(split, idx, device)
         image_emb.append(F.normalize(emb.float(), dim=-1))
         image_tokens.append(out.tokens)
     u = torch.cat(image_emb)
@@ -111,8 +111,8 @@ def evaluate_split(
 def _text_embeddings(model, bank, rows: Tensor, device, batch_size: int) -> Tensor:
     out = []
     for start in range(0, len(rows), 4 * batch_size):
-        pooled = bank.pooled[rows[start : start + 4 * batch_size]].to(device)
-        out.append(F.normalize(model.dual.text_head(pooled).float(), dim=-1))
+        text = bank.take(rows[start : start + 4 * batch_size], device)
+        out.append(F.normalize(model.dual.embed_text(text).float(), dim=-1))
     return torch.cat(out)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hardneg.models.heads import ProjectionHead
+from hardneg.models.heads import AttentionPoolHead, ProjectionHead
 from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.models.text import TextTower, check_texts
 
@@ -20,6 +20,9 @@ class DualEncoderOutput:
     text_emb: Tensor
     image: ImageOutput
     text: TextOutput
+
+
+_HEADS = ("linear", "attention")
 
 
 def _pooled_dim(tower: nn.Module, argument: str) -> int:
@@ -47,6 +50,11 @@ class DualEncoder(nn.Module):
         embed_dim: joint embedding size ``E``; None uses the pooled vectors as they are
             (both towers must then share ``pooled_dim``, e.g. already-projected CLIP towers).
         head_hidden: hidden width for 2-layer MLP heads (None: linear heads).
+        head: ``"linear"`` (a :class:`ProjectionHead` of the pooled vector) or ``"attention"``
+            (an :class:`AttentionPoolHead` over each tower's tokens: can represent word order
+            and attribute binding, which a mean-pooled text vector cannot).
+        head_width, head_layers, max_tokens: width, transformer layers and the longest token
+            sequence of the attention heads.
 
     Example:
         >>> from hardneg.models import ConvPatchEncoder, ImageTowerConfig, MiniLMTextTower
@@ -64,13 +72,30 @@ class DualEncoder(nn.Module):
         text_tower: TextTower,
         embed_dim: int | None = 256,
         head_hidden: int | None = None,
+        head: str = "linear",
+        head_width: int = 128,
+        head_layers: int = 1,
+        max_tokens: int = 64,
     ) -> None:
         super().__init__()
+        if head not in _HEADS:
+            raise ValueError(f"head must be one of {_HEADS}, got {head!r}")
         image_dim = _pooled_dim(image_tower, "image_tower")
         text_dim = _pooled_dim(text_tower, "text_tower")
         self.image_tower = image_tower
         self.text_tower = text_tower
-        if embed_dim is None:
+        self.token_heads = head == "attention"
+        if self.token_heads:
+            if embed_dim is None:
+                raise ValueError("head='attention' needs an embed_dim (its output size)")
+            self.image_head = AttentionPoolHead(
+                image_tower.token_dim, embed_dim, head_width, head_layers, max_tokens=max_tokens
+            )
+            self.text_head = AttentionPoolHead(
+                text_tower.token_dim, embed_dim, head_width, head_layers, max_tokens=max_tokens
+            )
+            self.embed_dim = embed_dim
+        elif embed_dim is None:
             if image_dim != text_dim:
                 raise ValueError(
                     f"embed_dim=None needs equal pooled sizes, but image_tower gives {image_dim} "
@@ -90,10 +115,22 @@ class DualEncoder(nn.Module):
         first = next(self.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
 
+    def embed_image(self, out: ImageOutput) -> Tensor:
+        """The image head on a tower output (e.g. cached features of a frozen tower)."""
+        if self.token_heads:
+            return self.image_head(out.tokens)
+        return self.image_head(out.pooled)
+
+    def embed_text(self, out: TextOutput) -> Tensor:
+        """The text head on a tower output (e.g. cached states of a frozen tower)."""
+        if self.token_heads:
+            return self.text_head(out.tokens, out.mask)
+        return self.text_head(out.pooled)
+
     def encode_image(self, images: Tensor) -> tuple[Tensor, ImageOutput]:
         """Images ``(B, 3, H, W)`` in [0, 1] → (embeddings ``(B, E)``, :class:`ImageOutput`)."""
         out = self.image_tower(images)
-        return self.image_head(out.pooled), out
+        return self.embed_image(out), out
 
     def encode_text(self, texts: list[str] | TextOutput) -> tuple[Tensor, TextOutput]:
         """Captions (strings, or a cached :class:`TextOutput`) → (``(B, E)``, TextOutput)."""
@@ -101,7 +138,7 @@ class DualEncoder(nn.Module):
             out = texts.to(self.device)
         else:
             out = self.text_tower.encode_text(check_texts(texts))
-        return self.text_head(out.pooled), out
+        return self.embed_text(out), out
 
     def forward(self, images: Tensor, texts: list[str] | TextOutput) -> DualEncoderOutput:
         """Encode a batch of pairs in one call (the entry point under DDP)."""

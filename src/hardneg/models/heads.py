@@ -1,7 +1,10 @@
-"""Projection heads that map a tower's pooled vector into the shared embedding space."""
+"""Heads that map a tower's output into the shared embedding space: a projection of the pooled
+vector (:class:`ProjectionHead`) or trainable token layers with attention pooling
+(:class:`AttentionPoolHead`)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -53,3 +56,89 @@ class ProjectionHead(nn.Module):
                 "build it with in_dim equal to the tower's pooled_dim"
             )
         return self.net(x)
+
+
+class AttentionPoolHead(nn.Module):
+    r"""Trainable token layers, attention pooling, projection: ``(B, T, D)`` tokens → ``(B, E)``.
+
+    .. math::
+        h = \mathrm{Enc}_L(\mathrm{LN}(W_{in} x) + p),\qquad
+        a = \mathrm{softmax}_t\big(q^\top h_t / \sqrt{w}\big),\qquad
+        e = W_{out}\,\mathrm{LN}\Big(\sum_t a_t h_t\Big)
+
+    ``Enc_L`` is ``num_layers`` pre-LN transformer encoder layers (Vaswani et al. 2017) over the
+    real tokens (padding masked), ``p`` learned positions and ``q`` a learned query (attention
+    pooling as in CLIP's ResNet towers, Radford et al. 2021 §2.4). Unlike a linear head on a
+    mean-pooled vector, it can read word order and bind attributes to objects: "a red 3 left of a
+    blue 7" and "a red 7 left of a blue 3" hold the same words, and a bag of words cannot tell
+    them apart.
+
+    Args:
+        in_dim: token size of the tower.
+        out_dim: embedding size ``E``.
+        width: ``w``, the layers' width.
+        num_layers: transformer layers ``L`` (0: attention pooling of the projected tokens).
+        num_heads: attention heads (must divide ``width``).
+        max_tokens: longest sequence (size of the learned positions).
+        dropout: dropout inside the layers.
+
+    Example:
+        >>> import torch
+        >>> head = AttentionPoolHead(384, 256, width=64, max_tokens=16)
+        >>> mask = torch.ones(2, 10, dtype=torch.bool)
+        >>> head(torch.randn(2, 10, 384), mask).shape
+        torch.Size([2, 256])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        width: int = 128,
+        num_layers: int = 1,
+        num_heads: int = 4,
+        max_tokens: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("width", width)):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive size, got {value}")
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.input = nn.Sequential(nn.Linear(in_dim, width), nn.LayerNorm(width))
+        self.positions = nn.Parameter(torch.zeros(1, max_tokens, width))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                width, num_heads, 2 * width, dropout, activation="gelu", batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(num_layers)
+        )  # fmt: skip
+        self.query = nn.Parameter(torch.zeros(width))
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, out_dim)
+        nn.init.normal_(self.positions, std=0.02)
+        nn.init.normal_(self.query, std=0.02)
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Embed ``tokens (B, T, in_dim)``; ``mask (B, T)`` True for real tokens (None: all)."""
+        if tokens.dim() != 3 or tokens.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"AttentionPoolHead expects (B, T, {self.in_dim}) tokens, got "
+                f"{tuple(tokens.shape)}; build it with in_dim equal to the tower's token_dim"
+            )
+        if tokens.shape[1] > self.positions.shape[1]:
+            raise ValueError(
+                f"{tokens.shape[1]} tokens but max_tokens is {self.positions.shape[1]}; raise it"
+            )
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        h = self.input(tokens) + self.positions[:, : tokens.shape[1]]
+        padding = ~mask
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask=padding)
+        scores = (h @ self.query) / h.shape[-1] ** 0.5
+        weights = scores.masked_fill(padding, float("-inf")).softmax(dim=1)
+        return self.out(self.norm((weights.unsqueeze(-1) * h).sum(dim=1)))

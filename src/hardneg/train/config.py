@@ -48,11 +48,24 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Image tower (trained from scratch), projection size and cross-modal transformer."""
+    """Image tower (trained from scratch), heads, projection size and cross-modal transformer.
+
+    Attributes:
+        head: ``"linear"`` (projection of each tower's pooled vector) or ``"attention"``
+            (trainable transformer layers + attention pooling over the tokens: word order and
+            attribute binding become representable; see ``hardneg.models.AttentionPoolHead``).
+        head_width, head_layers: width and layers of the attention heads.
+        freeze_image_tower: keep the image tower fixed (after :class:`PretrainConfig`'s stage);
+            its features are then computed once per split and cached in memory.
+    """
 
     image_tower: str = "conv"  # "conv" (ConvPatchEncoder) or "vit" (TinyViT)
     image_width: int = 128
     embed_dim: int = 256
+    head: str = "linear"
+    head_width: int = 128
+    head_layers: int = 1
+    freeze_image_tower: bool = False
     crossmodal_dim: int = 128
     crossmodal_layers: int = 4
     crossmodal_heads: int = 4
@@ -144,6 +157,24 @@ class OptimConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """A shared InfoNCE stage of the dual encoder, run once per data build and cached, from
+    which every method fine-tunes (the setting of NegCLIP and BACL, which start from CLIP).
+
+    Attributes:
+        steps: optimizer steps (0: no stage; the method trains from scratch).
+        batch_size: batch of the stage.
+        lr: AdamW peak learning rate (linear warm-up over 5 % of the steps, cosine decay).
+        seed: seed of the stage (fixed across the methods' run seeds: one starting point).
+    """
+
+    steps: int = 0
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+
+
+@dataclass
 class TrainConfig:
     """One training run."""
 
@@ -159,6 +190,7 @@ class TrainConfig:
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     aux: AuxConfig = field(default_factory=AuxConfig)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from hardneg.data.digitscenes import PRESETS, SceneSplit, load_digitscenes
 from hardneg.data.scene_captions import COLOURS, N_SEMANTIC_IDS
+from hardneg.models.outputs import ImageOutput
 from hardneg.models.text import TextTower
 from hardneg.train.config import DataConfig
 from hardneg.train.textbank import TextBank, encode_bank
@@ -40,6 +41,8 @@ class SplitTensors:
     hard_negative_rows: Tensor
     scenes: SceneSplit
     partial_rows: Tensor | None = None
+    #: features of a frozen image tower (set by the trainer), used instead of the images
+    image_features: ImageOutput | None = None
 
     def __post_init__(self) -> None:
         if self.partial_rows is None:

@@ -39,7 +39,7 @@ from hardneg.losses.pairs import positives_from_ids
 from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer, last_layer_attention
 from hardneg.models.dual import DualEncoder
 from hardneg.models.image import ImageTowerConfig, build_image_tower
-from hardneg.models.outputs import TextOutput
+from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.models.text import MiniLMTextTower, TextTower
 from hardneg.samplers import (
     BNSConfig,
@@ -55,6 +55,7 @@ from hardneg.train.data import SplitTensors, load_run_data
 from hardneg.train.finite import non_finite_message
 from hardneg.train.methods import LOSSES, method_overrides
 from hardneg.train.overflow import GradNormOverflow
+from hardneg.train.pretrain import pretrain_dual_encoder, pretrain_key
 from hardneg.train.textbank import TextBank
 
 
@@ -65,6 +66,19 @@ class AlignmentModel(nn.Module):
         super().__init__()
         self.dual = dual
         self.crossmodal = crossmodal
+
+    def encode_scenes(
+        self, split: SplitTensors, index: Tensor, device: torch.device | str
+    ) -> tuple[Tensor, ImageOutput]:
+        """Image embeddings and tower outputs of scenes ``index`` of ``split``: from the cached
+        features of a frozen image tower when the split holds them, else from the images."""
+        feats = split.image_features
+        if feats is None:
+            return self.dual.encode_image(split.image_batch(index, device))
+        out = ImageOutput(
+            feats.tokens[index].to(device), feats.pooled[index].to(device), feats.grid
+        )
+        return self.dual.embed_image(out), out
 
     def crossmodal_text(self, text: TextOutput) -> TextOutput:
         """Captions as the cross-modal head reads them: the text tower's non-contextual token
@@ -187,6 +201,7 @@ class Trainer:
         )
         self.train_split = self.splits["train"]
         self.model = self._build_model().to(self.device)
+        self.pretrain_loss = self._pretrain()
         loss_cls = LOSSES[cfg.loss.name]
         self.loss_fn = loss_cls(**cfg.loss.kwargs).to(self.device)
         self.selector = None
@@ -255,8 +270,19 @@ class Trainer:
         m = self.cfg.model
         image_size = self.train_split.images.shape[-1]
         tower_cfg = ImageTowerConfig(arch=m.image_tower, image_size=image_size, width=m.image_width)
-        image_tower = build_image_tower(tower_cfg)
-        dual = DualEncoder(image_tower, self.tower, embed_dim=m.embed_dim)
+        with torch.random.fork_rng(devices=[]):
+            if self.cfg.pretrain.steps:  # one starting point for every run of the stage
+                torch.manual_seed(self.cfg.pretrain.seed)
+            dual = DualEncoder(
+                build_image_tower(tower_cfg),
+                self.tower,
+                embed_dim=m.embed_dim,
+                head=m.head,
+                head_width=m.head_width,
+                head_layers=m.head_layers,
+                max_tokens=max(64, self.cfg.data.max_text_len),
+            )
+        image_tower = dual.image_tower
         cross = CrossModalTransformer(
             CrossModalConfig(
                 text_dim=self.tower.input_embedding_dim,
@@ -271,6 +297,42 @@ class Trainer:
             )
         )
         return AlignmentModel(dual, cross)
+
+    def _pretrain(self) -> float | None:
+        """The shared InfoNCE stage (cached), then the frozen tower's features per split."""
+        cfg, dual = self.cfg, self.model.dual
+        loss = None
+        if cfg.pretrain.steps:
+            key = pretrain_key(cfg.data, cfg.model, cfg.pretrain, dual)
+            result = pretrain_dual_encoder(
+                dual,
+                self.train_split.images,
+                self.train_split.caption_rows,
+                self.bank,
+                cfg.pretrain,
+                cfg.data.cache_dir,
+                key,
+                progress=cfg.progress and self.rank == 0,
+            )
+            loss = result["loss"]
+        if cfg.model.freeze_image_tower:
+            dual.image_tower.requires_grad_(False).eval()
+            for split in self.splits.values():
+                split.image_features = self._tower_features(split)
+        return loss
+
+    @torch.no_grad()
+    def _tower_features(self, split: SplitTensors, batch: int = 256) -> ImageOutput:
+        tower = self.model.dual.image_tower
+        outs = [
+            tower(split.image_batch(torch.arange(s, min(len(split), s + batch)), self.device))
+            for s in range(0, len(split), batch)
+        ]
+        return ImageOutput(
+            torch.cat([o.tokens.float() for o in outs]).cpu(),
+            torch.cat([o.pooled.float() for o in outs]).cpu(),
+            outs[0].grid,
+        )
 
     def _build_sampler(self) -> HardnessBatchSampler:
         s = self.cfg.sampler
@@ -383,9 +445,8 @@ class Trainer:
 
     def _losses(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         cfg, model = self.cfg, self.model
-        images = self.train_split.image_batch(batch["local_idx"], self.device)
         text = self.bank.take(batch["rows"], self.device)
-        bad = non_finite_message({"images": images, "text_pooled": text.pooled})
+        bad = non_finite_message({"text_tokens": text.tokens, "text_pooled": text.pooled})
         if bad:  # a corrupt cache is not a learning-rate problem
             raise FloatingPointError(
                 f"step {self.step}: {bad} (scenes {batch['local_idx'].tolist()[:8]}…, text-bank "
@@ -393,12 +454,13 @@ class Trainer:
             )
         logs: dict[str, float] = {}
         with self._autocast():
-            img_emb, img_out = model.dual.encode_image(images)
+            img_emb, img_out = model.encode_scenes(
+                self.train_split, batch["local_idx"], self.device
+            )
             txt_emb, _ = model.dual.encode_text(text)
             extra = None
             if cfg.data.hard_negative_captions:
-                extra_text = self.bank.take(batch["hard_rows"], self.device)
-                extra = model.dual.text_head(extra_text.pooled)
+                extra = model.dual.embed_text(self.bank.take(batch["hard_rows"], self.device))
         pairs = self.loss_fn.prepare(img_emb, txt_emb, batch["ids"], extra)
         if self.sampler.config.mode != "random":
             # GRIT/FALCON's store gets the features this forward computed (detached, as
@@ -512,10 +574,11 @@ class Trainer:
         self.model.eval()
         value = torch.zeros((), device=self.device)
         for batch in micro_batches:
-            images = self.train_split.image_batch(batch["local_idx"], self.device)
             text = self.bank.take(batch["rows"], self.device)
             with self._autocast():
-                _, img_out = self.model.dual.encode_image(images)
+                _, img_out = self.model.encode_scenes(
+                    self.train_split, batch["local_idx"], self.device
+                )
                 value += self._mlm(text, img_out.tokens, batch).float() / len(micro_batches)
         if self.world > 1:
             dist.all_reduce(value)
@@ -620,10 +683,9 @@ class Trainer:
         """Store embeddings of items an epoch never trained on (``drop_last`` leftovers), with
         caption 0: the one extra no-grad forward, at most ``batch_size − 1`` items per epoch."""
         self.model.eval()
-        images = self.train_split.image_batch(idx, self.device)
         text = self.bank.take(self.train_split.caption_rows[idx, 0], self.device)
         with self._autocast():
-            u, _ = self.model.dual.encode_image(images)
+            u, _ = self.model.encode_scenes(self.train_split, idx, self.device)
             v, _ = self.model.dual.encode_text(text)
         self.sampler.update_embeddings(
             idx, F.normalize(u.float(), dim=-1).cpu(), F.normalize(v.float(), dim=-1).cpu()
