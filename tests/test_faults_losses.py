@@ -309,9 +309,11 @@ def _grad_norm(loss_fn, x, y, **kw) -> torch.Tensor:
     return g.norm()
 
 
-#: Soft-InfoNCE's weights are detached by definition, so its gradient is not the derivative of
-#: its value and finite differences of the gradient norm see the weights move: checked apart.
-DOUBLE_BACKWARD = [n for n in VARIANTS if n not in CHUNKED | AMPLIFIED | {"soft_infonce"}]
+#: Soft-InfoNCE's and mnrl_hardness's weights are detached by definition, so their gradient is
+#: not the derivative of their value and finite differences of the gradient norm see the
+#: weights move: checked apart (mnrl_hardness in test_loss_hardness.py).
+DETACHED_WEIGHTS = {"soft_infonce", "mnrl_hardness"}
+DOUBLE_BACKWARD = [n for n in VARIANTS if n not in CHUNKED | AMPLIFIED | DETACHED_WEIGHTS]
 
 
 @pytest.mark.parametrize("with_ids", [False, True])

@@ -38,6 +38,7 @@ ALL_METHODS = [
     *CORE_METHODS,
     "decoupled", "bacl_aggressive", "bacl_shallow", "cla_grad", "bacl_cla_grad", "fixed_q",
     "progressive", "falcon_batch",
+    "mnrl_hardness",
 ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ extra_text_emb=None) -> scalar``.
 - :class:`HCLLoss`, :class:`DCLLoss`, :class:`DecoupledInfoNCELoss`
 - :class:`SoftInfoNCELoss`
 - :class:`EGALoss` (explicit gradient amplifier for hard negatives)
+- :class:`HardnessWeightedInfoNCELoss` (LLaVE's detached similarity bonus on negative logits)
 
 All are DDP-aware (local anchors vs. features gathered with gradient from every rank). Bad
 arguments and inputs raise a one-line ``ValueError`` naming the argument. Double backward
@@ -17,6 +18,7 @@ from hardneg.losses.base import ContrastiveLoss, SymmetricRowLoss
 from hardneg.losses.cla import ContrastiveLocalAttentionLoss, contrastive_local_attention_loss
 from hardneg.losses.debiased import DCLLoss, DecoupledInfoNCELoss, HCLLoss
 from hardneg.losses.ega import EGALoss
+from hardneg.losses.hardness import HardnessWeightedInfoNCELoss
 from hardneg.losses.infonce import InfoNCELoss, NegCLIPLoss
 from hardneg.losses.siglip import SigLIPLoss
 from hardneg.losses.soft_infonce import SoftInfoNCELoss
@@ -31,6 +33,7 @@ LOSSES: dict[str, type[ContrastiveLoss]] = {
     "decoupled": DecoupledInfoNCELoss,
     "soft_infonce": SoftInfoNCELoss,
     "ega": EGALoss,
+    "mnrl_hardness": HardnessWeightedInfoNCELoss,
 }
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "DecoupledInfoNCELoss",
     "EGALoss",
     "HCLLoss",
+    "HardnessWeightedInfoNCELoss",
     "InfoNCELoss",
     "NegCLIPLoss",
     "SigLIPLoss",

@@ -31,6 +31,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "negclip": {"loss": {"name": "negclip"}, "data": {"hard_negative_captions": True}},
     "ega": {"loss": _EGA},
     "ega_unnormalized": {"loss": {"name": "ega", "kwargs": {"renormalize": False}}},
+    # LLaVE's hardness weighting (arXiv:2503.04812): α = 9, the value sentence-transformers'
+    # MultipleNegativesRankingLoss documents for LLaVE (its own default, 0, disables it)
+    "mnrl_hardness": {"loss": {"name": "mnrl_hardness", "kwargs": {"hardness_strength": 9.0}}},
     "bns": _BNS,
     "cla": _CLA,
     "bacl": _BACL,
