@@ -266,7 +266,7 @@ class MiniLMTextTower(HFTextTower):
     Token states are the last hidden layer (384-d for MiniLM); the pooled vector is the
     sentence-transformers mean pooling over real tokens,
     :math:`\bar h = \sum_t m_t h_t / \max(\sum_t m_t, 10^{-9})` (not L2-normalised; the
-    sentence-transformers model adds a Normalize module after it). BENCHMARK.md "Encoders".
+    sentence-transformers model adds a Normalize module after it).
 
     When frozen (default) every parameter has ``requires_grad=False``, ``forward`` runs under
     ``torch.no_grad`` and the module stays in eval mode (dropout off) even when a parent calls

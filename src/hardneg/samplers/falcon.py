@@ -2,9 +2,8 @@ r"""FALCON's negative-mining scheduler: a Beta policy over the hardness quantile
 
 Reference: "FALCON: False-Negative Aware Learning of Contrastive Negatives in Vision-Language
 Alignment" (CVPR 2026, arXiv:2505.11192), §3 "Learnable hardness scheduler", "Compact
-similarity input", "Permutation equivariance", and the REINFORCE objective; hardneg's
-METHODS.md, FALCON steps 2, 3, 5, 6. No code is public; the choices left open are documented
-on the classes below.
+similarity input", "Permutation equivariance", and the REINFORCE objective. No code is
+public; the choices left open are documented on the classes below and in ``docs/methods.md``.
 """
 
 from __future__ import annotations

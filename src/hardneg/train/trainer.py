@@ -1,8 +1,9 @@
 """One trainer for every method: batch sampler × negative selector × loss × auxiliary losses.
 
-A step, as ``ARCHITECTURE.md`` draws it: the batch sampler (random | GRIT | FALCON) yields a
-global batch of scenes; each rank encodes its shard (image tower trained from scratch, cached
-frozen MiniLM token states + a projection head); the loss gathers features from every rank
+A step: the batch sampler (random | GRIT | FALCON) yields a global batch of scenes; one draw
+of captions, hard negatives and MLM targets serves the whole step; each rank encodes its shard
+(an image tower, trained or frozen after the shared pre-training stage, and cached frozen
+MiniLM token states, each with a head); the loss gathers features from every rank
 with gradient; the optional BNS selector picks negatives (on the global similarity matrix, so
 every rank makes the same choice as a single process would); the cross-modal transformer adds
 ITM, MLM and BACL's CLA losses; then one optimizer step, the BNS policy step and, for FALCON,
