@@ -1,6 +1,6 @@
 """DigitScenes: a compositional image–caption benchmark built from real handwritten digit scans.
 
-BENCHMARK.md, "Scenes" and "Captions". Each scene holds 2–3 tinted digit scans in a row or
+See the README's DigitScenes paragraph. Each scene holds 2–3 tinted digit scans in a row or
 a column; annotations give digits, colours, boxes, the relation and a semantics id (equal iff
 the canonical description is equal, so equal-id scenes are each other's false negatives), 5
 paraphrased captions, one partial caption per object ("a red 3", true of every scene holding
