@@ -154,7 +154,7 @@ def test_same_seed_is_identical_and_another_seed_differs():
     for field in ("images", "semantic_ids", "digits", "colours", "boxes", "scan_indices"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert a.captions == b.captions and a.hard_negatives == b.hard_negatives
-    assert a.relations == b.relations
+    assert a.relations == b.relations and a.partial_captions == b.partial_captions
     assert not np.array_equal(a.images, c.images)
     assert a.captions != c.captions
 
@@ -231,6 +231,22 @@ def _expected_kinds(relation, objs, novel):
     if objs[0] != objs[-1]:
         kinds.add("flip_relation")
     return kinds
+
+
+def test_partial_captions_name_exactly_one_object_each_in_reading_order(data):
+    partial = re.compile(
+        f"(?:a|there is a|the scene shows a|somewhere there is a) {_OBJ}(?: is in the picture)?"
+    )
+    styles = set()
+    for split in data.values():
+        for i, caps in enumerate(split.partial_captions):
+            objs = annotation(split, i)[1]
+            assert len(caps) == len(objs), (split.name, i, caps)
+            for cap, obj in zip(caps, objs):
+                m = partial.fullmatch(cap)
+                assert m and _obj(m[1], m[2]) == obj, (cap, obj)
+                styles.add((cap.split()[1], m[2].isdigit()))
+    assert {digit for _, digit in styles} == {True, False}  # numerals and words
 
 
 def test_hard_negatives_differ_exactly_in_the_annotated_way(data):
@@ -359,6 +375,7 @@ def test_cache_round_trip_reuses_file_and_recovers_from_truncation(tmp_path):
     assert path.stat().st_mtime_ns == mtime, "a valid cache must be read, not rewritten"
     np.testing.assert_array_equal(first.images, again.images)
     assert first.hard_negatives == again.hard_negatives and first.captions == again.captions
+    assert first.partial_captions == again.partial_captions and first.partial_captions[0]
 
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"(?s)test\.npz.*regenerate=True"):

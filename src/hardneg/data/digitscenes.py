@@ -1,9 +1,11 @@
 """DigitScenes: a compositional image–caption benchmark built from real handwritten digit scans.
 
-BENCHMARK.md, "Scenes" and "Captions". Each scene holds 2–3 tinted digit scans in a row or
+See the README's DigitScenes paragraph. Each scene holds 2–3 tinted digit scans in a row or
 a column; annotations give digits, colours, boxes, the relation and a semantics id (equal iff
 the canonical description is equal, so equal-id scenes are each other's false negatives), 5
-paraphrased captions and up to 5 hard negatives with their mismatch word span and box.
+paraphrased captions, one partial caption per object ("a red 3", true of every scene holding
+that object: the benchmark's false negatives) and up to 5 hard negatives with their mismatch
+word span and box.
 
 Splits: ``train``, ``val``, ``test`` draw from disjoint pools of scans (by scan index) and
 never show the held-out (digit, colour) combinations, not even in hard-negative text;
@@ -39,6 +41,7 @@ from hardneg.data.scene_captions import (
     PERTURBATIONS,
     RELATIONS,
     HardNegative,
+    partial_captions,
     scene_captions,
     semantic_id,
 )
@@ -61,7 +64,7 @@ __all__ = [
 ]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "test_novel")
-GENERATOR_VERSION = 1  # bump when generation changes, so old caches are not reused
+GENERATOR_VERSION = 2  # bump when generation changes, so old caches are not reused
 _SCAN_POOL = {"train": 0, "val": 1, "test": 2, "test_novel": 2}
 # one held-out colour per digit: 0 red, 1 green, 2 blue, 3 yellow, 4 magenta, 5 cyan, 6 red, …
 DEFAULT_NOVEL_COMBOS: tuple[tuple[int, int], ...] = tuple((d, d % len(COLOURS)) for d in range(10))
@@ -176,6 +179,9 @@ class SceneSplit:
         name: split name (one of :data:`SPLITS`).
         images: (N, H, W, 3) uint8.
         captions: N lists of positive captions.
+        partial_captions: N lists of one caption per object naming that object only, aligned
+            with the objects (true of every scene holding it; see
+            :func:`~hardneg.data.scene_captions.partial_captions`).
         semantic_ids: (N,) int64; equal iff the canonical descriptions are equal.
         digits: (N, 3) int64 digit of each object.
         colours: (N, 3) int64 index into :data:`~hardneg.data.scene_captions.COLOURS`.
@@ -188,6 +194,7 @@ class SceneSplit:
     name: str
     images: np.ndarray
     captions: list[list[str]]
+    partial_captions: list[list[str]]
     semantic_ids: np.ndarray
     digits: np.ndarray
     colours: np.ndarray
@@ -204,6 +211,7 @@ class SceneSplit:
             )
         sizes = {
             "captions": len(self.captions),
+            "partial_captions": len(self.partial_captions),
             "semantic_ids": len(self.semantic_ids),
             "digits": len(self.digits),
             "colours": len(self.colours),
@@ -297,10 +305,19 @@ def generate_split(config: DigitScenesConfig, split: str) -> SceneSplit:
         captions.append(caps)
         negatives.append(negs)
         ids.append(semantic_id(relations[i], d, c))
+    # a stream of their own: the captions and hard negatives above do not depend on them
+    prnd = random.Random(
+        int(np.random.default_rng([config.seed, SPLITS.index(split), 1]).integers(2**62))
+    )
+    partial = [
+        partial_captions(digits[i, :k].tolist(), colours[i, :k].tolist(), prnd)
+        for i, k in enumerate(n_objects.tolist())
+    ]
     return SceneSplit(
         name=split,
         images=images,
         captions=captions,
+        partial_captions=partial,
         semantic_ids=np.asarray(ids, dtype=np.int64),
         digits=digits.astype(np.int64),
         colours=colours.astype(np.int64),
@@ -336,6 +353,7 @@ def _write_split(split: SceneSplit, path: Path) -> None:
     meta = {
         "name": split.name,
         "captions": split.captions,
+        "partial_captions": split.partial_captions,
         "relations": split.relations,
         "hard_negatives": [
             [[h.caption, h.kind, *h.span, *h.box, h.source, h.semantic_id] for h in negs]
@@ -378,6 +396,7 @@ def read_split(path: str | os.PathLike) -> SceneSplit:
         return SceneSplit(
             name=meta["name"],
             captions=meta["captions"],
+            partial_captions=meta["partial_captions"],
             relations=meta["relations"],
             hard_negatives=negatives,
             **arrays,

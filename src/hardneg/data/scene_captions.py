@@ -21,6 +21,7 @@ __all__ = [
     "RELATIONS",
     "HardNegative",
     "describe_semantic_id",
+    "partial_captions",
     "scene_captions",
     "semantic_id",
 ]
@@ -87,6 +88,14 @@ _COMPILED: dict[tuple[int, int], tuple[str, ...]] = {
     for axis in range(len(RELATIONS))
 }
 MIN_TEMPLATES = min(len(t) for t in _TEMPLATES.values())
+# captions of one object only ("a red 3"): true of every scene that holds that object
+_PARTIAL_TEMPLATES: tuple[str, ...] = (
+    "a {c} {d}",
+    "there is a {c} {d}",
+    "a {c} {d} is in the picture",
+    "the scene shows a {c} {d}",
+    "somewhere there is a {c} {d}",
+)
 
 # semantics id = offset of the (n objects, relation) block + mixed-radix code of the objects
 _ID_BLOCKS = [(n, axis) for n in (2, 3) for axis in range(len(RELATIONS))]
@@ -168,6 +177,29 @@ def describe_semantic_id(sid: int) -> tuple[str, tuple[int, ...], tuple[int, ...
             digits = tuple(c // len(COLOURS) for c in combos)
             return RELATIONS[axis], digits, tuple(c % len(COLOURS) for c in combos)
     raise ValueError(f"semantic id {sid} is outside [0, {N_SEMANTIC_IDS}), so it is not a scene id")
+
+
+def partial_captions(
+    digits: Sequence[int], colours: Sequence[int], rnd: random.Random
+) -> list[str]:
+    """One caption per object that names that object only, in the objects' order.
+
+    A partial caption ("there is a red 3") is true of *every* scene holding a red 3, so it is a
+    false negative of each such scene in a batch: the benchmark's realistic false negatives
+    (web captions describe part of an image, so image–text pairs match many-to-many; FALCON,
+    arXiv:2505.11192, motivation).
+    Each draws a template and a digit style (numeral or word) from ``rnd``.
+
+    Example:
+        >>> partial_captions((3, 7), (0, 2), random.Random(0))
+        ['the scene shows a red 3', 'the scene shows a blue seven']
+    """
+    out = []
+    for d, c in zip(digits, colours):
+        template = _PARTIAL_TEMPLATES[rnd.randrange(len(_PARTIAL_TEMPLATES))]
+        digit = DIGIT_WORDS[d] if rnd.random() < 0.5 else str(d)
+        out.append(template.format(c=COLOURS[c], d=digit))
+    return out
 
 
 def _slots(

