@@ -5,7 +5,7 @@ behave like bags-of-words", §3; Hsieh et al. 2023, "SugarCrepe", §3): for an i
 true caption ``t⁺`` and a hard-negative caption ``t⁻`` made by one perturbation (replace a
 digit, change a colour, swap attributes, flip the relation, …), the trial succeeds iff
 ``s(x, t⁺) > s(x, t⁻)``. DigitScenes reports the success rate per perturbation kind
-(docs: "Metrics"). :func:`compositional_trials` gives the outcome of every trial, whose
+(README, "Results"). :func:`compositional_trials` gives the outcome of every trial, whose
 mean per kind is :func:`compositional_accuracy`.
 """
 

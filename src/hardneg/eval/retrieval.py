@@ -2,7 +2,7 @@ r"""Exact chunked top-k search and multi-positive image–text retrieval metrics
 
 Both functions stream over blocks of queries *and* blocks of keys, so the largest temporary is
 one ``chunk_size × key_chunk_size`` score block: an N×M similarity matrix is never
-materialised, and memory stays flat as the gallery grows (docs: "Metrics").
+materialised, and memory stays flat as the gallery grows (benchmarks/bench_retrieval.py).
 
 Ranking convention. Scores are inner products ``s_ij = q_i · k_j`` computed in
 ``promote_types(dtype, float32)`` (fp16/bf16 inputs are scored in fp32). Inputs are *not*
