@@ -86,19 +86,31 @@ class Resampler:
         self._counts: dict[tuple[str, int], np.ndarray] = {}
 
     def counts(self, n: int, stream: str = "") -> np.ndarray:
-        """(R, n) float64: how often each item is drawn in each resample (rows sum to n)."""
+        """(R, n) float32: how often each item is drawn in each resample (rows sum to n).
+
+        Drawn in blocks of resamples, so the temporaries stay a fraction of the result; float32
+        counts are exact (integers ≤ n < 2^24) and halve the cache.
+        """
         key = (stream, n)
         if key not in self._counts:
             rng = np.random.default_rng([self.seed, zlib.crc32(stream.encode()), n])
-            draws = rng.integers(0, n, size=(self.n_resamples, n))
-            flat = (np.arange(self.n_resamples)[:, None] * n + draws).ravel()
-            counts = np.bincount(flat, minlength=self.n_resamples * n)
-            self._counts[key] = counts.reshape(self.n_resamples, n).astype(np.float64)
+            counts = np.empty((self.n_resamples, n), dtype=np.float32)
+            block = max(1, 2**20 // n)
+            for start in range(0, self.n_resamples, block):
+                rows = min(block, self.n_resamples - start)
+                draws = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
+                counts[start : start + rows] = np.bincount(
+                    draws.ravel(), minlength=rows * n
+                ).reshape(rows, n)
+            self._counts[key] = counts
         return self._counts[key]
 
     def means(self, values: np.ndarray, stream: str = "") -> np.ndarray:
-        """(R,) resampled means of the (n,) ``values``."""
-        return self.counts(len(values), stream) @ values / len(values)
+        """(R,) resampled means of the (n,) ``values`` (accumulated in float64)."""
+        values = np.asarray(values, dtype=np.float64)
+        centre = values.mean()  # centred, float32 rounding stays far below the CI resolution
+        spread = self.counts(len(values), stream) @ (values - centre).astype(np.float32)
+        return centre + spread.astype(np.float64) / len(values)
 
 
 def _as_matrix(name: str, x: np.ndarray) -> np.ndarray:
