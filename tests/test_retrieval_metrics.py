@@ -1,4 +1,4 @@
-"""Tests of hardneg.eval.retrieval: chunked exact top-k and multi-positive R@K / mAP.
+"""Tests of hardneg.eval.topk and .retrieval: chunked exact top-k and multi-positive R@K, mAP.
 
 References are independent: hand-computed rankings on score matrices with exactly
 representable values, and brute-force dense rankings written here in plain Python.

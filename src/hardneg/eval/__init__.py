@@ -23,7 +23,8 @@ from hardneg.eval.localisation import (
     box_to_patch_mask,
     word_span_to_token_mask,
 )
-from hardneg.eval.retrieval import chunked_topk, retrieval_items, retrieval_metrics
+from hardneg.eval.retrieval import retrieval_items, retrieval_metrics
+from hardneg.eval.topk import chunked_topk
 
 __all__ = [
     "attention_error_hits",
