@@ -106,3 +106,54 @@ def test_per_item_means_are_the_metrics():
     for metric in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@10", "i2t_mAP", "t2i_mAP"):
         values = metric_items(result.items, metric)
         assert 100.0 * values.mean() == pytest.approx(result.metrics[metric]), metric
+
+
+# hard-negative probes, bank rows 5–7: (scene, kind, embedding)
+PROBES = [
+    (0, "swap_digits", [1.0, 0.0, 0.0]),  # equals image 0: beats its caption (cos 1 > 0.99)
+    (1, "flip_relation", [0.0, 0.0, 1.0]),  # orthogonal to image 1: loses
+    (2, "swap_digits", [0.0, 1.0, 0.0]),  # orthogonal to image 2: loses
+]
+
+
+class _CrossModal:
+    """ITM logit = −(text · image): the reverse of the cosine order. Attention of token 2
+    (the mismatch word) = the text's first feature, token 1 = 0.5: only probe 0 localises."""
+
+    def __call__(self, text: torch.Tensor, image: torch.Tensor):
+        attn = torch.zeros(len(text), 1, 4, 1)
+        attn[:, 0, 1, 0], attn[:, 0, 2, 0] = 0.5, text[:, 0]
+        return SimpleNamespace(itm_logit=-(text * image[:, 0]).sum(-1), cross_attentions=[attn])
+
+
+def test_probe_items_are_per_trial_outcomes_with_their_kind():
+    from hardneg.eval.items import metric_items
+
+    model = _Model()
+    model.crossmodal, model.crossmodal_text = _CrossModal(), torch.nn.Identity()
+    pooled = torch.cat([TEXTS, torch.tensor([p[2] for p in PROBES])])
+    bank = SimpleNamespace(
+        pooled=pooled,
+        index={f"neg{i}": 5 + i for i in range(len(PROBES))},
+        take=lambda rows, device: pooled[rows],
+        tokens=torch.zeros(len(pooled), 4, dtype=torch.long),
+        mask=torch.ones(len(pooled), 4, dtype=torch.bool),
+    )
+    split = _split()
+    split.scenes.hard_negatives = [[] for _ in range(3)]
+    for i, (scene, kind, _) in enumerate(PROBES):
+        neg = SimpleNamespace(caption=f"neg{i}", kind=kind, span=(1, 2), box=(0, 0, 2, 2))
+        split.scenes.hard_negatives[scene].append(neg)
+    tower = SimpleNamespace(word_ids=lambda texts: [[None, 0, 1, None] for _ in texts])
+    result = evaluate_split_items(model, bank, split, tower, batch_size=2)
+    items, metrics = result.items, result.metrics
+    assert items["comp_kind"].tolist() == ["swap_digits", "flip_relation", "swap_digits"]
+    assert items["comp_correct"].tolist() == [False, True, True]
+    assert items["itm_comp_correct"].tolist() == [True, False, False]
+    assert items["ael_hit"].tolist() == [1.0, 0.0, 0.0]
+    assert metrics["comp_swap_digits"] == pytest.approx(50.0)
+    assert metrics["comp_flip_relation"] == pytest.approx(100.0)
+    assert metrics["itm_comp_overall"] == pytest.approx(100 / 3)
+    assert metrics["ael"] == pytest.approx(100 / 3)
+    for metric in ("comp_swap_digits", "comp_overall", "itm_comp_flip_relation", "ael"):
+        assert 100.0 * metric_items(items, metric).mean() == pytest.approx(metrics[metric])
