@@ -1,4 +1,5 @@
-"""Bench report: tables, tidy CSV, JSON and plots of a synthetic run tree (3 methods × 2 seeds)."""
+"""Bench report: tables, tidy CSV, JSON, paired differences, claims and plots of a synthetic
+run tree (3 methods × 2 seeds)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from PIL import Image
 
 from hardneg.bench.plots import curriculum_curves, mean_curve
-from hardneg.bench.report import BenchRun, load_bench, write_report
+from hardneg.bench.report import write_report
+from hardneg.bench.tree import BenchRun, load_bench
+from hardneg.eval.items import pack_items
 
 METHODS = ["infonce", "bacl", "falcon"]
 SEEDS = [0, 1]
@@ -22,14 +25,14 @@ SPLIT_METRICS = [
     "rsum", *[f"comp_{k}" for k in KINDS], "comp_overall", "itm_comp_overall", "ael",
 ]  # fmt: skip
 TRAIN_METRICS = [
-    "step_time", "peak_mem_mib", "selected_fn_rate", "batch_fn_rate",
-    "fn_rate", "time_ratio", "mem_ratio",
+    "step_time", "peak_mem_mib", "selected_fn_rate", "batch_fn_rate", "fn_rate", "mem_ratio",
 ]  # fmt: skip
 PLOTS = [
     "recall_bars.png", "training_curves.png", "bacl_curriculum.png",
     "selected_hardness.png", "falcon_q.png", "fn_rate.png",
 ]  # fmt: skip
 STEPS = 100
+N_ITEMS = 100  # test queries of the fake per_item.npz
 
 # hand-chosen per-seed values of the cells the tests check
 I2T_R1 = {"infonce": (30.0, 32.0), "bacl": (40.0, 44.0), "falcon": (50.0, 50.0)}
@@ -93,6 +96,13 @@ def _write_run(root: Path, method: str, seed: int) -> None:
         "metrics": {"test": _split(method, seed, 0.0), "test_novel": _split(method, seed, -5.0)},
     }
     (out / "metrics.json").write_text(json.dumps(metrics))
+    # per-item I→T hits whose mean is the run's R@1: the first R@1 % of the queries hit, so
+    # every method's hits contain infonce's (the paired differences are all ≥ 0)
+    items = {
+        split: {"i2t_hit@1": np.arange(N_ITEMS) < I2T_R1[method][seed] + offset}
+        for split, offset in (("test", 0.0), ("test_novel", -5.0))
+    }
+    np.savez(out / "per_item.npz", **pack_items(items))
     if method == "bacl":
         rng = np.random.default_rng(seed)
         steps = np.repeat(np.arange(STEPS), 4).astype(float)
@@ -127,7 +137,8 @@ def _row(markdown: str, section: str, method: str) -> list[str]:
 
 
 def _header(markdown: str, section: str) -> list[str]:
-    line = markdown.split(f"## {section}\n", 1)[1].strip().splitlines()[0]
+    text = markdown.split(f"## {section}\n", 1)[1]
+    line = next(line for line in text.splitlines() if line.startswith("|"))
     return [c.strip() for c in line.strip("|").split("|")]
 
 
@@ -142,8 +153,10 @@ def test_markdown_cell_is_hand_computed_mean_and_sample_std(bench):
     assert _cell(md, "Test", "bacl", "I→T R@1") == "42.0 ± 2.8"
     # test_novel is offset by −5: (35, 39)
     assert _cell(md, "Test (novel digit–colour combinations)", "bacl", "I→T R@1") == "37.0 ± 2.8"
-    # step-time ratio vs infonce (0.1): bacl (2.0, 3.0) → 2.50 ± 0.71
-    assert _cell(md, "Test", "bacl", "Time ×") == "2.50 ± 0.71"
+    # memory ratio vs infonce (mean 105): bacl (100, 110)/105 → 1.00 ± 0.07
+    assert _cell(md, "Test", "bacl", "Mem ×") == "1.00 ± 0.07"
+    # no step-time ratio: the bench's runs share the CPU, their step times are not comparable
+    assert "Time ×" not in _header(md, "Test")
 
 
 def test_bold_marks_the_best_higher_and_lower_is_better(bench):
@@ -151,8 +164,9 @@ def test_bold_marks_the_best_higher_and_lower_is_better(bench):
     md = (root / "results.md").read_text()
     assert _cell(md, "Test", "falcon", "I→T R@1") == "**50.0 ± 0.0**"
     assert "**" not in _cell(md, "Test", "bacl", "I→T R@1")
-    # time ratio: lower is better → infonce (1.00); FN rate: bacl uses its selected rate (3.00)
-    assert _cell(md, "Test", "infonce", "Time ×") == "**1.00 ± 0.00**"
+    # memory ratio: lower is better → falcon and bacl tie with infonce at 1.00 → no winner;
+    # FN rate: bacl uses its selected rate (3.00)
+    assert "**" not in _cell(md, "Test", "infonce", "Mem ×")
     assert _cell(md, "Test", "bacl", "FN rate %") == "**3.00 ± 1.41**"
     assert _cell(md, "Test", "infonce", "FN rate %") == "11.00 ± 1.41"
 
@@ -196,7 +210,7 @@ def test_csv_is_tidy_with_one_row_per_method_seed_split_metric(bench):
     assert len(keys) == expected
     value = {(r["method"], r["seed"], r["split"], r["metric"]): r["value"] for r in rows}
     assert float(value["bacl", "1", "test", "i2t_R@1"]) == 44.0
-    assert float(value["falcon", "0", "train", "time_ratio"]) == pytest.approx(1.2)
+    assert float(value["falcon", "0", "train", "mem_ratio"]) == pytest.approx(100 / 105)
     assert value["falcon", "1", "test", "ael"] == ""  # NaN → empty, not "nan"
     assert value["infonce", "0", "train", "selected_fn_rate"] == ""
 
@@ -243,7 +257,7 @@ def test_missing_columns_skip_plots_without_failing(tmp_path):
     md = (tmp_path / "plain" / "results.md").read_text()
     # one seed: just the mean; absent metrics and ratios show a dash
     assert _cell(md, "Test", "infonce", "I→T R@1") == "20.0"
-    assert _cell(md, "Test", "infonce", "Time ×") == "–"
+    assert _cell(md, "Test", "infonce", "Mem ×") == "–"
 
 
 def test_missing_run_dir_raises_file_not_found_naming_it(tmp_path):
@@ -275,3 +289,40 @@ def test_curriculum_curves_follow_the_logistic_formula():
     assert np.allclose(alpha, expected)
     with pytest.raises(ValueError, match="total_epochs"):
         curriculum_curves(0.0)
+
+
+def test_json_comparisons_are_paired_differences_with_intervals(bench):
+    _, report = bench
+    comparisons = report["comparisons"]
+    assert "infonce" not in comparisons  # the reference is not compared with itself
+    c = comparisons["bacl"]["test"]["i2t_R@1"]
+    # seeds (40 − 30, 44 − 32) → Δ = 11 points over the 100 paired items of both seeds
+    assert c["diff"] == pytest.approx(11.0) and c["n"] == N_ITEMS and c["seeds"] == 2
+    # per-item seed-mean differences d̄ (0.5 on items 30, 31, 40–43; 1 on 32–39): the
+    # interval is ≈ Δ ± 1.96 · sd(d̄)/√n
+    d = np.zeros(N_ITEMS)
+    d[[30, 31, 40, 41, 42, 43]], d[32:40] = 0.5, 1.0
+    se = 100 * d.std() / math.sqrt(N_ITEMS)
+    assert c["hi"] - c["lo"] == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert 0 < c["lo"] < 11.0 < c["hi"] and c["significant"]
+    assert comparisons["falcon"]["test_novel"]["i2t_R@1"]["diff"] == pytest.approx(19.0)
+    # run-level scalar: paired over seeds, falcon − infonce = (5 − 10, 7 − 12) → exactly −5
+    fn = comparisons["falcon"]["train"]["batch_fn_rate"]
+    assert (fn["diff"], fn["lo"], fn["hi"], fn["significant"]) == (-5.0, -5.0, -5.0, True)
+    # metrics without per-item outcomes in this fake tree get no comparison
+    assert "t2i_R@1" not in comparisons["bacl"]["test"]
+
+
+def test_markdown_shows_differences_and_claims(bench):
+    root, report = bench
+    md = (root / "results.md").read_text()
+    cell = _cell(md, "Paired differences vs infonce", "bacl", "I→T R@1")
+    assert cell.startswith("**+11.0 [") and cell.endswith("]\\***")
+    assert _cell(md, "Paired differences vs infonce", "bacl", "T→I R@1") == "–"
+    claims = {c["claim"]: c for c in report["claims"]}
+    assert claims["R@1 I→T gain over InfoNCE"]["verdict"] == "reproduced"
+    assert claims["BNS alone > InfoNCE"]["verdict"] == "not run"  # no bns run in this bench
+    assert claims["fewer false negatives than GRIT"]["verdict"] == "not run"
+    row = _row(md, "Claims", "BACL (arXiv:2511.08399)")
+    assert row[1:3] == ["R@1 I→T gain over InfoNCE", "bacl − infonce"]
+    assert row[4].startswith("+11.0 [") and row[5] == "+11.3" and row[6] == "reproduced"

@@ -1,4 +1,4 @@
-"""Tests of hardneg.eval.retrieval: chunked exact top-k and multi-positive R@K / mAP.
+"""Tests of hardneg.eval.topk and .retrieval: chunked exact top-k and multi-positive R@K, mAP.
 
 References are independent: hand-computed rankings on score matrices with exactly
 representable values, and brute-force dense rankings written here in plain Python.
@@ -285,3 +285,40 @@ def test_retrieval_metrics_rejects_non_finite_embeddings():
     img[1, 2] = math.inf
     with pytest.raises(ValueError, match="image_emb contains"):
         retrieval_metrics(img, torch.randn(2, 4), [0, 1], [0, 1])
+
+
+def test_retrieval_items_with_a_relevance_relation_match_brute_force():
+    """Relevance need not be an id equality (a caption true of several images, an image
+    relevant to captions of other images): per-query hits and AP equal a dense ranking."""
+    from hardneg.eval import retrieval_items
+
+    gen = torch.Generator().manual_seed(5)
+    img = torch.randn(13, 4, generator=gen).double()
+    txt = torch.randn(29, 4, generator=gen).double()
+    rel = torch.rand(13, 29, generator=gen) < 0.2
+    rel[torch.arange(13), torch.arange(13)] = True  # every image and caption has a partner
+    rel[torch.arange(29) % 13, torch.arange(29)] = True
+    calls = []
+
+    def relevance(i, j):
+        calls.append((len(i), len(j)))
+        return rel[i][:, j]
+
+    items = retrieval_items(img, txt, relevance, ks=(1, 3), chunk_size=5)
+    assert max(a * b for a, b in calls) <= 25  # asked one chunk × chunk block at a time
+    for name, scores, r in (("i2t", img @ txt.T, rel), ("t2i", txt @ img.T, rel.T)):
+        for q, (row, pos) in enumerate(zip(scores.tolist(), r.tolist(), strict=True)):
+            order = sorted(range(len(row)), key=lambda j: (-row[j], pos[j]))
+            ranks = [n + 1 for n, j in enumerate(order) if pos[j]]
+            ap = sum((m + 1) / k for m, k in enumerate(ranks)) / len(ranks)
+            assert bool(items[f"{name}_hit@1"][q]) == (ranks[0] <= 1)
+            assert bool(items[f"{name}_hit@3"][q]) == (ranks[0] <= 3)
+            assert float(items[f"{name}_ap"][q]) == pytest.approx(ap)
+
+
+def test_retrieval_items_reject_a_query_without_relevant_key():
+    from hardneg.eval import retrieval_items
+
+    rel = torch.tensor([[True, False], [False, False]])
+    with pytest.raises(ValueError, match=r"1 image quer.* have no relevant caption"):
+        retrieval_items(torch.eye(2), torch.eye(2), lambda i, j: rel[i][:, j])

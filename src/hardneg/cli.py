@@ -61,7 +61,14 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from hardneg.bench.runner import run_bench
 
-    run_bench(args.preset, Path(args.out), methods=args.methods, seeds=args.seeds, jobs=args.jobs)
+    run_bench(
+        args.preset,
+        Path(args.out),
+        methods=args.methods,
+        seeds=args.seeds,
+        jobs=args.jobs,
+        overrides=args.set or [],
+    )
     return 0
 
 
@@ -109,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", choices=["quick", "full"])
     p.add_argument("--methods", nargs="*", help="subset of methods (default: the preset's)")
     p.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override applied to every run, e.g. data.seed=3 (recorded in bench.json)",
+    )
     p.add_argument("--out", default="runs/quick")
     p.add_argument(
         "--jobs",

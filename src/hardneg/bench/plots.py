@@ -1,4 +1,4 @@
-"""The bench plots (BENCHMARK.md, "Runs"): recall bars, training curves, BACL curriculum and
+"""The bench plots (README, "Results"): recall bars, training curves, BACL curriculum and
 hardness, FALCON q over training, FN rate per method.
 
 Every plot is drawn on a bare :class:`matplotlib.figure.Figure` rendered by the Agg canvas (no
@@ -11,16 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from hardneg.bench.tree import BenchRun, BenchTree, MetricStats
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS, LogisticCurriculum
-
-if TYPE_CHECKING:
-    from hardneg.bench.report import BenchRun, BenchTree, MetricStats
 
 __all__ = [
     "curriculum_curves",
@@ -70,7 +67,6 @@ def mean_curve(runs: list[BenchRun], column: str) -> tuple[np.ndarray, np.ndarra
         None when no run did.
 
     Example:
-        >>> from hardneg.bench.report import BenchRun
         >>> a = BenchRun("m", 0, Path("."), {}, log={"step": np.array([1.0, 2]),
         ...                                          "loss": np.array([1.0, 3])})
         >>> b = BenchRun("m", 1, Path("."), {}, log={"step": np.array([1.0, 2]),
@@ -312,9 +308,9 @@ def write_plots(tree: BenchTree, aggregate: dict, out_dir: Path) -> list[Path]:
     """Draw every plot that has data into ``out_dir``; returns the files written.
 
     Args:
-        tree: the loaded bench (:func:`hardneg.bench.report.load_bench`).
+        tree: the loaded bench (:func:`hardneg.bench.tree.load_bench`).
         aggregate: ``aggregate[method][split][metric]`` of
-            :func:`hardneg.bench.report.aggregate_runs`.
+            :func:`hardneg.bench.tree.aggregate_runs`.
         out_dir: where the PNGs go (created; ``RUN/plots``).
     """
     plots: list[tuple[str, Callable[[Path], Path | None]]] = [

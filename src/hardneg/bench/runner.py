@@ -9,6 +9,11 @@ report (tables and plots) is rebuilt at the end, or any time with ``hardneg repo
 Stopping the bench (SIGTERM, SIGINT/Ctrl-C, SIGHUP) forwards the signal to the running
 trainers and waits for them to exit, so none is left training on its own; a bench refuses to
 start while one of its run directories is locked by a live trainer (``run.lock``).
+
+``overrides`` (``hardneg bench --set KEY=VALUE …``) are applied to every run, e.g.
+``data.seed=3`` to rerun the whole comparison on another draw of the scenes. They are recorded
+in ``bench.json``; a bench directory holds runs of one preset and one set of overrides only,
+so starting it again with different ones is refused (use another ``--out``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hardneg.train.config import config_from_dict, merge
+from hardneg.train.config import config_from_dict, merge, parse_overrides
 from hardneg.train.run_lock import RunLockedError, exit_on_signals, lock_holder
 from hardneg.train.trainer import resolve_config
 
@@ -58,7 +63,7 @@ PRESETS = {
     # the README's main job: ≈14 min on 2 CPU cores (≈3 epochs of 2000 scenes, so GRIT/FALCON
     # batches and the BNS curriculum get past their first, random epoch)
     "quick": BenchPreset(
-        "small", steps=100, batch_size=64, seeds=1,
+        "small", steps=100, batch_size=64, seeds=3,
         methods=["infonce", "siglip", "hcl", "negclip", "ega", "bacl", "grit", "falcon"],
         overrides={"checkpoint_every": 40, "log_every": 5, "optim": {"lr": 2e-3},
                    "selector": {"k": 8}, "model": {"dropout": 0.0}},
@@ -71,18 +76,44 @@ PRESETS = {
 }  # fmt: skip
 
 
-def run_config(preset: BenchPreset, method: str, seed: int, out: Path) -> dict[str, Any]:
-    """The resolved config of one (method, seed) of a bench (validated)."""
+_PER_RUN_KEYS = {"seed": "--seeds", "out_dir": "--out", "method": "--methods"}
+
+
+def check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` if none of them is a key the bench sets per run (else ValueError)."""
+    for key, option in _PER_RUN_KEYS.items():
+        if key in overrides:
+            raise ValueError(
+                f"--set {key}=… cannot be applied to a bench (it sets {key} per run); "
+                f"use hardneg bench {option} instead"
+            )
+    return overrides
+
+
+def run_config(
+    preset: BenchPreset,
+    method: str,
+    seed: int,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The resolved config of one (method, seed) of a bench (validated): the preset's values,
+    then the user's ``overrides`` (``--set``, which win over the preset's steps, batch size
+    and data), then the per-run seed and directory."""
     values = merge(
-        preset.overrides,
-        {
-            "steps": preset.steps,
-            "batch_size": preset.batch_size,
-            "seed": seed,
-            "progress": False,
-            "out_dir": str(out / method / f"seed{seed}"),
-            "data": {"preset": preset.data_preset, "encode_all": True},
-        },
+        merge(
+            merge(
+                preset.overrides,
+                {
+                    "steps": preset.steps,
+                    "batch_size": preset.batch_size,
+                    "progress": False,
+                    "data": {"preset": preset.data_preset, "encode_all": True},
+                },
+            ),
+            check_overrides(overrides or {}),
+        ),
+        {"seed": seed, "out_dir": str(out / method / f"seed{seed}")},
     )
     return resolve_config(method, values).to_dict()
 
@@ -157,24 +188,59 @@ def _stop(procs: list[subprocess.Popen], signum: int, timeout: float = 30.0) -> 
             proc.wait()
 
 
+def _check_same_bench(out: Path, preset_name: str, overrides: dict[str, Any]) -> None:
+    """Refuse to add runs of another preset or other overrides to an existing bench."""
+    path = out / "bench.json"
+    if not path.is_file():
+        return
+    info = json.loads(path.read_text())
+    before = (info.get("preset"), info.get("overrides") or {})
+    if before != (preset_name, overrides):
+        raise ValueError(
+            f"{out} holds a bench of preset {before[0]!r} with overrides {before[1]}; this one "
+            f"is preset {preset_name!r} with overrides {overrides}, and mixing their runs would "
+            "compare unlike runs: pass another --out (or repeat the same --set)"
+        )
+
+
 def run_bench(
     preset_name: str,
     out: Path,
     methods: list[str] | None = None,
     seeds: int | None = None,
     jobs: int | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every (method, seed) not finished yet, ``jobs`` at a time (default
-    :func:`default_jobs`), then write the report."""
+    :func:`default_jobs`), then write the report.
+
+    Args:
+        preset_name: a key of :data:`PRESETS`.
+        out: the bench directory.
+        methods: the methods (default: the preset's).
+        seeds: the number of seeds (default: the preset's).
+        jobs: runs trained at once.
+        overrides: config values applied to every run, nested (``{"data": {"seed": 3}}``)
+            or as ``--set`` strings (``["data.seed=3"]``).
+
+    Raises:
+        ValueError: unknown preset, ``jobs < 1``, an override of a per-run key (seed,
+            out_dir, method), or ``out`` already holds a bench of another preset or other
+            overrides.
+    """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown bench preset {preset_name!r}; choose one of {sorted(PRESETS)}")
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
     preset = PRESETS[preset_name]
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    overrides = check_overrides(overrides or {})
     methods = list(methods or preset.methods)
     seed_list = list(range(seeds if seeds is not None else preset.seeds))
-    configs = {(m, s): run_config(preset, m, s, out) for m in methods for s in seed_list}
+    configs = {(m, s): run_config(preset, m, s, out, overrides) for m in methods for s in seed_list}
     jobs = jobs or default_jobs()
+    _check_same_bench(out, preset_name, overrides)
     _check_unlocked([Path(c["out_dir"]) for c in configs.values()])
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(
@@ -187,6 +253,7 @@ def run_bench(
                 "steps": preset.steps,
                 "batch_size": preset.batch_size,
                 "reference": "infonce",
+                "overrides": overrides,
                 "jobs": jobs,
             },
             indent=2,

@@ -5,7 +5,8 @@ behave like bags-of-words", §3; Hsieh et al. 2023, "SugarCrepe", §3): for an i
 true caption ``t⁺`` and a hard-negative caption ``t⁻`` made by one perturbation (replace a
 digit, change a colour, swap attributes, flip the relation, …), the trial succeeds iff
 ``s(x, t⁺) > s(x, t⁻)``. DigitScenes reports the success rate per perturbation kind
-(BENCHMARK.md, "Metrics").
+(README, "Results"). :func:`compositional_trials` gives the outcome of every trial, whose
+mean per kind is :func:`compositional_accuracy`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from hardneg.eval.checks import as_tensor, check_finite
 
-__all__ = ["compositional_accuracy"]
+__all__ = ["compositional_accuracy", "compositional_trials"]
 
 
 def compositional_accuracy(
@@ -58,6 +59,32 @@ def compositional_accuracy(
         >>> {kind: round(v, 1) for kind, v in acc.items()}
         {'colour': 66.7, 'swap': 66.7, 'overall': 66.7}
     """
+    correct, flat_kinds = compositional_trials(pos_scores, neg_scores, kinds)
+    out = {
+        str(kind): 100.0 * float(correct[flat_kinds == kind].mean())
+        for kind in sorted(set(flat_kinds))
+    }
+    out["overall"] = 100.0 * float(correct.mean())
+    return out
+
+
+def compositional_trials(
+    pos_scores: Tensor | Sequence[float],
+    neg_scores: Tensor | Sequence[float] | Sequence[Sequence[float]],
+    kinds: Sequence[str] | Sequence[Sequence[str]],
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Outcome ``1[s⁺_i > s⁻_ij]`` of every (image, hard negative) trial, flattened row-major.
+
+    Arguments and validation as :func:`compositional_accuracy`.
+
+    Returns:
+        ``(correct, kinds)``: (T,) bool and (T,) str arrays, ``T = neg_scores.numel()``.
+
+    Example:
+        >>> correct, kinds = compositional_trials([0.9, 0.5], [0.1, 0.5], ["colour", "swap"])
+        >>> correct.tolist(), kinds.tolist()
+        ([True, False], ['colour', 'swap'])
+    """
     pos = as_tensor("pos_scores", pos_scores).detach().to("cpu")
     neg = as_tensor("neg_scores", neg_scores).detach().to("cpu")
     if pos.dim() != 1 or pos.shape[0] == 0:
@@ -86,9 +113,4 @@ def compositional_accuracy(
     if "overall" in set(kind_arr.flat):
         raise ValueError("'overall' is reserved for the pooled accuracy; rename that kind")
     correct = (pos[:, None] > neg.reshape(neg.shape[0], -1)).reshape(-1).numpy()
-    flat_kinds = kind_arr.reshape(-1)
-    out = {
-        kind: 100.0 * float(correct[flat_kinds == kind].mean()) for kind in sorted(set(flat_kinds))
-    }
-    out["overall"] = 100.0 * float(correct.mean())
-    return out
+    return correct, kind_arr.reshape(-1).astype(str)

@@ -1,9 +1,9 @@
-r"""False-negative rate of the negatives a sampler selects (BENCHMARK.md, "Metrics").
+r"""False-negative rate of the negatives a sampler selects (README, "Results").
 
 A selected negative is a *false* negative when it shares the anchor's semantic id (same scene
 description ⇒ same meaning), e.g. a second caption of the anchor's own image or a duplicate
 scene. Hard-negative samplers (BNS, GRIT, FALCON) drift toward such pairs because they score
-high; this diagnostic measures how often (FALCON, seed 003, "false-negative rate of chosen
+high; this diagnostic measures how often (FALCON, arXiv:2505.11192, "false-negative rate of chosen
 negatives").
 
 Empty selections: the rate of zero pairs is undefined, so the rate functions raise

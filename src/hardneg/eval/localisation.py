@@ -1,4 +1,4 @@
-r"""AEL — attention error localisation (BACL, seed 001, "Ablation Study"; METHODS.md, CLA).
+r"""AEL — attention error localisation (BACL, arXiv:2511.08399, "Ablation Study").
 
 For an (image, hard-negative caption) pair whose mismatch is annotated — the caption tokens
 that were perturbed and the image region they refer to — AEL asks whether the cross-modal
@@ -17,7 +17,12 @@ from torch import Tensor
 
 from hardneg.eval.checks import check_finite, check_mask
 
-__all__ = ["attention_error_localisation", "box_to_patch_mask", "word_span_to_token_mask"]
+__all__ = [
+    "attention_error_hits",
+    "attention_error_localisation",
+    "box_to_patch_mask",
+    "word_span_to_token_mask",
+]
 
 
 def attention_error_localisation(
@@ -27,7 +32,34 @@ def attention_error_localisation(
     valid_tokens: Tensor | None = None,
     k: int = 1,
 ) -> float:
-    r"""AEL: % of pairs whose top cross-attention cell lies in mismatch tokens × mismatch region.
+    r"""AEL in percent: ``100 ·`` the mean of :func:`attention_error_hits` over the pairs.
+
+    .. math::
+        \mathrm{AEL} = \frac{100}{P}\sum_{p=1}^{P} \frac1k \sum_{c\in\mathrm{top}_k(A_p)}
+        \mathbb 1[c \in M_p]
+
+    Arguments as :func:`attention_error_hits`.
+
+    Example:
+        >>> import torch
+        >>> attn = torch.tensor([[[0.1, 0.7], [0.1, 0.1]], [[0.6, 0.2], [0.1, 0.1]]])
+        >>> tokens = torch.tensor([[True, False], [True, False]])
+        >>> patches = torch.tensor([[False, True], [False, True]])
+        >>> attention_error_localisation(attn, tokens, patches)
+        50.0
+    """
+    hits = attention_error_hits(attn, token_mask, patch_mask, valid_tokens=valid_tokens, k=k)
+    return 100.0 * float(hits.mean())
+
+
+def attention_error_hits(
+    attn: Tensor,
+    token_mask: Tensor,
+    patch_mask: Tensor,
+    valid_tokens: Tensor | None = None,
+    k: int = 1,
+) -> Tensor:
+    r"""Per pair: the share of its top-k cross-attention cells inside mismatch tokens × region.
 
     With ``A_p`` the (T, Q) head-averaged cross-attention of pair ``p`` (caption tokens attend to
     image patches) restricted to valid tokens, and ``M_p = tokens_p × patches_p`` the annotated
@@ -92,7 +124,7 @@ def attention_error_localisation(
     scores = attn.masked_fill(~valid[:, :, None], -torch.inf).reshape(n_pairs, -1)
     top = scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
     inside = (token_mask[:, :, None] & patch_mask[:, None, :]).reshape(n_pairs, -1)
-    return 100.0 * float(inside.gather(1, top).double().mean())
+    return inside.gather(1, top).double().mean(dim=1)
 
 
 def _positive_pair(name: str, value: object, what: str) -> tuple[int, int]:

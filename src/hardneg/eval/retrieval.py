@@ -1,8 +1,8 @@
-r"""Exact chunked top-k search and multi-positive image–text retrieval metrics.
+r"""Multi-positive image–text retrieval metrics, exact and chunked.
 
-Both functions stream over blocks of queries *and* blocks of keys, so the largest temporary is
+The metrics stream over blocks of queries *and* blocks of keys, so the largest temporary is
 one ``chunk_size × key_chunk_size`` score block: an N×M similarity matrix is never
-materialised, and memory stays flat as the gallery grows (BENCHMARK.md, "Metrics").
+materialised, and memory stays flat as the gallery grows (benchmarks/bench_retrieval.py).
 
 Ranking convention. Scores are inner products ``s_ij = q_i · k_j`` computed in
 ``promote_types(dtype, float32)`` (fp16/bf16 inputs are scored in fp32). Inputs are *not*
@@ -18,190 +18,69 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from hardneg.eval.checks import check_ids, check_matrix
+from hardneg.eval.checks import check_ids
+from hardneg.eval.topk import check_chunk, check_pair, scores_into
 
-__all__ = ["chunked_topk", "retrieval_metrics"]
+__all__ = [
+    "Relevance",
+    "metrics_from_items",
+    "retrieval_items",
+    "retrieval_metrics",
+]
 
 
-def _check_pair(q_name: str, queries: Tensor, k_name: str, keys: Tensor) -> torch.dtype:
-    """Validate a query/key pair of matrices; return the dtype to score them in."""
-    check_matrix(q_name, queries)
-    check_matrix(k_name, keys)
-    if queries.shape[1] != keys.shape[1]:
+Relevance = Callable[[Tensor, Tensor], Tensor]
+"""``relevance(image_index, text_index)`` → (len(image_index), len(text_index)) bool: is the
+caption true of the image. Indices are int64 tensors on the embeddings' device."""
+
+
+def _block_relevance(relevance: Relevance, i2t: bool, q_idx: Tensor, k_idx: Tensor) -> Tensor:
+    """Relevance of a (query block, key block) in query × key orientation."""
+    rel = relevance(q_idx, k_idx) if i2t else relevance(k_idx, q_idx).T
+    if rel.dtype != torch.bool or tuple(rel.shape) != (len(q_idx), len(k_idx)):
         raise ValueError(
-            f"{q_name} has {queries.shape[1]} columns but {k_name} has {keys.shape[1]}; "
-            "project both to the same dimension"
+            f"relevance must return a ({len(q_idx)}, {len(k_idx)}) bool tensor for image index "
+            f"× text index blocks, got {rel.dtype} {tuple(rel.shape)}"
         )
-    if queries.device != keys.device:
-        raise ValueError(
-            f"{q_name} is on {queries.device} but {k_name} is on {keys.device}; "
-            "move both to the same device"
-        )
-    return torch.promote_types(torch.promote_types(queries.dtype, keys.dtype), torch.float32)
-
-
-def _check_chunk(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer number of rows, got {value!r}")
-    return value
-
-
-def _lex_order(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row by (value descending, index ascending)."""
-    by_index = indices.argsort(dim=1)
-    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
-    by_value = values.sort(dim=1, descending=True, stable=True).indices
-    return values.gather(1, by_value), indices.gather(1, by_value)
-
-
-def _block_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-``k`` of each row of ``scores``, lower column index first among equal scores.
-
-    ``torch.topk`` does not specify which of several equal scores it keeps at the k-th
-    position. Taking ``k + 1`` values reveals such rows (the (k+1)-th equals the k-th) at no
-    extra pass over the block; they are redone with a stable sort (rare for real-valued
-    embeddings).
-    """
-    if scores.shape[1] <= k:  # every column is kept
-        values, indices = scores.sort(dim=1, descending=True, stable=True)
-        return values, indices
-    values, indices = scores.topk(k + 1, dim=1)
-    tied = values[:, k] == values[:, k - 1]
-    values, indices = values[:, :k], indices[:, :k]
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        v, i = scores[rows].sort(dim=1, descending=True, stable=True)
-        values[rows], indices[rows] = v[:, :k], i[:, :k]
-    return _lex_order(values, indices)
-
-
-def _scores_into(buffer: Tensor, block: Tensor, key_block: Tensor) -> Tensor:
-    """``block @ key_block.T`` written into the front of a reused flat ``buffer``.
-
-    Reusing one buffer avoids allocating (and page-faulting) a fresh score block per step,
-    which costs as much as a third of the matmul on CPU.
-    """
-    out = buffer[: block.shape[0] * key_block.shape[0]].view(block.shape[0], key_block.shape[0])
-    return torch.mm(block, key_block.T, out=out)
-
-
-def chunked_topk(
-    queries: Tensor,
-    keys: Tensor,
-    k: int,
-    chunk_size: int = 4096,
-    key_chunk_size: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    r"""Exact top-``k`` keys by inner product for every query, without an N×M matrix.
-
-    For each block of ``chunk_size`` queries, the scores against each block of
-    ``key_chunk_size`` keys are formed (``Q_b K_c^\top``, one matmul), reduced to their top-k
-    and merged into the running top-k of the query block (a streaming k-way merge); the block
-    is then freed. Peak extra memory is one reused ``chunk_size × key_chunk_size`` score block
-    (64 MiB in fp32 with the defaults) plus the (N, k) outputs.
-
-    Speed: one N×M matmul plus a ``topk`` per block. On 2 CPU cores (d=512, k=10) it runs
-    within about 1.2× the time of ``faiss.IndexFlatIP`` with a smaller memory peak
-    (``benchmarks/bench_retrieval.py``); on CUDA the same code runs on the GPU.
-
-    Ties: the result is the first ``k`` keys of the total order (score descending, key index
-    ascending), i.e. among equal scores the lower key index ranks first. The output is
-    therefore deterministic and independent of the chunk sizes.
-
-    Args:
-        queries: (N, d) query embeddings (normalise them first for cosine similarity).
-        keys: (M, d) key embeddings on the same device.
-        k: number of neighbours, ``1 ≤ k ≤ M``.
-        chunk_size: queries per block.
-        key_chunk_size: keys per block; defaults to ``chunk_size``. The defaults (4096²)
-            were the fastest of the sizes tried on CPU; timings vary little between 1024 and
-            16384.
-
-    Returns:
-        ``(values, indices)``: (N, k) scores (fp32, or fp64 for fp64 inputs) sorted in the
-        order above, and (N, k) int64 key indices.
-
-    Example:
-        >>> import torch
-        >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> keys = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
-        >>> chunked_topk(q, keys, k=2, chunk_size=1)[1]
-        tensor([[1, 2],
-                [0, 1]])
-    """
-    dtype = _check_pair("queries", queries, "keys", keys)
-    chunk_size = _check_chunk("chunk_size", chunk_size)
-    key_chunk = chunk_size if key_chunk_size is None else key_chunk_size
-    key_chunk = _check_chunk("key_chunk_size", key_chunk)
-    n_keys = keys.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_keys:
-        raise ValueError(f"k must be an integer in [1, {n_keys}] (the number of keys), got {k!r}")
-    queries, keys = queries.to(dtype), keys.to(dtype)
-    buffer = torch.empty(
-        min(chunk_size, queries.shape[0]) * min(key_chunk, n_keys), dtype=dtype, device=keys.device
-    )
-    out_values, out_indices = [], []
-    for q_start in range(0, queries.shape[0], chunk_size):
-        block = queries[q_start : q_start + chunk_size]
-        best_v = best_i = None
-        for k_start in range(0, n_keys, key_chunk):
-            scores = _scores_into(buffer, block, keys[k_start : k_start + key_chunk])
-            v, i = _block_topk(scores, k)
-            i = i + k_start
-            if best_v is not None:
-                # Earlier blocks hold lower key indices, and both parts are already sorted by
-                # (value desc, index asc): a stable sort on the values keeps that order.
-                v, i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
-                order = v.sort(dim=1, descending=True, stable=True).indices[:, :k]
-                v, i = v.gather(1, order), i.gather(1, order)
-            best_v, best_i = v, i
-        out_values.append(best_v)
-        out_indices.append(best_i)
-    values = torch.cat(out_values)
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError(
-            "inner products overflowed to inf/NaN; normalise queries and keys before searching"
-        )
-    return values, torch.cat(out_indices)
+    return rel.to(q_idx.device)
 
 
 def _positive_scores(
-    buffer: Tensor, block: Tensor, block_ids: Tensor, keys: Tensor, key_ids: Tensor, key_chunk: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Scores of every (query, positive key) pair of a query block, as (row, column, score).
+    buffer: Tensor, block: Tensor, q_idx: Tensor, keys: Tensor, rel_of, key_chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Scores of every (query, positive key) pair of a query block, as (row, score).
 
     The scores come from the same ``block @ key_block.T`` products that :func:`_rank_counts`
     recomputes, so a positive and a negative with equal embeddings score bit-identically
     and the tie rule applies exactly. Only key blocks holding a positive are scored.
     """
-    is_pos = torch.isin(key_ids, block_ids)
-    blocks = torch.unique(is_pos.nonzero().squeeze(1) // key_chunk).tolist()
-    rows, cols, scores = [], [], []
-    for b in blocks:
-        start = b * key_chunk
-        s = _scores_into(buffer, block, keys[start : start + key_chunk])
-        r, c = (block_ids[:, None] == key_ids[None, start : start + key_chunk]).nonzero(
-            as_tuple=True
-        )
+    rows, scores = [], []
+    for start in range(0, keys.shape[0], key_chunk):
+        rel = rel_of(q_idx, start, min(keys.shape[0], start + key_chunk))
+        if not bool(rel.any()):
+            continue
+        s = scores_into(buffer, block, keys[start : start + key_chunk])
+        r, c = rel.nonzero(as_tuple=True)
         rows.append(r)
-        cols.append(c + start)
         scores.append(s[r, c])
-    rows, cols, scores = torch.cat(rows), torch.cat(cols), torch.cat(scores)
+    if not rows:
+        return q_idx.new_zeros(0), block.new_zeros(0)
+    rows, scores = torch.cat(rows), torch.cat(scores)
     order = torch.sort(rows, stable=True).indices  # (row, column) order
-    return rows[order], cols[order], scores[order]
+    return rows[order], scores[order]
 
 
 def _rank_counts(
     buffer: Tensor,
     block: Tensor,
-    block_ids: Tensor,
+    q_idx: Tensor,
     keys: Tensor,
-    key_ids: Tensor,
+    rel_of,
     key_chunk: int,
     pos_rows: Tensor,
     pos_scores: Tensor,
@@ -210,49 +89,128 @@ def _rank_counts(
     counts = torch.zeros_like(pos_rows)
     step = max(1, block.shape[0])
     for start in range(0, keys.shape[0], key_chunk):
-        s = _scores_into(buffer, block, keys[start : start + key_chunk])
-        s.masked_fill_(block_ids[:, None] == key_ids[None, start : start + key_chunk], -torch.inf)
+        s = scores_into(buffer, block, keys[start : start + key_chunk])
+        s.masked_fill_(rel_of(q_idx, start, min(keys.shape[0], start + key_chunk)), -torch.inf)
         for p in range(0, pos_rows.shape[0], step):
             rows, thr = pos_rows[p : p + step], pos_scores[p : p + step, None]
-            counts[p : p + step] += (s[rows] >= thr).sum(dim=1, dtype=torch.int32)
+            counts[p : p + step] += (s[rows] >= thr).sum(dim=1, dtype=torch.int64)
     return counts
 
 
 def _direction(
     queries: Tensor,
     keys: Tensor,
-    query_ids: Tensor,
-    key_ids: Tensor,
+    relevance: Relevance,
+    i2t: bool,
     ks: Sequence[int],
     chunk_size: int,
-) -> tuple[list[float], float]:
-    """Recall@K (percent, one per ``ks``) and mAP (percent) of one retrieval direction."""
-    hits = torch.zeros(len(ks), dtype=torch.long, device=queries.device)
-    ap_sum = torch.zeros((), dtype=torch.float64, device=queries.device)
-    ks_t = torch.tensor(list(ks), device=queries.device)
+) -> tuple[Tensor, Tensor]:
+    """Per query of one direction: hit@K (Q, len(ks)) bool and AP (Q,) float64."""
+    device = queries.device
+    hits, aps = [], []
+    ks_t = torch.tensor(list(ks), device=device)
     size = min(chunk_size, queries.shape[0]) * min(chunk_size, keys.shape[0])
-    buffer = torch.empty(size, dtype=queries.dtype, device=queries.device)
+    buffer = torch.empty(size, dtype=queries.dtype, device=device)
+    key_index = torch.arange(keys.shape[0], device=device)
+
+    def rel_of(q_idx: Tensor, start: int, end: int) -> Tensor:
+        return _block_relevance(relevance, i2t, q_idx, key_index[start:end])
+
     for q_start in range(0, queries.shape[0], chunk_size):
         block = queries[q_start : q_start + chunk_size]
-        block_ids = query_ids[q_start : q_start + chunk_size]
-        rows, _, scores = _positive_scores(buffer, block, block_ids, keys, key_ids, chunk_size)
-        n_neg = _rank_counts(buffer, block, block_ids, keys, key_ids, chunk_size, rows, scores)
-        # Pad the positives of each query into a (c, P_max) table, best positive first.
+        q_idx = torch.arange(q_start, q_start + block.shape[0], device=device)
+        rows, scores = _positive_scores(buffer, block, q_idx, keys, rel_of, chunk_size)
         n_pos = torch.bincount(rows, minlength=block.shape[0])
-        within = torch.arange(rows.shape[0], device=rows.device) - (n_pos.cumsum(0) - n_pos)[rows]
+        if bool((n_pos == 0).any()):
+            first = (q_idx[n_pos == 0][:5]).tolist()
+            what = ("image", "caption") if i2t else ("caption", "image")
+            raise ValueError(
+                f"{int((n_pos == 0).sum())} {what[0]} quer(ies) (e.g. {first}) have no relevant "
+                f"{what[1]}, so they have nothing to retrieve; drop them or fix the relevance/ids"
+            )
+        n_neg = _rank_counts(buffer, block, q_idx, keys, rel_of, chunk_size, rows, scores)
+        # Pad the positives of each query into a (c, P_max) table, best positive first.
+        within = torch.arange(rows.shape[0], device=device) - (n_pos.cumsum(0) - n_pos)[rows]
         width = int(n_pos.max())
         shape = (block.shape[0], width)
-        s_pad = torch.full(shape, -torch.inf, dtype=scores.dtype, device=rows.device)
-        n_pad = torch.zeros(shape, dtype=torch.long, device=rows.device)
+        s_pad = torch.full(shape, -torch.inf, dtype=scores.dtype, device=device)
+        n_pad = torch.zeros(shape, dtype=torch.long, device=device)
         s_pad[rows, within], n_pad[rows, within] = scores, n_neg
         order = s_pad.sort(dim=1, descending=True, stable=True).indices
-        m = torch.arange(1, width + 1, device=rows.device)
+        m = torch.arange(1, width + 1, device=device)
         rank = m + n_pad.gather(1, order)  # rank of the m-th best positive in the full list
         valid = m[None, :] <= n_pos[:, None]
-        ap_sum += ((m.double() / rank) * valid).sum(dim=1).div(n_pos).sum()
-        hits += (rank[:, :1] <= ks_t[None, :]).sum(dim=0)
-    n = queries.shape[0]
-    return [100.0 * int(h) / n for h in hits.tolist()], 100.0 * float(ap_sum) / n
+        aps.append(((m.double() / rank) * valid).sum(dim=1).div(n_pos))
+        hits.append(rank[:, :1] <= ks_t[None, :])
+    return torch.cat(hits), torch.cat(aps)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"ks must not repeat a cut-off, got {ks!r}")
+    return ks
+
+
+def retrieval_items(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    relevance: Relevance,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, Tensor]:
+    r"""Per-query retrieval outcomes with an arbitrary (exact) relevance relation.
+
+    The same ranking and tie rule as :func:`retrieval_metrics`, whose metrics are the means of
+    these items (×100), but the positives of image ``i`` are the captions ``j`` with
+    ``relevance(i, j)`` — e.g. every caption whose meaning is true of the scene, including
+    captions written for another image — and symmetrically for caption queries. Relevance is
+    asked one ``chunk_size × chunk_size`` block at a time, so no N×M matrix is formed.
+
+    Args:
+        image_emb: (N, d) image embeddings (normalised by the caller for cosine similarity).
+        text_emb: (M, d) caption embeddings on the same device.
+        relevance: ``relevance(image_index, text_index)`` → bool block (see :data:`Relevance`);
+            every image and every caption needs at least one relevant partner.
+        ks: recall cut-offs, distinct positive integers.
+        chunk_size: rows per query block and per key block.
+
+    Returns:
+        ``{"i2t_hit@K": (N,) bool, "i2t_ap": (N,) float64, "t2i_hit@K": (M,) bool,
+        "t2i_ap": (M,) float64}`` on the inputs' device (AP in [0, 1]).
+    """
+    dtype = check_pair("image_emb", image_emb, "text_emb", text_emb)
+    chunk_size = check_chunk("chunk_size", chunk_size)
+    ks = _check_ks(ks)
+    if not callable(relevance):
+        raise ValueError("relevance must be a callable (image_index, text_index) -> bool block")
+    image_emb, text_emb = image_emb.to(dtype), text_emb.to(dtype)
+    out: dict[str, Tensor] = {}
+    for name, q, k, i2t in (
+        ("i2t", image_emb, text_emb, True),
+        ("t2i", text_emb, image_emb, False),
+    ):
+        hits, aps = _direction(q, k, relevance, i2t, ks, chunk_size)
+        out.update({f"{name}_hit@{c}": hits[:, j] for j, c in enumerate(ks)})
+        out[f"{name}_ap"] = aps
+    return out
+
+
+def metrics_from_items(
+    items: dict[str, Tensor], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Recall@K, mAP (percent) and ``rsum`` of :func:`retrieval_items`' per-query outcomes."""
+    out: dict[str, float] = {}
+    for name in ("i2t", "t2i"):
+        out.update(
+            {f"{name}_R@{k}": 100.0 * float(items[f"{name}_hit@{k}"].double().mean()) for k in ks}
+        )
+    out["i2t_mAP"] = 100.0 * float(items["i2t_ap"].mean())
+    out["t2i_mAP"] = 100.0 * float(items["t2i_ap"].mean())
+    out["rsum"] = sum(out[f"{n}_R@{k}"] for n in ("i2t", "t2i") for k in ks)
+    return out
 
 
 def retrieval_metrics(
@@ -312,13 +270,9 @@ def retrieval_metrics(
         >>> m["i2t_R@1"], m["t2i_R@1"], round(m["i2t_mAP"], 1)
         (100.0, 100.0, 100.0)
     """
-    dtype = _check_pair("image_emb", image_emb, "text_emb", text_emb)
-    chunk_size = _check_chunk("chunk_size", chunk_size)
-    ks = tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
-    if len(set(ks)) != len(ks):
-        raise ValueError(f"ks must not repeat a cut-off, got {ks!r}")
+    check_pair("image_emb", image_emb, "text_emb", text_emb)
+    check_chunk("chunk_size", chunk_size)
+    ks = _check_ks(ks)
     device = image_emb.device
     img_ids = check_ids("image_ids", image_ids, image_emb.shape[0], device)
     txt_ids = check_ids("text_ids", text_ids, text_emb.shape[0], device)
@@ -333,11 +287,9 @@ def retrieval_metrics(
                 f"{name} has {int(orphan.sum())} row(s) (e.g. {first}) whose id appears nowhere "
                 f"in {other_name}, so they have no positive to retrieve; drop them or fix the ids"
             )
-    image_emb, text_emb = image_emb.to(dtype), text_emb.to(dtype)
-    i2t_r, i2t_ap = _direction(image_emb, text_emb, img_ids, txt_ids, ks, chunk_size)
-    t2i_r, t2i_ap = _direction(text_emb, image_emb, txt_ids, img_ids, ks, chunk_size)
-    out = {f"i2t_R@{k}": r for k, r in zip(ks, i2t_r)}
-    out.update({f"t2i_R@{k}": r for k, r in zip(ks, t2i_r)})
-    out["i2t_mAP"], out["t2i_mAP"] = i2t_ap, t2i_ap
-    out["rsum"] = sum(i2t_r) + sum(t2i_r)
-    return out
+
+    def same_id(image_index: Tensor, text_index: Tensor) -> Tensor:
+        return img_ids[image_index][:, None] == txt_ids[text_index][None, :]
+
+    items = retrieval_items(image_emb, text_emb, same_id, ks, chunk_size)
+    return metrics_from_items(items, ks)

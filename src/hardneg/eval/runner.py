@@ -1,32 +1,54 @@
 """Evaluate a trained alignment model on a DigitScenes split with every hardneg metric.
 
-- retrieval (dual encoder): I→T / T→I R@1/5/10 and mAP, positives by semantic id;
+- retrieval (dual encoder): I→T / T→I R@1/5/10 and mAP over the split's full *and* partial
+  captions (the gallery for I→T, the queries for T→I); a caption is a positive of every
+  scene its meaning is true of (``SplitTensors.relevance``), not only of the scene it was
+  written for;
 - compositional accuracy per perturbation: the image scores its true caption above each hard
   negative caption, with the dual encoder's cosine and with the cross-modal ITM head;
 - AEL: for (image, hard-negative caption) pairs, % whose top last-layer cross-attention cell
   lies in the annotated mismatch words × mismatch region (BACL §5, "attention error
   localisation"). Only word tokens are ranked ([CLS]/[SEP]/padding are not).
+
+:func:`evaluate_split_items` also returns the per-item outcomes (:mod:`hardneg.eval.items`)
+whose means are the metrics, for bootstrap confidence intervals.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hardneg.eval.compositional import compositional_accuracy
+from hardneg.eval.compositional import compositional_accuracy, compositional_trials
 from hardneg.eval.localisation import (
-    attention_error_localisation,
+    attention_error_hits,
     box_to_patch_mask,
     word_span_to_token_mask,
 )
-from hardneg.eval.retrieval import retrieval_metrics
+from hardneg.eval.retrieval import metrics_from_items, retrieval_items
 from hardneg.models.crossmodal import last_layer_attention
 
+__all__ = ["SplitEvaluation", "evaluate_split", "evaluate_split_items"]
 
-@torch.no_grad()
+
+@dataclass
+class SplitEvaluation:
+    """The metrics of one split and the per-item outcomes they are the means of.
+
+    Attributes:
+        metrics: flat ``{metric: value}`` (see :func:`evaluate_split`).
+        items: ``{item: (n,) array}`` (see :mod:`hardneg.eval.items`).
+    """
+
+    metrics: dict[str, float]
+    items: dict[str, np.ndarray]
+
+
 def evaluate_split(
     model: Any,
     bank: Any,
@@ -48,10 +70,30 @@ def evaluate_split(
 
     Returns:
         flat ``{metric: value}``: ``i2t_R@1`` … ``rsum``, ``comp_<kind>``/``comp_overall``
-        (cosine), ``itm_comp_overall``, ``ael``.
+        (cosine), ``itm_comp_<kind>``/``itm_comp_overall``, ``ael``.
     """
+    return evaluate_split_items(model, bank, split, tower, device, batch_size).metrics
+
+
+@torch.no_grad()
+def evaluate_split_items(
+    model: Any,
+    bank: Any,
+    split: Any,
+    tower: Any,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> SplitEvaluation:
+    """:func:`evaluate_split`'s metrics with their per-item outcomes (same arguments)."""
     was_training = model.training
     model.eval()
+    try:
+        return _evaluate(model, bank, split, tower, device, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model, bank, split, tower, device, batch_size: int) -> SplitEvaluation:
     n = len(split)
     image_emb, image_tokens = [], []
     for start in range(0, n, batch_size):
@@ -63,10 +105,10 @@ def evaluate_split(
     tokens = torch.cat(image_tokens)
     grid = out.grid
 
-    caption_rows = split.caption_rows.reshape(-1)
-    text_ids = split.semantic_ids.repeat_interleave(split.caption_rows.shape[1])
-    v = _text_embeddings(model, bank, caption_rows, device, batch_size)
-    metrics = retrieval_metrics(u, v, split.semantic_ids.to(u.device), text_ids.to(u.device))
+    items: dict[str, np.ndarray] = {}
+    retrieval = _retrieval(model, bank, split, u, device, batch_size)
+    metrics = metrics_from_items(retrieval)
+    items.update({k: v.cpu().numpy() for k, v in retrieval.items()})
 
     # hard-negative probes: one row per (scene, hard negative)
     scene, neg_rows, kinds, spans, boxes, texts = [], [], [], [], [], []
@@ -81,15 +123,17 @@ def evaluate_split(
                 texts.append(h.caption)
     if not scene:
         metrics["ael"] = float("nan")
-        return metrics
+        return SplitEvaluation(metrics, items)
     scene_t = torch.tensor(scene)
     neg_t = torch.tensor(neg_rows)
     pos_rows = split.caption_rows[scene_t, 0]
     v_pos = _text_embeddings(model, bank, pos_rows, device, batch_size)
     v_neg = _text_embeddings(model, bank, neg_t, device, batch_size)
     u_s = u[scene_t.to(u.device)]
-    acc = compositional_accuracy((u_s * v_pos).sum(-1), (u_s * v_neg).sum(-1), kinds)
+    pos_cos, neg_cos = (u_s * v_pos).sum(-1), (u_s * v_neg).sum(-1)
+    acc = compositional_accuracy(pos_cos, neg_cos, kinds)
     metrics.update({f"comp_{k}": val for k, val in acc.items()})
+    items["comp_correct"], items["comp_kind"] = compositional_trials(pos_cos, neg_cos, kinds)
 
     itm_pos, itm_neg, attn = [], [], []
     for start in range(0, len(scene), batch_size):
@@ -101,11 +145,29 @@ def evaluate_split(
         itm_neg.append(out_neg.itm_logit.float())
         a = last_layer_attention(out_neg).float().cpu()  # (b, T_batch, P): pad T to the bank's
         attn.append(F.pad(a, (0, 0, 0, bank.tokens.shape[1] - a.shape[1])))
-    itm_acc = compositional_accuracy(torch.cat(itm_pos), torch.cat(itm_neg), kinds)
+    itm_pos_t, itm_neg_t = torch.cat(itm_pos), torch.cat(itm_neg)
+    itm_acc = compositional_accuracy(itm_pos_t, itm_neg_t, kinds)
     metrics.update({f"itm_comp_{k}": val for k, val in itm_acc.items()})
-    metrics["ael"] = _ael(torch.cat(attn), tower, texts, spans, boxes, bank, neg_t, split, grid)
-    model.train(was_training)
-    return metrics
+    items["itm_comp_correct"] = compositional_trials(itm_pos_t, itm_neg_t, kinds)[0]
+    hits = _ael_hits(torch.cat(attn), tower, texts, spans, boxes, bank, neg_t, split, grid)
+    items["ael_hit"] = hits.numpy()
+    metrics["ael"] = 100.0 * float(hits.mean()) if len(hits) else float("nan")
+    return SplitEvaluation(metrics, items)
+
+
+def _retrieval(model, bank, split, u: Tensor, device, batch_size: int) -> dict[str, Tensor]:
+    """Per-query retrieval items over every caption (full and partial) with exact relevance."""
+    meanings = split.caption_meanings()  # (N, C + P), −1 = no caption
+    rows = torch.cat([split.caption_rows, split.partial_rows], dim=1)
+    present = meanings >= 0
+    text_rows, text_meanings = rows[present], meanings[present]
+    v = _text_embeddings(model, bank, text_rows, device, batch_size)
+
+    def relevance(image_index: Tensor, text_index: Tensor) -> Tensor:
+        rel = split.relevance(image_index.cpu(), text_meanings[text_index.cpu()])
+        return rel.to(image_index.device)
+
+    return retrieval_items(u, v, relevance)
 
 
 def _text_embeddings(model, bank, rows: Tensor, device, batch_size: int) -> Tensor:
@@ -116,8 +178,9 @@ def _text_embeddings(model, bank, rows: Tensor, device, batch_size: int) -> Tens
     return torch.cat(out)
 
 
-def _ael(attn, tower, texts, spans, boxes, bank, rows, split, grid) -> float:
-    """AEL over the probes: mismatch words → tokens (tokenizer word ids), box → patches."""
+def _ael_hits(attn, tower, texts, spans, boxes, bank, rows, split, grid) -> Tensor:
+    """Per-probe AEL hits (probes whose mismatch words survived truncation): mismatch words →
+    tokens (tokenizer word ids), box → patches."""
     n_tokens = attn.shape[1]
     token_mask = torch.zeros(len(texts), n_tokens, dtype=torch.bool)
     valid = torch.zeros(len(texts), n_tokens, dtype=torch.bool)
@@ -129,9 +192,9 @@ def _ael(attn, tower, texts, spans, boxes, bank, rows, split, grid) -> float:
     valid &= bank.mask[rows]
     kept = token_mask.any(dim=1)  # probes whose mismatch words survived truncation
     if not bool(kept.any()):
-        return float("nan")
+        return torch.zeros(0, dtype=torch.float64)
     image_size = int(split.images.shape[-1])
     patch_mask = torch.stack([box_to_patch_mask(b, image_size, grid) for b in boxes])
-    return attention_error_localisation(
+    return attention_error_hits(
         attn[kept], token_mask[kept], patch_mask[kept], valid_tokens=valid[kept]
-    )
+    ).cpu()

@@ -1,9 +1,10 @@
 """Train one method end to end and evaluate it: what ``hardneg train`` and the bench run.
 
 Writes into the run directory: ``config.json``, ``train_log.csv`` (+ ``tb/``),
-``checkpoint.pt`` (resumable) and ``metrics.json`` (test and test_novel metrics, step time,
-peak memory, FN rate of the selected negatives). Works under ``torchrun`` (rank 0 writes).
-While it runs, the directory is locked (``run.lock`` with the PID, see
+``checkpoint.pt`` (resumable), ``metrics.json`` (test and test_novel metrics, step time,
+peak memory, FN rate of the selected negatives) and ``per_item.npz`` (the per-query / per-probe
+outcomes those metrics average, see :mod:`hardneg.eval.items`). Works under ``torchrun``
+(rank 0 writes). While it runs, the directory is locked (``run.lock`` with the PID, see
 :mod:`hardneg.train.run_lock`): a second run on it is refused, and temp files that a killed
 run left behind are removed on start.
 """
@@ -23,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from hardneg.data.atomic_files import atomic_write, remove_stale_temps
-from hardneg.eval.runner import evaluate_split
+from hardneg.eval.items import pack_items
+from hardneg.eval.runner import evaluate_split, evaluate_split_items
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.memory import PeakMemory
 from hardneg.train.run_lock import RunLock, exit_on_signals
@@ -88,12 +90,14 @@ def _train_and_evaluate(
         **trainer.summary(),
         "metrics": {},
     }
+    items = {}
     for name in EVAL_SPLITS:
         if name in trainer.splits:
-            split_metrics = evaluate_split(
+            evaluation = evaluate_split_items(
                 trainer.model, trainer.bank, trainer.splits[name], trainer.tower, trainer.device
             )
-            result["metrics"][name] = split_metrics
+            result["metrics"][name], items[name] = evaluation.metrics, evaluation.items
+    atomic_write(out / "per_item.npz", lambda f: np.savez(f, **pack_items(items)))
     if trainer.selected_bs:
         bs = torch.cat(trainer.selected_bs).numpy()
         atomic_write(out / "selected_bs.npy", lambda f: np.save(f, bs))

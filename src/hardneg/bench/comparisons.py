@@ -1,0 +1,117 @@
+"""Paired differences between two methods of a bench, with confidence intervals.
+
+Any pair (method, baseline) on any split and metric: test-set metrics by the paired bootstrap
+over the test items of ``per_item.npz`` (the same items and resamples for both methods and
+every seed they share), run-level scalars (``train`` split: FN rates) by the paired t-interval
+over seeds (:mod:`hardneg.bench.statistics`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hardneg.bench.statistics import Comparison, Resampler, paired_bootstrap, seed_interval
+from hardneg.bench.tree import EVAL_SPLITS, TRAIN_SPLIT, BenchTree
+from hardneg.eval.items import metric_items
+
+__all__ = ["HEADLINE_METRICS", "TRAIN_COMPARED", "compare", "compare_to_reference"]
+
+HEADLINE_METRICS = (
+    "i2t_R@1", "t2i_R@1", "i2t_mAP", "t2i_mAP", "comp_overall", "itm_comp_overall", "ael",
+)  # fmt: skip
+"""Test-set metrics compared for every method (plus ``comp_<kind>`` for each kind present)."""
+TRAIN_COMPARED = ("fn_rate", "batch_fn_rate")
+"""Run-level scalars compared over seeds."""
+
+
+def _seed_items(tree: BenchTree, method: str, split: str, metric: str) -> dict[int, np.ndarray]:
+    out = {}
+    for run in tree.runs_of(method):
+        values = metric_items(run.items.get(split, {}), metric)
+        if values is not None:
+            out[run.seed] = values
+    return out
+
+
+def compare(
+    tree: BenchTree,
+    raw: dict,
+    method: str,
+    baseline: str,
+    split: str,
+    metric: str,
+    resampler: Resampler,
+) -> tuple[Comparison, np.ndarray | None] | None:
+    """``method − baseline`` on ``split`` / ``metric`` over the seeds both ran.
+
+    Args:
+        tree: the loaded bench.
+        raw: ``raw[method][seed][split][metric]`` of :func:`~hardneg.bench.tree.aggregate_runs`
+            (the run-level scalars of the ``train`` split).
+        method, baseline: the two methods (any pair).
+        split: ``"test"``, ``"test_novel"`` or ``"train"``.
+        metric: a metric name of that split.
+        resampler: the bench's shared resamples.
+
+    Returns:
+        ``(comparison, deltas)`` — ``deltas`` the bootstrap ``Δ*`` (None for ``train``) — or
+        None when either method has no value for it (not run, or no per-item outcomes).
+
+    Raises:
+        ValueError: the two methods' runs were evaluated on different test items (a different
+            number of items: a different data build), which cannot be paired.
+    """
+    if split == TRAIN_SPLIT:
+        per_seed = [
+            {s: v.get(split, {}).get(metric) for s, v in raw.get(m, {}).items()}
+            for m in (method, baseline)
+        ]
+        result = seed_interval(*per_seed)
+        return None if result is None else (result, None)
+    a, b = (_seed_items(tree, m, split, metric) for m in (method, baseline))
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    lengths = {(m, s, len(x[s])) for m, x in ((method, a), (baseline, b)) for s in seeds}
+    if len({n for *_, n in lengths}) != 1:
+        raise ValueError(
+            f"{split}/{metric}: runs have different numbers of test items {sorted(lengths)}; "
+            "they were evaluated on different data and cannot be paired (rerun them in one bench)"
+        )
+    stacked = [np.stack([x[s] for s in seeds]) for x in (a, b)]
+    return paired_bootstrap(*stacked, resampler=resampler, stream=split)
+
+
+def compare_to_reference(tree: BenchTree, raw: dict, resampler: Resampler) -> dict[str, Any]:
+    """``comparisons[method][split][metric]`` = :class:`Comparison` of every method vs the
+    reference, for :data:`HEADLINE_METRICS` + ``comp_<kind>`` and :data:`TRAIN_COMPARED`
+    (entries without a value are left out; the reference itself is not listed)."""
+    out: dict[str, Any] = {}
+    for method in tree.methods:
+        if method == tree.reference:
+            continue
+        per_split: dict[str, dict[str, Comparison]] = {}
+        for split in (*EVAL_SPLITS, TRAIN_SPLIT):
+            metrics = TRAIN_COMPARED if split == TRAIN_SPLIT else _eval_metrics(raw, split)
+            for metric in metrics:
+                result = compare(tree, raw, method, tree.reference, split, metric, resampler)
+                if result is not None:
+                    per_split.setdefault(split, {})[metric] = result[0]
+        if per_split:
+            out[method] = per_split
+    return out
+
+
+def _eval_metrics(raw: dict, split: str) -> list[str]:
+    kinds = sorted(
+        {
+            k
+            for seeds in raw.values()
+            for v in seeds.values()
+            for k in v.get(split, {})
+            if k.startswith("comp_") and k != "comp_overall"
+        }
+    )
+    return [*HEADLINE_METRICS, *kinds]

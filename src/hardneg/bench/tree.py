@@ -1,0 +1,319 @@
+"""A bench directory as data: its finished runs, their logs and per-seed aggregates.
+
+Reads the tree ``hardneg bench`` leaves (README, "Results")::
+
+    RUN/bench.json                       preset, methods, seeds, steps, batch_size, reference,
+                                         overrides (``--set``)
+    RUN/<method>/seed<k>/config.json     the TrainConfig as a dict
+    RUN/<method>/seed<k>/train_log.csv   one row per logged step (empty cell = not logged)
+    RUN/<method>/seed<k>/metrics.json    test / test_novel metrics, step time, peak memory, FN rate
+    RUN/<method>/seed<k>/per_item.npz    per-query / per-probe outcomes (hardneg.eval.items)
+    RUN/<method>/seed<k>/selected_bs.npy (BNS methods) (step, boundary score) of selected negatives
+
+A run directory without ``metrics.json`` is unfinished (or failed): it is skipped and named
+in the report. Every number is aggregated per method over its seeds as the mean and the
+sample standard deviation (``ddof = 1``); NaN / null values are left out of the aggregate and
+flagged, never averaged in silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from hardneg.eval.items import read_items
+
+__all__ = [
+    "BenchRun",
+    "BenchTree",
+    "MetricStats",
+    "aggregate_runs",
+    "finite",
+    "load_bench",
+    "read_train_log",
+]
+
+EVAL_SPLITS = ("test", "test_novel")
+TRAIN_SPLIT = "train"
+"""Pseudo-split of the per-run numbers measured while training (cost, FN rate, ratios)."""
+TRAIN_METRICS = (
+    "step_time", "peak_mem_mib", "selected_fn_rate", "batch_fn_rate", "fn_rate", "mem_ratio",
+)  # fmt: skip
+_SEED_DIR = re.compile(r"seed(\d+)$")
+
+
+@dataclass
+class BenchRun:
+    """One finished (method, seed) run of a bench.
+
+    Attributes:
+        method: the method name (the run's parent directory).
+        seed: the seed (``metrics.json`` ``seed``, else the ``seed<k>`` directory name).
+        path: the run directory.
+        metrics: ``metrics.json`` as loaded.
+        config: ``config.json`` ({} when absent).
+        log: ``train_log.csv`` as columns of floats (NaN where a cell is empty; {} when absent).
+        selected_bs: ``selected_bs.npy`` (n, 2) of (step, boundary score), or None.
+        items: ``per_item.npz`` as ``{split: {item: array}}`` ({} when absent), read on use.
+    """
+
+    method: str
+    seed: int
+    path: Path
+    metrics: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    log: dict[str, np.ndarray] = field(default_factory=dict)
+    selected_bs: np.ndarray | None = None
+
+    @cached_property
+    def items(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per-item outcomes of the run's evaluation splits (``per_item.npz``)."""
+        return read_items(self.path / "per_item.npz")
+
+    @property
+    def total_steps(self) -> int | None:
+        """Training steps of the run (``metrics.json`` ``steps``, else ``config.json``)."""
+        steps = self.metrics.get("steps", self.config.get("steps"))
+        return int(steps) if isinstance(steps, int | float) and steps > 0 else None
+
+
+@dataclass
+class BenchTree:
+    """Everything a report is built from.
+
+    Attributes:
+        run_dir: the bench directory.
+        info: ``bench.json`` ({} when absent).
+        runs: the finished runs, in method order then seed order.
+        methods: methods with at least one finished run, in ``bench.json`` order first.
+        skipped: ``"<method>/seed<k> (<why>)"`` for every run without ``metrics.json``.
+    """
+
+    run_dir: Path
+    info: dict[str, Any]
+    runs: list[BenchRun]
+    methods: list[str]
+    skipped: list[str]
+
+    @property
+    def reference(self) -> str:
+        """The method differences and ratios are relative to (``bench.json`` ``reference``)."""
+        return str(self.info.get("reference") or "infonce")
+
+    def runs_of(self, method: str) -> list[BenchRun]:
+        """The finished runs of ``method``."""
+        return [r for r in self.runs if r.method == method]
+
+
+class MetricStats(NamedTuple):
+    """Mean ± sample std (ddof = 1) of one metric over the seeds of one method.
+
+    Attributes:
+        mean: mean over the finite values (None when there is none).
+        std: sample standard deviation (None with fewer than two finite values).
+        n: number of finite values.
+        values: the per-seed values in seed order (None = missing, null or NaN).
+    """
+
+    mean: float | None
+    std: float | None
+    n: int
+    values: list[float | None]
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, not a number, NaN or ±inf.
+
+    Example:
+        >>> finite(2), finite(float("nan")), finite(None), finite(True)
+        (2.0, None, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _float_cell(cell: str | None) -> float:
+    try:
+        return float(cell) if cell not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def read_train_log(path: Path) -> dict[str, np.ndarray]:
+    """Read a ``train_log.csv`` into float columns (empty or non-numeric cell → NaN).
+
+    Args:
+        path: the CSV file (header row, then one row per logged step).
+
+    Returns:
+        ``{column: array}``, all of the same length; {} for a missing or empty file.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "train_log.csv"
+        >>> _ = p.write_text("step,loss,alpha\\n5,1.5,\\n10,1.25,0.3\\n")
+        >>> log = read_train_log(p)
+        >>> log["loss"].tolist(), bool(np.isnan(log["alpha"][0]))
+        ([1.5, 1.25], True)
+    """
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    keys = list(dict.fromkeys(k for row in rows for k in row if k is not None))
+    return {k: np.array([_float_cell(row.get(k)) for row in rows], dtype=float) for k in keys}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it and rerun that run") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_run(method: str, seed_dir: Path) -> BenchRun:
+    metrics = _read_json(seed_dir / "metrics.json")
+    match = _SEED_DIR.search(seed_dir.name)
+    seed = metrics.get("seed", int(match.group(1)) if match else 0)
+    config_path = seed_dir / "config.json"
+    bs_path = seed_dir / "selected_bs.npy"
+    selected_bs = None
+    if bs_path.is_file():
+        selected_bs = np.load(bs_path)
+        if selected_bs.ndim != 2 or selected_bs.shape[1] != 2:
+            raise ValueError(
+                f"{bs_path} has shape {selected_bs.shape}; "
+                "expected (n, 2) columns (step, boundary score)"
+            )
+    return BenchRun(
+        method=str(metrics.get("method", method)),
+        seed=int(seed),
+        path=seed_dir,
+        metrics=metrics,
+        config=_read_json(config_path) if config_path.is_file() else {},
+        log=read_train_log(seed_dir / "train_log.csv"),
+        selected_bs=selected_bs,
+    )
+
+
+def load_bench(run_dir: Path) -> BenchTree:
+    """Load every finished run under ``run_dir`` and list the unfinished ones.
+
+    Methods and seeds come from ``bench.json`` (a planned run whose directory is missing is
+    listed as "not started") and from the ``<method>/seed<k>/`` directories present.
+
+    Args:
+        run_dir: the bench directory (``hardneg bench --out``).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` does not exist, or no run in it has finished.
+        ValueError: a ``bench.json`` / ``metrics.json`` / ``config.json`` is not a JSON object.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"bench directory {run_dir} does not exist; run `hardneg bench --out {run_dir}` "
+            "first or pass the directory that holds bench.json"
+        )
+    info = _read_json(run_dir / "bench.json") if (run_dir / "bench.json").is_file() else {}
+    planned_methods = [str(m) for m in info.get("methods", [])]
+    found = [p for p in run_dir.glob("*/seed*") if p.is_dir() and _SEED_DIR.search(p.name)]
+    planned = [run_dir / m / f"seed{s}" for m in planned_methods for s in info.get("seeds", [])]
+    order = list(dict.fromkeys(planned_methods + sorted(p.parent.name for p in found)))
+    seed_dirs = sorted(
+        set(found) | set(planned),
+        key=lambda p: (order.index(p.parent.name), int(_SEED_DIR.search(p.name).group(1))),
+    )
+    runs, skipped = [], []
+    for seed_dir in seed_dirs:
+        name = f"{seed_dir.parent.name}/{seed_dir.name}"
+        if (seed_dir / "metrics.json").is_file():
+            runs.append(_load_run(seed_dir.parent.name, seed_dir))
+        elif not seed_dir.is_dir():
+            skipped.append(f"{name} (not started)")
+        elif (seed_dir / "error.log").is_file():
+            skipped.append(f"{name} (failed, see error.log)")
+        else:
+            skipped.append(f"{name} (unfinished: no metrics.json)")
+    if not runs:
+        raise FileNotFoundError(
+            f"no finished run under {run_dir} (no <method>/seed<k>/metrics.json); "
+            "run `hardneg bench` to completion first"
+        )
+    methods = list(dict.fromkeys(r.method for r in runs))
+    return BenchTree(run_dir, info, runs, methods, skipped)
+
+
+def _run_values(run: BenchRun, ref_mem: float | None) -> dict[str, dict[str, Any]]:
+    """``{split: {metric: value}}`` of one run: the eval splits and the ``train`` numbers.
+
+    ``fn_rate`` is the selected negatives' FN rate when the run selects negatives, else the
+    in-batch one; ``mem_ratio`` divides the peak memory by the reference method's seed mean.
+    (No step-time ratio: the bench's runs share the CPU with different neighbours, so their
+    step times are not comparable; see ``benchmarks/bench_steps.py`` for a measurement.)
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for split in EVAL_SPLITS:
+        values = run.metrics.get("metrics", {}).get(split)
+        if isinstance(values, dict):
+            out[split] = dict(values)
+    m = run.metrics
+    selected, batch = finite(m.get("selected_fn_rate")), finite(m.get("batch_fn_rate"))
+    train: dict[str, Any] = {k: m.get(k) for k in TRAIN_METRICS[:4]}
+    train["fn_rate"] = selected if selected is not None else batch
+    mem = finite(m.get("peak_mem_mib"))
+    train["mem_ratio"] = mem / ref_mem if mem is not None and ref_mem is not None else None
+    out[TRAIN_SPLIT] = train
+    return out
+
+
+def _stats(values: list[Any]) -> MetricStats:
+    clean = [finite(v) for v in values]
+    kept = [v for v in clean if v is not None]
+    mean = float(np.mean(kept)) if kept else None
+    std = float(np.std(kept, ddof=1)) if len(kept) > 1 else None
+    return MetricStats(mean, std, len(kept), clean)
+
+
+def aggregate_runs(tree: BenchTree) -> tuple[dict, dict]:
+    """Per-seed values and their mean ± sample std per method × split × metric.
+
+    The memory ratio is ``x / mean_seeds(x_reference)`` for x = peak memory (None when the
+    reference method has no finished run or a non-positive value).
+
+    Args:
+        tree: the loaded bench (:func:`load_bench`).
+
+    Returns:
+        ``(aggregate, raw)``: ``aggregate[method][split][metric]`` is a :class:`MetricStats`;
+        ``raw[method][seed][split][metric]`` the value read from that run (or derived).
+    """
+    ref = _stats([r.metrics.get("peak_mem_mib") for r in tree.runs_of(tree.reference)]).mean
+    ref_mem = ref if ref is not None and ref > 0 else None
+    raw: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}
+    for run in tree.runs:
+        raw.setdefault(run.method, {})[run.seed] = _run_values(run, ref_mem)
+    aggregate: dict[str, dict[str, dict[str, MetricStats]]] = {}
+    for method, seeds in raw.items():
+        splits = list(dict.fromkeys(s for per_seed in seeds.values() for s in per_seed))
+        aggregate[method] = {}
+        for split in splits:
+            metrics = list(dict.fromkeys(k for v in seeds.values() for k in v.get(split, {})))
+            aggregate[method][split] = {
+                k: _stats([v.get(split, {}).get(k) for v in seeds.values()]) for k in metrics
+            }
+    return aggregate, raw

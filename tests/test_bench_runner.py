@@ -1,0 +1,74 @@
+"""hardneg bench --set: overrides reach every run, are recorded, and never mix benches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hardneg import cli
+from hardneg.bench import runner
+
+
+class _Stop(Exception):
+    """Raised instead of generating data: the checks before it are what is tested."""
+
+
+def _no_training(monkeypatch):
+    def stop(config):
+        raise _Stop(config)
+
+    monkeypatch.setattr(runner, "prepare_data", stop)
+    monkeypatch.setattr(runner, "_launch", lambda cfg, t: pytest.fail("launched a run"))
+
+
+def test_quick_preset_runs_three_seeds():
+    assert runner.PRESETS["quick"].seeds >= 3
+
+
+def test_overrides_reach_every_run_config_and_win_over_the_preset(tmp_path):
+    preset = runner.PRESETS["quick"]
+    config = runner.run_config(
+        preset, "bacl", 2, tmp_path, {"data": {"seed": 3}, "steps": 7, "optim": {"lr": 1e-4}}
+    )
+    assert config["data"]["seed"] == 3 and config["steps"] == 7
+    assert config["optim"]["lr"] == 1e-4
+    assert config["seed"] == 2 and config["data"]["preset"] == preset.data_preset
+    assert config["out_dir"] == str(tmp_path / "bacl" / "seed2")
+    plain = runner.run_config(preset, "bacl", 2, tmp_path)
+    assert plain["data"]["seed"] == 0 and plain["steps"] == preset.steps
+
+
+@pytest.mark.parametrize(("key", "option"), [("seed", "--seeds"), ("out_dir", "--out")])
+def test_overrides_of_per_run_keys_are_refused(tmp_path, monkeypatch, key, option):
+    _no_training(monkeypatch)
+    with pytest.raises(ValueError, match=f"--set {key}=.*use hardneg bench {option}"):
+        runner.run_bench("quick", tmp_path / "b", overrides=[f"{key}=1"])
+
+
+def test_overrides_are_recorded_and_other_overrides_refuse_the_directory(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    out = tmp_path / "bench"
+    with pytest.raises(_Stop) as stopped:
+        runner.run_bench("quick", out, methods=["infonce"], seeds=1, overrides=["data.seed=3"])
+    assert stopped.value.args[0]["data"]["seed"] == 3  # the data of the runs is prepared
+    info = json.loads((out / "bench.json").read_text())
+    assert info["overrides"] == {"data": {"seed": 3}}
+    before = (out / "bench.json").read_text()
+    for other in ([], ["data.seed=4"]):  # no override, or another value: refused, unchanged
+        with pytest.raises(ValueError, match="pass another --out"):
+            runner.run_bench("quick", out, methods=["infonce"], seeds=1, overrides=other)
+        assert (out / "bench.json").read_text() == before
+    with pytest.raises(ValueError, match="preset 'quick'"):
+        runner.run_bench("full", out, methods=["infonce"], seeds=1, overrides=["data.seed=3"])
+    with pytest.raises(_Stop):  # the same overrides again: the bench resumes
+        runner.run_bench("quick", out, methods=["infonce", "hcl"], overrides={"data": {"seed": 3}})
+
+
+def test_cli_bench_passes_set_to_the_runner(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(runner, "run_bench", lambda *a, **kw: seen.update(kw, args=a))
+    assert cli.main(["bench", "--out", str(tmp_path), "--set", "data.seed=3", "steps=5"]) == 0
+    assert seen["overrides"] == ["data.seed=3", "steps=5"]
+    assert cli.main(["bench", "--out", str(tmp_path)]) == 0
+    assert seen["overrides"] == []
