@@ -39,6 +39,9 @@ class _Dual:
     def __init__(self) -> None:
         self.text_head = torch.nn.Identity()
 
+    def embed_text(self, text):
+        return text  # the stub bank's rows are the embeddings
+
     def encode_image(self, images: torch.Tensor):
         index = images[:, 0, 0, 0].mul(255).round().long()  # the pixel stores the scene index
         emb = IMAGES[index]
@@ -49,6 +52,9 @@ class _Model(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.dual = _Dual()
+
+    def encode_scenes(self, split, index, device):
+        return self.dual.encode_image(split.image_batch(index, device))
 
 
 def _split() -> SplitTensors:
@@ -80,7 +86,7 @@ def _brute_force(scores: torch.Tensor, relevant: list[list[bool]]) -> tuple[floa
 
 @pytest.fixture
 def metrics() -> dict[str, float]:
-    bank = SimpleNamespace(pooled=TEXTS)
+    bank = SimpleNamespace(pooled=TEXTS, take=lambda rows, device: TEXTS[rows])
     return evaluate_split(_Model(), bank, _split(), tower=None, batch_size=2)
 
 
@@ -100,7 +106,7 @@ def test_partial_captions_are_queries_and_gallery_with_exact_relevance(metrics):
 def test_per_item_means_are_the_metrics():
     from hardneg.eval.items import metric_items
 
-    bank = SimpleNamespace(pooled=TEXTS)
+    bank = SimpleNamespace(pooled=TEXTS, take=lambda rows, device: TEXTS[rows])
     result = evaluate_split_items(_Model(), bank, _split(), tower=None, batch_size=2)
     assert len(result.items["i2t_ap"]) == 3 and len(result.items["t2i_ap"]) == 5
     for metric in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@10", "i2t_mAP", "t2i_mAP"):
