@@ -154,3 +154,44 @@ def test_gradients_that_overflow_at_every_step_stop_the_run(tmp_path, tiny_text_
 def test_max_grad_norm_must_be_positive():
     with pytest.raises(ValueError, match=r"optim\.max_grad_norm"):
         resolve_config("infonce", {"optim": {"max_grad_norm": 0.0}})
+
+
+def test_pretraining_stage_is_cached_and_identical_whichever_run_computed_it(
+    tmp_path, tiny_text_model
+):
+    over = {
+        "steps": 2,
+        "model": {"head": "attention", "freeze_image_tower": True, "dropout": 0.0},
+        "pretrain": {"steps": 4, "batch_size": 16, "negative_kinds": ["replace_digit"]},
+    }
+    first = Trainer(resolve_config("infonce", trainer_values(tmp_path, tiny_text_model, **over)))
+    assert len(list((tmp_path / "cache" / "pretrain").glob("*.pt"))) == 1
+    over_seed = {**over, "seed": 5, "out_dir": str(tmp_path / "other")}
+    second = Trainer(
+        resolve_config("negclip", trainer_values(tmp_path, tiny_text_model, **over_seed))
+    )
+    # one starting point: another method and run seed read the same pre-trained dual encoder
+    a, b = first.model.dual.state_dict(), second.model.dual.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the frozen tower's features replace the images, and it gets no gradient
+    assert first.train_split.image_features is not None
+    assert not any(p.requires_grad for p in first.model.dual.image_tower.parameters())
+    before = {k: v.clone() for k, v in first.model.dual.image_tower.state_dict().items()}
+    first.fit()
+    after = first.model.dual.image_tower.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the stage moved the dual encoder away from its initial weights
+    fresh = Trainer(
+        resolve_config(
+            "infonce",
+            trainer_values(tmp_path, tiny_text_model, steps=1, out_dir=str(tmp_path / "fresh")),
+        )
+    )
+    assert fresh.pretrain_loss is None
+
+
+def test_frozen_tower_without_pretraining_is_refused():
+    with pytest.raises(ValueError, match="freeze_image_tower needs pretrain.steps"):
+        resolve_config("infonce", {"model": {"freeze_image_tower": True}})
+    with pytest.raises(ValueError, match="negative_kinds has unknown kinds"):
+        resolve_config("infonce", {"pretrain": {"steps": 5, "negative_kinds": ["nope"]}})

@@ -173,12 +173,15 @@ class PretrainConfig:
         batch_size: batch of the stage.
         lr: AdamW peak learning rate (linear warm-up over 5 % of the steps, cosine decay).
         seed: seed of the stage (fixed across the methods' run seeds: one starting point).
+        negative_kinds: hard-negative kinds added as extra negative captions (NegCLIP-style,
+            one per image and step), e.g. ``["replace_digit", "change_colour"]``.
     """
 
     steps: int = 0
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0
+    negative_kinds: list[str] = field(default_factory=list)
 
 
 @dataclass

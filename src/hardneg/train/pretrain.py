@@ -4,9 +4,13 @@ NegCLIP (Yuksekgonul et al. 2023, §4) and BACL (arXiv:2511.08399, §4) fine-tun
 already knows objects; a hard-negative method has nothing to work with while the towers are
 still learning what a digit is. So, with ``pretrain.steps > 0``, the dual encoder (image tower
 and both heads; the text tower stays frozen) first trains with plain InfoNCE on random batches,
-and every method starts from that state. The stage depends only on the data, the model's tower
-and head settings and its own config — not on the method or the run's seed — so its result is
-cached on disk (keyed by a fingerprint of all of those) and shared by every run of a bench.
+and every method starts from that state. ``pretrain.negative_kinds`` adds NegCLIP-style hard
+negatives of object-level kinds (a wrong digit, a wrong colour): the stage then teaches what the
+objects are, as a pre-trained CLIP knows them, and leaves composition (binding attributes to
+objects, relations) to the fine-tuning methods — the gap the ARO benchmark found in CLIP. The
+stage depends only on the data, the dual encoder's initial weights and its own config — not on
+the method or the run's seed — so its result is cached on disk (keyed by a fingerprint of all
+of those) and shared by every run of a bench.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ from hardneg.data.atomic_files import atomic_write
 from hardneg.data.cache import content_fingerprint, module_fingerprint
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.dual import DualEncoder
-from hardneg.train.config import DataConfig, ModelConfig, PretrainConfig
+from hardneg.train.config import PretrainConfig
 
 PRETRAIN_VERSION = 1  # bump when the stage's computation changes, so old caches are not reused
-_CROSSMODAL_FIELDS = ("crossmodal_dim", "crossmodal_layers", "crossmodal_heads", "dropout")
 
 
 def trainable_state(dual: DualEncoder) -> dict[str, Tensor]:
@@ -35,44 +38,56 @@ def trainable_state(dual: DualEncoder) -> dict[str, Tensor]:
     return {k: v for k, v in dual.state_dict().items() if not k.startswith("text_tower.")}
 
 
-def pretrain_key(
-    data: DataConfig, model: ModelConfig, pretrain: PretrainConfig, dual: DualEncoder
-) -> str:
-    """Fingerprint of everything the stage's result depends on."""
-    towers = {k: v for k, v in dataclasses.asdict(model).items() if k not in _CROSSMODAL_FIELDS}
-    towers.pop("freeze_image_tower")
-    data_fields = dataclasses.asdict(data)
-    for name in ("cache_dir", "encode_all", "hard_negative_captions", "positives"):
-        data_fields.pop(name)
+def object_negative_rows(split: Any, bank: Any, kinds: tuple[str, ...]) -> Tensor:
+    """(N, K) text-bank rows of each scene's hard-negative captions of the given ``kinds``
+    (−1 = none): e.g. ``replace_digit`` / ``change_colour``, which name a wrong object."""
+    per_scene = [
+        [bank.index[h.caption] for h in negs if h.kind in kinds and h.caption in bank.index]
+        for negs in split.scenes.hard_negatives
+    ]
+    if kinds and not any(per_scene):
+        raise ValueError(
+            f"no hard negative of kinds {list(kinds)} is in the text bank; encode the training "
+            "split's hard negatives (data.encode_all)"
+        )
+    rows = torch.full((len(per_scene), max(1, max(map(len, per_scene), default=0))), -1)
+    for i, found in enumerate(per_scene):
+        rows[i, : len(found)] = torch.tensor(found, dtype=torch.long)
+    return rows
+
+
+def pretrain_key(dual: DualEncoder, split: Any, bank: Any, config: PretrainConfig) -> str:
+    """Fingerprint of everything the stage's result depends on: the dual encoder's initial
+    weights (which also pin its architecture and the frozen text tower), the stage's config,
+    and the training images, captions and hard negatives themselves."""
+    negatives = object_negative_rows(split, bank, tuple(config.negative_kinds))
+    rows = torch.cat([split.caption_rows, negatives], dim=1).flatten().tolist()
     return content_fingerprint(
         PRETRAIN_VERSION,
-        data_fields,
-        towers,
-        dataclasses.asdict(pretrain),
-        module_fingerprint(dual.text_tower),
+        module_fingerprint(dual),
+        dataclasses.asdict(config),
+        split.images,
+        [bank.texts[r] if r >= 0 else "" for r in rows],
     )
 
 
 def pretrain_dual_encoder(
     dual: DualEncoder,
-    images: Tensor,
-    caption_rows: Tensor,
+    split: Any,
     bank: Any,
     config: PretrainConfig,
     cache_dir: str | Path | None,
-    key: str,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``dual`` with InfoNCE for ``config.steps`` (or load the cached result) in place.
 
     Args:
-        dual: a freshly built dual encoder (its initial state is part of the run's seed).
-        images: (N, 3, H, W) uint8 training images.
-        caption_rows: (N, C) text-bank rows of each image's captions (one drawn per step).
+        dual: a freshly built dual encoder (built from ``config.seed``).
+        split: the training :class:`~hardneg.train.data.SplitTensors` (images, caption rows,
+            hard negatives); one caption per image is drawn per step.
         bank: the :class:`~hardneg.train.textbank.TextBank` of the frozen text tower.
         config: the stage's settings.
         cache_dir: where ``pretrain/<key>.pt`` is kept (None: no cache).
-        key: :func:`pretrain_key` of the run.
         progress: show a progress bar.
 
     Returns:
@@ -80,25 +95,21 @@ def pretrain_dual_encoder(
         The global random state is the same afterwards as before (the stage draws from its own
         seed), so a run is identical whether the stage was computed or read from the cache.
     """
+    key = pretrain_key(dual, split, bank, config)
     path = None if cache_dir is None else Path(cache_dir) / "pretrain" / f"{key}.pt"
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         dual.load_state_dict(saved["state"], strict=False)
         return {**saved, "cached": True}
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is left untouched
-        result = _train(dual, images, caption_rows, bank, config, progress)
+        result = _train(dual, split, bank, config, progress)
     if path is not None:
         atomic_write(path, lambda f: torch.save(result, f))
     return {**result, "cached": False}
 
 
 def _train(
-    dual: DualEncoder,
-    images: Tensor,
-    caption_rows: Tensor,
-    bank: Any,
-    config: PretrainConfig,
-    progress: bool,
+    dual: DualEncoder, split: Any, bank: Any, config: PretrainConfig, progress: bool
 ) -> dict[str, Any]:
     device = dual.device
     gen = torch.Generator().manual_seed(config.seed)
@@ -114,6 +125,8 @@ def _train(
         return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, config.steps - warm)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    images, caption_rows = split.images, split.caption_rows
+    negatives = object_negative_rows(split, bank, tuple(config.negative_kinds))
     n, n_caps = caption_rows.shape
     batch = min(config.batch_size, n)
     losses: list[float] = []
@@ -123,7 +136,15 @@ def _train(
         rows = caption_rows[idx, torch.randint(0, n_caps, (batch,), generator=gen)]
         image_emb, _ = dual.encode_image(images[idx].to(device).float().div_(255.0))
         text_emb, _ = dual.encode_text(bank.take(rows, device))
-        loss = loss_fn(image_emb, text_emb)
+        extra = None
+        if config.negative_kinds:
+            draw = torch.rand(negatives[idx].shape, generator=gen).masked_fill(
+                negatives[idx] < 0, -1
+            )
+            picked = negatives[idx].gather(1, draw.argmax(1, keepdim=True)).squeeze(1)
+            picked = picked[picked >= 0]
+            extra = dual.embed_text(bank.take(picked, device)) if len(picked) else None
+        loss = loss_fn(image_emb, text_emb, extra_text_emb=extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)

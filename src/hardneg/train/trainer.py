@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hardneg.data.atomic_files import atomic_write
+from hardneg.data.scene_captions import PERTURBATIONS
 from hardneg.losses.cla import ContrastiveLocalAttentionLoss
 from hardneg.losses.distributed import gather_with_grad, world_info
 from hardneg.losses.infonce import InfoNCELoss
@@ -62,7 +63,7 @@ from hardneg.train.data import (
 from hardneg.train.finite import non_finite_message
 from hardneg.train.methods import LOSSES, method_overrides
 from hardneg.train.overflow import GradNormOverflow
-from hardneg.train.pretrain import pretrain_dual_encoder, pretrain_key
+from hardneg.train.pretrain import pretrain_dual_encoder
 from hardneg.train.textbank import TextBank
 
 
@@ -117,6 +118,18 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(
                 f"aux.{name} must be ≥ 0 (a loss weight), got {getattr(cfg.aux, name)}"
             )
+    bad_kinds = sorted(set(cfg.pretrain.negative_kinds) - set(PERTURBATIONS))
+    if bad_kinds:
+        raise ValueError(
+            f"pretrain.negative_kinds has unknown kinds {bad_kinds}; choose from {PERTURBATIONS}"
+        )
+    if cfg.model.head not in ("linear", "attention"):
+        raise ValueError(f"model.head must be 'linear' or 'attention', got {cfg.model.head!r}")
+    if cfg.model.freeze_image_tower and not cfg.pretrain.steps:
+        raise ValueError(
+            "model.freeze_image_tower needs pretrain.steps > 0 (a frozen tower that was never "
+            "trained would stay random)"
+        )
     if not cfg.optim.max_grad_norm > 0:
         raise ValueError(
             f"optim.max_grad_norm must be > 0 (gradients are clipped to that norm), got "
@@ -214,8 +227,12 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         _seed_everything(cfg.seed)
         self.tower = tower or MiniLMTextTower(cfg.data.text_model, max_length=cfg.data.max_text_len)
+        # the pre-training stage's hard negatives are train captions too
+        data_cfg = replace(
+            cfg.data, encode_all=cfg.data.encode_all or bool(cfg.pretrain.negative_kinds)
+        )
         self.bank, self.splits = data or load_run_data(
-            cfg.data, self.tower, progress=cfg.progress and self.rank == 0
+            data_cfg, self.tower, progress=cfg.progress and self.rank == 0
         )
         self.train_split = self.splits["train"]
         self.partial_prob = partial_caption_probability(
@@ -324,15 +341,12 @@ class Trainer:
         cfg, dual = self.cfg, self.model.dual
         loss = None
         if cfg.pretrain.steps:
-            key = pretrain_key(cfg.data, cfg.model, cfg.pretrain, dual)
             result = pretrain_dual_encoder(
                 dual,
-                self.train_split.images,
-                self.train_split.caption_rows,
+                self.train_split,
                 self.bank,
                 cfg.pretrain,
                 cfg.data.cache_dir,
-                key,
                 progress=cfg.progress and self.rank == 0,
             )
             loss = result["loss"]
