@@ -6,10 +6,13 @@ evaluation. The first epoch (31 steps, random batches for every method while the
 store fills) is not timed; over the rest, reported per method: median step time (after 3
 steps), wall time per step including what happens between steps (GRIT/FALCON search-space
 refresh at the epoch boundary, FALCON's reward forwards) and the growth of the process's peak
-memory (CUDA: max allocated). Ratios are against ``infonce`` measured in the same invocation.
+memory (CUDA: max allocated). The methods run in interleaved rounds (every method once per
+round, the order rotated between rounds), and each ratio is taken against ``infonce`` *of the
+same round*, then summarised by the median (and range) over rounds: a slow phase of this noisy
+VM then affects both sides of a ratio instead of one method.
 
-    python benchmarks/bench_steps.py                       # ≈ 10 min on 2 idle cores
-    python benchmarks/bench_steps.py --methods infonce bacl --steps 40
+    python benchmarks/bench_steps.py                       # ≈ 30 min on 2 idle cores
+    python benchmarks/bench_steps.py --methods infonce bacl --steps 40 --rounds 2
 
 Writes ``benchmarks/results/steps.md``.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     parser.add_argument("--steps", type=int, default=55, help="31 untimed + the timed rest")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.steps < 40:
@@ -75,35 +80,44 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         prepare_data(run_config(PRESETS["quick"], "infonce", 0, Path(tmp)))  # shared cache
-        rows = {}
-        for method in methods:
-            rows[method] = run_cell(method, args.steps, Path(tmp))
-            cell = rows[method]
-            print(
-                f"{method:18s} step {cell['step']:.3f} s  wall/step {cell['wall']:.3f} s  "
-                f"peak {cell['peak_mib']:.0f} MiB",
-                flush=True,
-            )
+        rounds: list[dict[str, dict]] = []
+        for r in range(args.rounds):
+            order = methods[r % len(methods) :] + methods[: r % len(methods)]
+            cells = {}
+            for method in order:
+                cells[method] = cell = run_cell(method, args.steps, Path(tmp))
+                print(
+                    f"round {r + 1}: {method:18s} step {cell['step']:.3f} s  wall/step "
+                    f"{cell['wall']:.3f} s  peak {cell['peak_mib']:.0f} MiB",
+                    flush=True,
+                )
+            rounds.append(cells)
 
-    ref = rows["infonce"]
+    def ratio(method: str, key: str) -> str:
+        values = sorted(c[method][key] / max(c["infonce"][key], 1e-9) for c in rounds)
+        return f"{statistics.median(values):.2f} ({values[0]:.2f}–{values[-1]:.2f})"
+
+    device = rounds[0]["infonce"]["device"]
     lines = [
         "# Training-step overhead per method",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {ref['device']} "
-        f"({platform.processor() or 'cpu'}), quick bench settings (DigitScenes `small`, batch 64, "
-        f"seed 0), {args.steps} steps per method, each in a fresh process, the first epoch (31 "
-        "steps) untimed. Step = median time of one optimisation step; wall/step also counts "
-        "the work between steps (search-space refresh at the epoch boundary, FALCON reward "
-        "forwards); peak = growth of peak RSS (CPU) or max allocated (CUDA) while timed.",
+        f"Measured {time.strftime('%Y-%m-%d')} on {device} "
+        f"({platform.processor() or 'cpu'}), quick bench settings, {args.steps} steps per method, "
+        f"each in a fresh process, the first epoch untimed; {args.rounds} interleaved rounds. "
+        "Step = median time of one optimisation step; wall/step also counts the work between "
+        "steps (search-space refresh at the epoch boundary, FALCON reward forwards); peak = "
+        "growth of peak RSS (CPU) or max allocated (CUDA) while timed. Each ratio is against "
+        "infonce in the same round: median (min–max) over rounds.",
         "",
-        "| method | step (s) | × infonce | wall/step (s) | × infonce | peak MiB | × infonce |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | step (s) | step × infonce | wall/step × infonce | peak MiB | peak × infonce |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for method, cell in rows.items():
+    for method in methods:
+        step = statistics.median(c[method]["step"] for c in rounds)
+        peak = statistics.median(c[method]["peak_mib"] for c in rounds)
         lines.append(
-            f"| {method} | {cell['step']:.3f} | {cell['step'] / ref['step']:.2f} | "
-            f"{cell['wall']:.3f} | {cell['wall'] / ref['wall']:.2f} | {cell['peak_mib']:.0f} | "
-            f"{cell['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f} |"
+            f"| {method} | {step:.3f} | {ratio(method, 'step')} | {ratio(method, 'wall')} | "
+            f"{peak:.0f} | {ratio(method, 'peak_mib')} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -74,11 +74,11 @@ def test_padding_values_do_not_change_the_loss():
     )
 
 
-def test_gradient_reaches_negative_attention_with_the_formula_value_and_not_positive():
+def test_detached_delta_gradient_reaches_negative_attention_only_with_the_formula_value():
     pos, neg = maps(A_POS, A_NEG)
     pos.requires_grad_(True)
     loss = contrastive_local_attention_loss(
-        pos, neg, torch.ones(1, 2, dtype=torch.bool), rho=0.5, beta=1.0, eps=EPS
+        pos, neg, torch.ones(1, 2, dtype=torch.bool), rho=0.5, beta=1.0, eps=EPS, detach_delta=True
     )
     loss.backward()
     # ΔA is detached: ∂L/∂A⁻ = −(1+ΔA)/(A_b+ε)/|Ω| on Ω, 0 elsewhere; A⁺ gets no gradient

@@ -41,7 +41,7 @@ CORE_METHODS = [
 ]  # fmt: skip
 ALL_METHODS = [
     *CORE_METHODS,
-    "decoupled", "bacl_aggressive", "bacl_shallow", "cla_grad", "bacl_cla_grad", "fixed_q",
+    "decoupled", "bacl_aggressive", "bacl_shallow", "cla_detached", "bacl_cla_detached", "fixed_q",
     "progressive", "falcon_batch",
     "mnrl_hardness",
 ]  # fmt: skip

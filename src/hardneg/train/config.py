@@ -130,7 +130,7 @@ class AuxConfig:
     cla_weight: float = 0.0
     cla_rho: float = 0.1
     cla_beta: float = 1.0
-    cla_detach_delta: bool = True
+    cla_detach_delta: bool = False
     itm_weight: float = 1.0
     mlm_weight: float = 0.5
 

@@ -18,8 +18,8 @@ _EGA = {"name": "ega"}
 _BNS = {"selector": {"name": "bns"}}
 _CLA = {"aux": {"cla_weight": 0.3}}
 _BACL = {"selector": {"name": "bns"}, "aux": {"cla_weight": 0.3}}
-# CLA with the gradient through ΔA (the default detaches it): the ablation behind that default
-_CLA_GRAD = {"aux": {"cla_weight": 0.3, "cla_detach_delta": False}}
+# CLA with ΔA detached (the default differentiates it): the ablation behind that default
+_CLA_DETACHED = {"aux": {"cla_weight": 0.3, "cla_detach_delta": True}}
 
 METHODS: dict[str, dict[str, Any]] = {
     "infonce": {},
@@ -37,8 +37,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "bns": _BNS,
     "cla": _CLA,
     "bacl": _BACL,
-    "cla_grad": _CLA_GRAD,
-    "bacl_cla_grad": {**_BACL, **_CLA_GRAD},
+    "cla_detached": _CLA_DETACHED,
+    "bacl_cla_detached": {**_BACL, **_CLA_DETACHED},
     "bacl_aggressive": {**_BACL, "selector": {"name": "bns", "curriculum": "aggressive"}},
     "bacl_shallow": {**_BACL, "selector": {"name": "bns", "curriculum": "shallow"}},
     "bacl_ega": {**_BACL, "loss": _EGA},
