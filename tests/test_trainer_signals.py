@@ -191,7 +191,7 @@ def test_pretraining_stage_is_cached_and_identical_whichever_run_computed_it(
 
 
 def test_frozen_tower_without_pretraining_is_refused():
-    with pytest.raises(ValueError, match="freeze_image_tower needs pretrain.steps"):
+    with pytest.raises(ValueError, match=r"freeze_image_tower needs pretrain\.steps"):
         resolve_config("infonce", {"model": {"freeze_image_tower": True}})
     with pytest.raises(ValueError, match="negative_kinds has unknown kinds"):
         resolve_config("infonce", {"pretrain": {"steps": 5, "negative_kinds": ["nope"]}})
