@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +119,22 @@ def run_config(
 
 
 def prepare_data(config: dict[str, Any]) -> None:
-    """Generate the scenes and encode the shared text bank once (cached on disk)."""
+    """Generate the scenes, encode the shared text bank and run the shared pre-training stage
+    once, with every core, before the runs start (all three are cached on disk)."""
     from hardneg.models.text import MiniLMTextTower
     from hardneg.train.data import load_run_data
+    from hardneg.train.trainer import Trainer
 
-    data = config_from_dict(config).data
-    load_run_data(data, MiniLMTextTower(data.text_model, max_length=data.max_text_len))
+    cfg = config_from_dict(config)
+    if cfg.pretrain.steps:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            Trainer(replace(cfg, progress=True))  # builds the data, pre-trains or finds the cache
+        finally:
+            torch.set_num_threads(threads)
+        return
+    load_run_data(cfg.data, MiniLMTextTower(cfg.data.text_model, max_length=cfg.data.max_text_len))
 
 
 def default_jobs() -> int:
