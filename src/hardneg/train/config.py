@@ -175,6 +175,7 @@ class PretrainConfig:
         seed: seed of the stage (fixed across the methods' run seeds: one starting point).
         negative_kinds: hard-negative kinds added as extra negative captions (NegCLIP-style,
             one per image and step), e.g. ``["replace_digit", "change_colour"]``.
+        augment: small random affine jitter of the images (see ``train.pretrain.jitter``).
     """
 
     steps: int = 0
@@ -182,6 +183,7 @@ class PretrainConfig:
     lr: float = 2e-3
     seed: int = 0
     negative_kinds: list[str] = field(default_factory=list)
+    augment: bool = False
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -54,6 +55,25 @@ def object_negative_rows(split: Any, bank: Any, kinds: tuple[str, ...]) -> Tenso
     for i, found in enumerate(per_scene):
         rows[i, : len(found)] = torch.tensor(found, dtype=torch.long)
     return rows
+
+
+def jitter(images: Tensor, generator: torch.Generator, shift: float = 0.06) -> Tensor:
+    """Random small affine jitter per image (translation ±``shift`` of the side, rotation ±8°,
+    scale ±8 %): new instances of the same few hundred digit scans, so the stage learns digit
+    shapes instead of memorising scenes; small enough to keep every spatial relation."""
+    b = images.shape[0]
+    u = torch.rand(b, 4, generator=generator).to(images.device) * 2 - 1
+    angle, scale = u[:, 0] * math.radians(8), 1 + 0.08 * u[:, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, u[:, 2] * 2 * shift], 1),
+            torch.stack([sin, cos, u[:, 3] * 2 * shift], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
 
 
 def pretrain_key(dual: DualEncoder, split: Any, bank: Any, config: PretrainConfig) -> str:
@@ -134,7 +154,10 @@ def _train(
     for _ in tqdm(range(config.steps), desc="pre-training", disable=not progress, leave=False):
         idx = torch.randperm(n, generator=gen)[:batch]
         rows = caption_rows[idx, torch.randint(0, n_caps, (batch,), generator=gen)]
-        image_emb, _ = dual.encode_image(images[idx].to(device).float().div_(255.0))
+        batch_images = images[idx].to(device).float().div_(255.0)
+        if config.augment:
+            batch_images = jitter(batch_images, gen)
+        image_emb, _ = dual.encode_image(batch_images)
         text_emb, _ = dual.encode_text(bank.take(rows, device))
         extra = None
         if config.negative_kinds:
