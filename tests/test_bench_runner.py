@@ -22,8 +22,8 @@ def _no_training(monkeypatch):
     monkeypatch.setattr(runner, "_launch", lambda cfg, t: pytest.fail("launched a run"))
 
 
-def test_quick_preset_runs_three_seeds():
-    assert runner.PRESETS["quick"].seeds >= 3
+def test_compositional_preset_runs_three_seeds():
+    assert runner.PRESETS["compositional"].seeds >= 3
 
 
 def test_overrides_reach_every_run_config_and_win_over_the_preset(tmp_path):

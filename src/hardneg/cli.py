@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="every method side by side, with tables and plots")
-    p.add_argument("--preset", default="quick", choices=["quick", "full"])
+    p.add_argument("--preset", default="quick", choices=["quick", "compositional", "full"])
     p.add_argument("--methods", nargs="*", help="subset of methods (default: the preset's)")
     p.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     p.add_argument(
