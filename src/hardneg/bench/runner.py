@@ -67,8 +67,12 @@ class BenchPreset:
 # features. Composition (binding colours to digits, relations) is left to the methods.
 _COMPOSITIONAL = {
     "model": {"dropout": 0.0, "head": "attention", "freeze_image_tower": True},
-    "pretrain": {"steps": 1200, "batch_size": 128, "negative_kinds": ["replace_digit"],
-                 "augment": True},
+    "pretrain": {
+        "steps": 1200,
+        "batch_size": 128,
+        "negative_kinds": ["replace_digit"],
+        "augment": True,
+    },
     "optim": {"lr": 3e-3, "warmup_steps": 10},
     "selector": {"k": 8},
 }

@@ -1,4 +1,4 @@
-"""The ``hardneg data`` sub-commands (ARCHITECTURE.md, "CLI"): generate and inspect DigitScenes.
+"""The ``hardneg data`` sub-commands: generate and inspect DigitScenes.
 
 The CLI parses arguments and calls these functions; they print a short report and return a
 JSON-serialisable summary dict.

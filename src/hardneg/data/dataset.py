@@ -1,8 +1,8 @@
 """The image–caption dataset interface shared by DigitScenes and the Karpathy-JSON datasets.
 
-Every dataset item is one image with all of its captions (multiple positives, ARCHITECTURE.md
-"Dataset") and a *semantics id*: two items with the same id mean the same thing, so one's
-captions are positives — not negatives — for the other's image (BENCHMARK.md, "Scenes"; the
+Every dataset item is one image with all of its captions (multiple positives) and a
+*semantics id*: two items with the same id mean the same thing, so one's
+captions are positives — not negatives — for the other's image (the
 FN-rate and multi-positive retrieval metrics read it).
 """
 
@@ -98,7 +98,7 @@ def flatten_captions(dataset: Any) -> FlatCaptions:
 
     Works on anything with ``captions`` (list of lists) and ``semantic_ids`` (N,): an
     :class:`ImageCaptionDataset` or a DigitScenes ``SceneSplit``. A caption is a positive for
-    an image iff their semantics ids are equal (BENCHMARK.md, "Metrics").
+    an image iff their semantics ids are equal.
 
     Args:
         dataset: object with ``captions`` and ``semantic_ids``.

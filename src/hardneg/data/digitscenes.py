@@ -72,7 +72,7 @@ DEFAULT_NOVEL_COMBOS: tuple[tuple[int, int], ...] = tuple((d, d % len(COLOURS)) 
 
 @dataclass(frozen=True)
 class DigitScenesConfig:
-    """Sizes and knobs of a DigitScenes build (BENCHMARK.md, "Scenes").
+    """Sizes and knobs of a DigitScenes build.
 
     Args:
         n_train, n_val, n_test, n_test_novel: scenes per split.

@@ -1,11 +1,11 @@
 """What a DigitScenes scene says in words: semantics ids, paraphrased captions, hard negatives.
 
 A scene's *canonical description* is its relation (``"left_of"``: objects listed left → right,
-``"above"``: top → bottom) and its ordered (digit, colour) objects (BENCHMARK.md, "Scenes").
+``"above"``: top → bottom) and its ordered (digit, colour) objects.
 Captions are drawn from templates with paraphrase and word-order variety; every template slot
 is one whitespace word, so a perturbed caption has the same words as its source caption except
 at the perturbed slots — that word range is the hard negative's annotated mismatch span
-(BENCHMARK.md, "Captions"; used by NegCLIP extra negatives, the compositional probe and AEL).
+(used by NegCLIP extra negatives, the compositional probe and AEL).
 """
 
 from __future__ import annotations
@@ -274,8 +274,7 @@ def scene_captions(
     """Positive captions and one hard negative per applicable perturbation for one scene.
 
     Positives: ``n_captions`` distinct templates (paraphrases with different word orders),
-    each with digits written as numerals or words at random. Hard negatives (BENCHMARK.md,
-    "Captions"), in :data:`PERTURBATIONS` order, each re-rendered from a random positive's
+    each with digits written as numerals or words at random. Hard negatives, in :data:`PERTURBATIONS` order, each re-rendered from a random positive's
     template: ``replace_digit`` / ``change_colour`` (one object), ``swap_colours`` /
     ``swap_digits`` (two objects whose swapped attributes differ), ``flip_relation`` (relation
     words reversed, i.e. the objects' order reversed; skipped when that order reads the same).

@@ -3,8 +3,8 @@
 Scans are scikit-learn's bundled handwritten digits (``load_digits``: 1797 real 8×8 scans,
 no download). A scene with ``n`` objects along an axis cuts the canvas into ``n`` equal cells on
 that axis; object ``k`` is an upscaled scan inside cell ``k`` and roughly centred across the
-axis, so "left of" / "above" relations between objects are unambiguous (BENCHMARK.md,
-"Scenes"). All scenes of a chunk are rasterised at once with array indexing.
+axis, so "left of" / "above" relations between objects are unambiguous.
+All scenes of a chunk are rasterised at once with array indexing.
 """
 
 from __future__ import annotations
