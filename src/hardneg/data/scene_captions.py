@@ -274,9 +274,10 @@ def scene_captions(
     """Positive captions and one hard negative per applicable perturbation for one scene.
 
     Positives: ``n_captions`` distinct templates (paraphrases with different word orders),
-    each with digits written as numerals or words at random. Hard negatives, in :data:`PERTURBATIONS` order, each re-rendered from a random positive's
-    template: ``replace_digit`` / ``change_colour`` (one object), ``swap_colours`` /
-    ``swap_digits`` (two objects whose swapped attributes differ), ``flip_relation`` (relation
+    each with digits written as numerals or words at random. Hard negatives, in
+    :data:`PERTURBATIONS` order, each re-rendered from a random positive's template:
+    ``replace_digit`` / ``change_colour`` (one object), ``swap_colours`` / ``swap_digits`` (two
+    objects whose swapped attributes differ), ``flip_relation`` (relation
     words reversed, i.e. the objects' order reversed; skipped when that order reads the same).
     A perturbation is skipped rather than produce a (digit, colour) combination outside
     ``allowed`` (held-out combinations stay out of the train/val/test text).
