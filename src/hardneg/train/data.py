@@ -176,6 +176,13 @@ def draw_captions(
     return rows, meanings.gather(1, col[:, None]).squeeze(1)
 
 
+def draw_valid(rows: Tensor, generator: torch.Generator) -> Tensor:
+    """One uniformly random valid entry (≥ 0) of each row of ``rows`` (n, K); −1 for a row with
+    none (e.g. one hard-negative caption per scene)."""
+    draw = torch.rand(rows.shape, generator=generator).masked_fill(rows < 0, -1.0)
+    return rows.gather(1, draw.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
 def in_batch_fn_rate(split: SplitTensors, index: Tensor, meanings: Tensor) -> float:
     """% of ordered in-batch pairs (a, b), a ≠ b, whose caption a (meaning ``meanings[a]``) is
     true of scene ``index[b]``: the false negatives among a batch's in-batch negatives."""

@@ -30,6 +30,7 @@ from hardneg.data.cache import content_fingerprint, module_fingerprint
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.dual import DualEncoder
 from hardneg.train.config import PretrainConfig
+from hardneg.train.data import draw_valid
 
 PRETRAIN_VERSION = 1  # bump when the stage's computation changes, so old caches are not reused
 
@@ -161,10 +162,7 @@ def _train(
         text_emb, _ = dual.encode_text(bank.take(rows, device))
         extra = None
         if config.negative_kinds:
-            draw = torch.rand(negatives[idx].shape, generator=gen).masked_fill(
-                negatives[idx] < 0, -1
-            )
-            picked = negatives[idx].gather(1, draw.argmax(1, keepdim=True)).squeeze(1)
+            picked = draw_valid(negatives[idx], gen)
             picked = picked[picked >= 0]
             extra = dual.embed_text(bank.take(picked, device)) if len(picked) else None
         loss = loss_fn(image_emb, text_emb, extra_text_emb=extra)

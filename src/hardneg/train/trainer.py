@@ -56,6 +56,7 @@ from hardneg.train.config import TrainConfig, config_from_dict, merge
 from hardneg.train.data import (
     SplitTensors,
     draw_captions,
+    draw_valid,
     in_batch_fn_rate,
     load_run_data,
     partial_caption_probability,
@@ -422,9 +423,7 @@ class Trainer:
         ordered pairs whose drawn caption is true of the other scene (identical on all ranks)."""
         split = self.train_split
         rows, meanings = draw_captions(split, global_idx, self.partial_prob, self.caption_gen)
-        hard = split.hard_negative_rows[global_idx]
-        draw = torch.rand(hard.shape, generator=self.caption_gen).masked_fill(hard < 0, -1.0)
-        hard_rows = hard.gather(1, draw.argmax(dim=1, keepdim=True)).squeeze(1)
+        hard_rows = draw_valid(split.hard_negative_rows[global_idx], self.caption_gen)
         ids = split.semantic_ids[global_idx] if self.cfg.data.positives == "semantic" else None
         gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + self.step))
         mlm_chosen = self.model.crossmodal.choose_mask(self.bank.take(rows), generator=gen)
