@@ -30,10 +30,12 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one method, evaluate it on test and test_novel, write metrics.json."""
     from hardneg.train.run import train_and_evaluate
+    from hardneg.train.run_lock import exit_on_signals
     from hardneg.train.trainer import resolve_config
 
     config = resolve_config(args.method, _train_values(args))
-    result = train_and_evaluate(config, resume=not args.restart)
+    with exit_on_signals():  # SIGTERM/SIGHUP unwind normally: the run lock is released
+        result = train_and_evaluate(config, resume=not args.restart)
     if result is not None:
         print(json.dumps(result["metrics"], indent=2))
     return 0
