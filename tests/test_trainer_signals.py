@@ -195,3 +195,24 @@ def test_frozen_tower_without_pretraining_is_refused():
         resolve_config("infonce", {"model": {"freeze_image_tower": True}})
     with pytest.raises(ValueError, match="negative_kinds has unknown kinds"):
         resolve_config("infonce", {"pretrain": {"steps": 5, "negative_kinds": ["nope"]}})
+
+
+def test_pretraining_jitter_keeps_every_spatial_relation():
+    from hardneg.train.pretrain import jitter
+
+    # two blobs in the left and right thirds of a 48-px canvas, 200 random jitters
+    images = torch.zeros(200, 3, 48, 48)
+    images[:, 0, 20:28, 4:12] = 1.0  # red, left
+    images[:, 2, 20:28, 36:44] = 1.0  # blue, right
+    out = jitter(images, torch.Generator().manual_seed(0))
+    cols = torch.arange(48.0)
+
+    def centre(channel):
+        mass = out[:, channel].sum(dim=1)  # (n, W)
+        return (mass * cols).sum(1) / mass.sum(1)
+
+    red, blue = centre(0), centre(2)
+    assert bool((red < blue - 20).all())  # left stays left, by a wide margin
+    moved = (red - 7.5).abs()
+    assert float(moved.max()) < 6.0 and float(moved.mean()) > 0.3  # it moves, a little
+    assert out.shape == images.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
