@@ -31,6 +31,7 @@ from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.dual import DualEncoder
 from hardneg.train.config import PretrainConfig
 from hardneg.train.data import draw_valid
+from hardneg.train.schedule import warmup_cosine
 
 PRETRAIN_VERSION = 1  # bump when the stage's computation changes, so old caches are not reused
 
@@ -77,11 +78,13 @@ def jitter(images: Tensor, generator: torch.Generator, shift: float = 0.06) -> T
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
 
 
-def pretrain_key(dual: DualEncoder, split: Any, bank: Any, config: PretrainConfig) -> str:
+def pretrain_key(
+    dual: DualEncoder, split: Any, bank: Any, config: PretrainConfig, negatives: Tensor
+) -> str:
     """Fingerprint of everything the stage's result depends on: the dual encoder's initial
     weights (which also pin its architecture and the frozen text tower), the stage's config,
-    and the training images, captions and hard negatives themselves."""
-    negatives = object_negative_rows(split, bank, tuple(config.negative_kinds))
+    and the training images, captions and hard negatives (``negatives``, from
+    :func:`object_negative_rows`) themselves."""
     rows = torch.cat([split.caption_rows, negatives], dim=1).flatten().tolist()
     return content_fingerprint(
         PRETRAIN_VERSION,
@@ -116,21 +119,27 @@ def pretrain_dual_encoder(
         The global random state is the same afterwards as before (the stage draws from its own
         seed), so a run is identical whether the stage was computed or read from the cache.
     """
-    key = pretrain_key(dual, split, bank, config)
+    negatives = object_negative_rows(split, bank, tuple(config.negative_kinds))
+    key = pretrain_key(dual, split, bank, config, negatives)
     path = None if cache_dir is None else Path(cache_dir) / "pretrain" / f"{key}.pt"
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         dual.load_state_dict(saved["state"], strict=False)
         return {**saved, "cached": True}
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is left untouched
-        result = _train(dual, split, bank, config, progress)
+        result = _train(dual, split, bank, config, negatives, progress)
     if path is not None:
         atomic_write(path, lambda f: torch.save(result, f))
     return {**result, "cached": False}
 
 
 def _train(
-    dual: DualEncoder, split: Any, bank: Any, config: PretrainConfig, progress: bool
+    dual: DualEncoder,
+    split: Any,
+    bank: Any,
+    config: PretrainConfig,
+    negatives: Tensor,
+    progress: bool,
 ) -> dict[str, Any]:
     device = dual.device
     gen = torch.Generator().manual_seed(config.seed)
@@ -139,15 +148,10 @@ def _train(
     params = [p for p in dual.parameters() if p.requires_grad] + list(loss_fn.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.05)
     warm = max(1, config.steps // 20)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, config.steps - warm)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warm, config.steps)
+    )
     images, caption_rows = split.images, split.caption_rows
-    negatives = object_negative_rows(split, bank, tuple(config.negative_kinds))
     n, n_caps = caption_rows.shape
     batch = min(config.batch_size, n)
     losses: list[float] = []

@@ -65,6 +65,7 @@ from hardneg.train.finite import non_finite_message
 from hardneg.train.methods import LOSSES, method_overrides
 from hardneg.train.overflow import GradNormOverflow
 from hardneg.train.pretrain import pretrain_dual_encoder
+from hardneg.train.schedule import warmup_cosine
 from hardneg.train.textbank import TextBank
 
 
@@ -403,11 +404,7 @@ class Trainer:
         return HardnessBatchSampler(n, config, scheduler)
 
     def _lr_factor(self, step: int) -> float:
-        warm = self.cfg.optim.warmup_steps
-        if step < warm:
-            return (step + 1) / warm
-        frac = (step - warm) / max(1, self.cfg.steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+        return warmup_cosine(step, self.cfg.optim.warmup_steps, self.cfg.steps)
 
     @property
     def progress(self) -> tuple[float, float]:
