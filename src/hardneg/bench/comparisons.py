@@ -44,7 +44,7 @@ def compare(
     metric: str,
     resampler: Resampler,
 ) -> tuple[Comparison, np.ndarray | None] | None:
-    """``method − baseline`` on ``split`` / ``metric`` over the seeds both ran.
+    """``method − baseline`` on ``split`` / ``metric`` over every seed both ran.
 
     Args:
         tree: the loaded bench.

@@ -90,7 +90,7 @@ def _markdown(
         lines += [
             f"## Paired differences vs {ref}",
             "",
-            f"Δ = method − {ref} in points, averaged over the seeds both ran, with its "
+            f"Δ = method − {ref} in points, averaged over every seed both ran, with its "
             f"{100 * LEVEL:.0f} % interval: paired bootstrap over test items "
             f"({N_RESAMPLES} resamples, the same items for both methods and every seed); FN "
             "rate: paired t-interval over seeds. **Bold\\*** = significant (the interval "

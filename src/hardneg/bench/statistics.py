@@ -18,7 +18,7 @@ interval reflects the sampling of test items given the trained models; seed-to-s
 reported separately (the ± std of the tables).
 
 **Run-level scalars** (the FN rate of a run's batches) have one value per seed, so the interval
-is the paired t-interval over the seeds both methods ran, ``mean(d_s) ± t_{0.975, S-1} ·
+is the paired t-interval over every seed both methods ran, ``mean(d_s) ± t_{0.975, S-1} ·
 sd(d_s)/√S`` (same seed = same initialisation and data order); with fewer than two common
 seeds there is no interval and nothing is significant.
 """
@@ -184,7 +184,7 @@ def seed_interval(
         level: coverage of the interval, in (0, 1).
 
     Returns:
-        the :class:`Comparison` over the seeds where both have a value (``lo``/``hi`` None with
+        the :class:`Comparison` over every seed where both have a value (``lo``/``hi`` None with
         one common seed), or None when there is none.
 
     Example:

@@ -56,7 +56,7 @@ class BenchRun:
 
     Attributes:
         method: the method name (the run's parent directory).
-        seed: the seed (``metrics.json`` ``seed``, else the ``seed<k>`` directory name).
+        seed: the run's seed (``metrics.json`` ``seed``, else the ``seed<k>`` directory name).
         path: the run directory.
         metrics: ``metrics.json`` as loaded.
         config: ``config.json`` ({} when absent).
@@ -114,7 +114,7 @@ class BenchTree:
 
 
 class MetricStats(NamedTuple):
-    """Mean ± sample std (ddof = 1) of one metric over the seeds of one method.
+    """Mean ± sample std (ddof = 1) of one metric over all seeds of one method.
 
     Attributes:
         mean: mean over the finite values (None when there is none).
