@@ -19,8 +19,21 @@ class DataConfig:
     """Which data to train on.
 
     Attributes:
-        dataset: ``"digitscenes"`` (built in).
-        preset: DigitScenes size preset (``quick`` or ``full``).
+        dataset: the data spec (``hardneg train --data``): ``digitscenes[:PRESET]`` (built in,
+            the default), ``karpathy:PATH.json[:train|val|test]`` (COCO / Flickr30k Karpathy
+            split, images under ``images``), ``csv:PATH`` or ``csv:PATH.tsv`` (open_clip's
+            columns), ``hf:PATH`` (a ``datasets`` ``save_to_disk`` directory or an
+            ``imagefolder`` with a metadata file). See ``docs/data.md``.
+        preset: DigitScenes size preset (``quick`` or ``full``); ``digitscenes:PRESET`` sets it.
+        images: folder the image paths of a karpathy / csv source are relative to.
+        csv_img_key, csv_caption_key: column names of a csv source (open_clip's defaults).
+        hf_image_key, hf_caption_key: column names of an hf source.
+        negatives: hard-negative captions on real data (NegCLIP extras, CLA, the compositional
+            probes of training): ``"perturb"`` (rule-based swaps of attribute words, nouns or a
+            relation word, see ``hardneg.data.perturb``), ``"column:NAME"`` (a column of the
+            source, one or more ``|``-separated negatives per row) or ``"none"``.
+        eval_dataset: data spec evaluated after training (None: the karpathy ``test`` split of
+            the same JSON; nothing for csv / hf sources).
         seed: generator seed of the scenes.
         cache_dir: where scenes and frozen text features are cached.
         positives: ``"scene"`` (only an image's own captions are positives, as with real
@@ -51,6 +64,13 @@ class DataConfig:
     text_model: str | None = None
     encode_all: bool = False
     false_negative_percent: float = 0.0
+    images: str | None = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    hf_image_key: str = "image"
+    hf_caption_key: str = "text"
+    negatives: str = "perturb"
+    eval_dataset: str | None = None
 
 
 @dataclass
@@ -62,10 +82,21 @@ class ModelConfig:
             (trainable transformer layers + attention pooling over the tokens: word order and
             attribute binding become representable; see ``hardneg.models.AttentionPoolHead``).
         head_width, head_layers: width and layers of the attention heads.
-        freeze_image_tower: keep the image tower fixed (after :class:`PretrainConfig`'s stage);
-            its features are then computed once per split and cached in memory.
+        freeze_image_tower: keep the image tower fixed (after :class:`PretrainConfig`'s stage
+            on DigitScenes; a pretrained checkpoint's tower otherwise); on DigitScenes its
+            features are then computed once per split and cached in memory.
+        spec: the model spec (``hardneg train --model``): ``builtin`` (the DigitScenes towers:
+            ``image_tower`` trained here, frozen MiniLM text), ``open_clip:NAME`` (an open_clip
+            model name or the path of an open_clip model-config JSON) or ``hf_clip:DIR`` (a
+            ``save_pretrained`` directory with its tokenizer and image processor). Nothing is
+            downloaded. See ``docs/models.md``.
+        pretrained: local weights file of an ``open_clip`` spec (None: random init).
+        freeze_text_tower: keep a CLIP text tower fixed (the builtin MiniLM is always frozen).
     """
 
+    spec: str = "builtin"
+    pretrained: str | None = None
+    freeze_text_tower: bool = False
     image_tower: str = "conv"  # "conv" (ConvPatchEncoder) or "vit" (TinyViT)
     image_width: int = 128
     embed_dim: int = 256
