@@ -53,8 +53,8 @@ class _Model(torch.nn.Module):
         super().__init__()
         self.dual = _Dual()
 
-    def encode_scenes(self, split, index, device):
-        return self.dual.encode_image(split.image_batch(index, device))
+    def encode_images(self, images):
+        return self.dual.encode_image(images.pixels)
 
 
 def _split() -> SplitTensors:

@@ -157,10 +157,10 @@ def test_random_batches_hold_the_configured_share_of_false_negatives(
     full_rows = set(split.caption_rows.flatten().tolist())
     for _ in range(n_batches):
         idx = torch.tensor(next(batches))
-        draw = trainer._draw(idx)
-        measured.append(_independent_fn_rate(trainer, idx, draw["rows"]))
-        logged.append(draw["fn_rate"])
-        partial_drawn += sum(int(r) not in full_rows for r in draw["rows"])
+        draw = trainer.recipe.draw(idx, trainer.step)
+        measured.append(_independent_fn_rate(trainer, idx, draw.payload["rows"]))
+        logged.append(draw.fn_rate)
+        partial_drawn += sum(int(r) not in full_rows for r in draw.payload["rows"])
     # the figure the trainer logs is the count of false negatives, exactly
     np.testing.assert_allclose(logged, measured, rtol=0, atol=1e-9)
     mean = float(np.mean(measured))
@@ -179,17 +179,19 @@ def test_zero_target_draws_exactly_what_the_trainer_drew_before(run_data, tiny_t
     reference = torch.Generator().manual_seed(trainer.cfg.seed + 1)
     for _ in range(5):
         idx = torch.tensor(next(trainer._batches()))
-        draw = trainer._draw(idx)
+        draw = trainer.recipe.draw(idx, trainer.step)
         n_caps = split.caption_rows.shape[1]
         choice = torch.randint(0, n_caps, (len(idx),), generator=reference)
-        assert torch.equal(draw["rows"], split.caption_rows[idx, choice])
+        assert torch.equal(draw.payload["rows"], split.caption_rows[idx, choice])
         hard = split.hard_negative_rows[idx]
         pick = torch.rand(hard.shape, generator=reference).masked_fill(hard < 0, -1.0)
-        assert torch.equal(draw["hard_rows"], hard.gather(1, pick.argmax(1, keepdim=True))[:, 0])
+        assert torch.equal(
+            draw.payload["hard_rows"], hard.gather(1, pick.argmax(1, keepdim=True))[:, 0]
+        )
         # the FN rate is the old one: ordered pairs of scenes with the same semantic id
         ids = split.semantic_ids[idx]
         same = int((ids[:, None] == ids[None, :]).sum()) - len(idx)
-        assert draw["fn_rate"] == pytest.approx(100.0 * same / (len(idx) * (len(idx) - 1)))
+        assert draw.fn_rate == pytest.approx(100.0 * same / (len(idx) * (len(idx) - 1)))
 
 
 def test_grit_hardest_batches_hold_more_false_negatives_than_random_ones(run_data, tiny_text_model):
@@ -213,10 +215,10 @@ def test_grit_hardest_batches_hold_more_false_negatives_than_random_ones(run_dat
         trainer.sampler.set_epoch(epoch)
         for batch in trainer.sampler:
             assert not trainer.sampler.last_batch_stats["random"]
-            grit_rates.append(trainer._draw(torch.tensor(batch))["fn_rate"])
+            grit_rates.append(trainer.recipe.draw(torch.tensor(batch), 0).fn_rate)
     plain = _trainer(run_data, tiny_text_model, 1.0)  # random batches, same target
     batches = plain._batches()
-    random_rates = [plain._draw(torch.tensor(next(batches)))["fn_rate"] for _ in range(80)]
+    random_rates = [plain.recipe.draw(torch.tensor(next(batches)), 0).fn_rate for _ in range(80)]
     grit, random_rate = float(np.mean(grit_rates)), float(np.mean(random_rates))
     assert len(grit_rates) >= 40
     assert abs(random_rate - 1.0) < 0.4, random_rate

@@ -98,7 +98,7 @@ def _evaluate(model, bank, split, tower, device, batch_size: int) -> SplitEvalua
     image_emb, image_tokens = [], []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
-        emb, out = model.encode_scenes(split, idx, device)
+        emb, out = model.encode_images(split.images_of(idx, device))
         image_emb.append(F.normalize(emb.float(), dim=-1))
         image_tokens.append(out.tokens)
     u = torch.cat(image_emb)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from hardneg.data.digitscenes import PRESETS, SceneSplit, load_digitscenes
 from hardneg.data.scene_captions import COLOURS, N_COMBOS, N_SEMANTIC_IDS
+from hardneg.models.inputs import Images
 from hardneg.models.outputs import ImageOutput
 from hardneg.models.text import TextTower
 from hardneg.train.config import DataConfig
@@ -83,6 +84,18 @@ class SplitTensors:
     def image_batch(self, index: Tensor, device: torch.device | str) -> Tensor:
         """Float images in [0, 1] of the given scenes."""
         return self.images[index].to(device, non_blocking=True).float().div_(255.0)
+
+    def images_of(self, index: Tensor, device: torch.device | str) -> Images:
+        """The given scenes as a model reads them: the frozen tower's cached features when the
+        split holds them, else the images."""
+        feats = self.image_features
+        if feats is None:
+            return Images(pixels=self.image_batch(index, device))
+        return Images(
+            features=ImageOutput(
+                feats.tokens[index].to(device), feats.pooled[index].to(device), feats.grid
+            )
+        )
 
 
 def _split_tensors(split: SceneSplit, bank: TextBank) -> SplitTensors:
@@ -203,14 +216,16 @@ def load_run_data(
     evaluation splits, and those of train only when ``config.hard_negative_captions``
     (NegCLIP) asks for them.
     """
-    if config.dataset != "digitscenes":
+    kind, _, preset = config.dataset.partition(":")
+    preset = preset or config.preset
+    if kind != "digitscenes":
         raise ValueError(
-            f"data.dataset={config.dataset!r} is not built in; the trainer ships DigitScenes "
-            "(use hardneg.data.karpathy with your own loop for COCO/Flickr)"
+            f"data.dataset={config.dataset!r}: load_run_data builds DigitScenes only (other "
+            "sources train through hardneg.train.recipes.files)"
         )
-    if config.preset not in PRESETS:
-        raise ValueError(f"data.preset={config.preset!r} unknown; choose one of {sorted(PRESETS)}")
-    base = PRESETS[config.preset]
+    if preset not in PRESETS:
+        raise ValueError(f"data.preset={preset!r} unknown; choose one of {sorted(PRESETS)}")
+    base = PRESETS[preset]
     scenes = load_digitscenes(
         replace(base, seed=config.seed), cache_dir=config.cache_dir, splits=splits
     )

@@ -25,13 +25,10 @@ import torch.distributed as dist
 
 from hardneg.data.atomic_files import atomic_write, remove_stale_temps
 from hardneg.eval.items import pack_items
-from hardneg.eval.runner import evaluate_split, evaluate_split_items
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.memory import PeakMemory
 from hardneg.train.run_lock import RunLock, exit_on_signals
 from hardneg.train.trainer import Trainer, validate_config
-
-EVAL_SPLITS = ("test", "test_novel")
 
 
 def init_distributed() -> None:
@@ -91,12 +88,8 @@ def _train_and_evaluate(
         "metrics": {},
     }
     items = {}
-    for name in EVAL_SPLITS:
-        if name in trainer.splits:
-            evaluation = evaluate_split_items(
-                trainer.model, trainer.bank, trainer.splits[name], trainer.tower, trainer.device
-            )
-            result["metrics"][name], items[name] = evaluation.metrics, evaluation.items
+    for name, evaluation in trainer.recipe.evaluate().items():
+        result["metrics"][name], items[name] = evaluation.metrics, evaluation.items
     atomic_write(out / "per_item.npz", lambda f: np.savez(f, **pack_items(items)))
     if trainer.selected_bs:
         bs = torch.cat(trainer.selected_bs).numpy()
@@ -113,13 +106,7 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=False)
     trainer = Trainer(config_from_dict(state["config"]))
     trainer.load_state_dict(state)
-    return {
-        name: evaluate_split(
-            trainer.model, trainer.bank, trainer.splits[name], trainer.tower, trainer.device
-        )
-        for name in EVAL_SPLITS
-        if name in trainer.splits
-    }
+    return {name: e.metrics for name, e in trainer.recipe.evaluate().items()}
 
 
 def main(argv: list[str] | None = None) -> int:

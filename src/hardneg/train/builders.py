@@ -1,0 +1,90 @@
+"""The engine's parts built from a :class:`~hardneg.train.config.TrainConfig`: the loss, the
+negative miner, the batch sampler (random | GRIT | FALCON | …) and the optimizer."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from hardneg.samplers import (
+    BNSConfig,
+    BoundaryAwareSampler,
+    FalconConfig,
+    FalconScheduler,
+    HardnessBatchSampler,
+    HardnessSamplerConfig,
+)
+from hardneg.train.config import TrainConfig
+from hardneg.train.methods import LOSSES
+
+
+def build_loss(cfg: TrainConfig, logit_scale: float | None = None) -> nn.Module:
+    """The contrastive loss of ``cfg.loss``; ``logit_scale`` (a checkpoint's ``exp`` scale)
+    sets its initial temperature (for losses with one) unless ``loss.kwargs`` sets it."""
+    cls, kwargs = LOSSES[cfg.loss.name], dict(cfg.loss.kwargs)
+    takes_temperature = "temperature" in inspect.signature(cls).parameters
+    if logit_scale is not None and takes_temperature and "temperature" not in kwargs:
+        kwargs["temperature"] = 1.0 / logit_scale
+    return cls(**kwargs)
+
+
+def build_selector(cfg: TrainConfig) -> BoundaryAwareSampler | None:
+    """BACL's boundary-aware sampler when ``selector.name == "bns"``, else None."""
+    s = cfg.selector
+    if s.name != "bns":
+        return None
+    return BoundaryAwareSampler(
+        BNSConfig(
+            k=s.k,
+            curriculum=s.curriculum,
+            tau_start=s.tau_start,
+            tau_end=s.tau_end,
+            entropy_weight=s.entropy_weight,
+            lr=s.lr,
+            seed=cfg.seed,
+        )
+    )
+
+
+def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
+    """The batch sampler of ``cfg.sampler`` over ``n`` training items (FALCON's scheduler
+    included for the ``falcon`` / ``batch_level`` modes)."""
+    s = cfg.sampler
+    epochs = max(1, math.ceil(cfg.steps * cfg.batch_size / n))
+    scheduler = None
+    if s.mode in ("falcon", "batch_level"):
+        scheduler = FalconScheduler(
+            FalconConfig(
+                m=s.falcon_m,
+                lr=s.falcon_lr,
+                update_interval=s.falcon_update_interval,
+                entropy_weight=s.falcon_entropy_weight,
+                instance_level=s.mode == "falcon",
+            )
+        )
+    progressive = s.mode.startswith("progressive")
+    config = HardnessSamplerConfig(
+        batch_size=cfg.batch_size,
+        search_space_size=min(n, s.search_space_size or s.search_space_batches * cfg.batch_size),
+        mode=s.mode,
+        q=s.q,
+        q_start=None if progressive and s.q_start == 0.0 else s.q_start,
+        q_end=None if progressive and s.q_end == 1.0 else s.q_end,
+        total_epochs=epochs,
+        seed=cfg.seed,
+    )
+    if not progressive:
+        config = replace(config, q_start=None, q_end=None)
+    return HardnessBatchSampler(n, config, scheduler)
+
+
+def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD with momentum 0.9 over ``params``."""
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)

@@ -1,0 +1,374 @@
+"""The training loop: any recipe (data + model) × the objective × hooks, one optimizer step at a
+time; AMP, gradient accumulation, DDP gradient averaging, checkpoint / exact resume, logging.
+
+A step: the batch sampler (random | GRIT | FALCON | …) yields a global batch of item indices;
+the recipe draws the step's random choices once (:class:`~hardneg.train.batch.StepDraw`) and
+builds each micro-batch's shard for this rank; the objective computes the loss (its contrastive
+loss gathers features from every rank with gradient); gradients are averaged over ranks
+explicitly after backward (equivalent to DDP's averaging, with no wrapper needed for the model's
+several entry points); then one optimizer step and the hooks (BNS policy step, FALCON reward).
+
+Runs single-process or under ``torchrun`` (gloo on CPU, nccl on CUDA). AMP (bf16/fp16
+autocast) is used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hardneg.data.atomic_files import atomic_write
+from hardneg.models.alignment import AlignmentModel
+from hardneg.train.batch import Batch, StepDraw, micro_slices
+from hardneg.train.builders import (
+    build_batch_sampler,
+    build_loss,
+    build_optimizer,
+    build_selector,
+)
+from hardneg.train.config import TrainConfig, config_from_dict
+from hardneg.train.finite import non_finite_message
+from hardneg.train.hooks import Diagnostics, FalconReward, Hook, MinerPolicyStep, StoreRefresh
+from hardneg.train.logwriter import LogWriter
+from hardneg.train.objective import Objective
+from hardneg.train.overflow import GradNormOverflow
+from hardneg.train.schedule import warmup_cosine
+
+
+class Recipe(Protocol):
+    """What the loop needs from a data source and its model (see ``hardneg.train.recipes``)."""
+
+    model: AlignmentModel
+    #: the checkpoint's initial logit scale (exp), or None for the loss's default temperature
+    logit_scale: float | None
+
+    def train_size(self) -> int:
+        """Number of training items (images) the batch sampler indexes."""
+
+    def draw(self, index: Tensor, step: int) -> StepDraw:
+        """The random choices of one step for the global batch ``index``."""
+
+    def batch(self, draw: StepDraw, part: slice, rank: int, world: int) -> Batch:
+        """Micro-batch ``part`` of ``draw``, with this rank's shard loaded on the device."""
+
+    def embed_untrained(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised (image, text) embeddings of items an epoch never trained (no grad)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy's global state and torch."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (global state of third-party numpy users)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Engine:
+    """Train a recipe's model with ``cfg``'s objective; resumable; single process or DDP.
+
+    Args:
+        cfg: a validated :class:`TrainConfig`.
+        recipe: the data and the model (:class:`Recipe`).
+        rank, world: this process's rank and the world size.
+        device: where the model runs.
+    """
+
+    #: figures averaged over every step trained, resumed runs included (see :meth:`summary`)
+    SUMMARY_KEYS = ("selected_fn_rate", "batch_fn_rate")
+
+    def __init__(
+        self, cfg: TrainConfig, recipe: Recipe, rank: int, world: int, device: torch.device
+    ) -> None:
+        self.cfg, self.recipe = cfg, recipe
+        self.rank, self.world, self.device = rank, world, device
+        self.model = recipe.model
+        self.loss_fn = build_loss(cfg, recipe.logit_scale).to(device)
+        selector = build_selector(cfg)
+        self.objective = Objective(
+            self.loss_fn,
+            cfg.aux,
+            None if selector is None else selector.to(device),
+            cfg.selector.denominator,
+        )
+        self.sampler = build_batch_sampler(cfg, recipe.train_size())
+        self.steps_per_epoch = max(1, len(self.sampler))
+        self.hooks: list[Hook] = [Diagnostics()]
+        if self.sampler.config.mode != "random":
+            self.hooks.append(StoreRefresh())
+        if selector is not None:
+            self.hooks.append(MinerPolicyStep())
+        if self.sampler.scheduler is not None:
+            self.hooks.append(FalconReward())
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        params += list(self.loss_fn.parameters())
+        self.optimizer = build_optimizer(cfg, params)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        self.epoch = 0
+        self.selected_bs: list[Tensor] = []  # (step, BS) rows of selected negatives
+        # running sums of the figures a run reports (checkpointed: a resumed run reports
+        # what the uninterrupted run would)
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.step_times: list[float] = []
+        self.out_dir = Path(cfg.out_dir)
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.use_amp = cfg.amp and device.type == "cuda"
+        self.grad_scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.autocast_dtype == torch.float16
+        )
+        self.overflow = GradNormOverflow()
+
+    @property
+    def selector(self):
+        """The negative miner (BNS), or None."""
+        return self.objective.selector
+
+    def _lr_factor(self, step: int) -> float:
+        return warmup_cosine(step, self.cfg.optim.warmup_steps, self.cfg.steps)
+
+    @property
+    def progress(self) -> tuple[float, float]:
+        """(η, total) in fractional epochs, for the BNS curriculum."""
+        return self.step / self.steps_per_epoch, self.cfg.steps / self.steps_per_epoch
+
+    def autocast(self):
+        """The step's autocast context (a no-op off CUDA or with ``amp=False``)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.use_amp)
+
+    # ------------------------------------------------------------------------------- steps
+    def _sync_grads(self, params: list[Tensor]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def micro_batches(self, draw: StepDraw) -> list[Batch]:
+        """The step's micro-batches (``optim.grad_accum`` of them), this rank's shards."""
+        parts = micro_slices(len(draw.index), self.cfg.optim.grad_accum)
+        return [self.recipe.batch(draw, part, self.rank, self.world) for part in parts]
+
+    def train_step(self, global_batch: list[int]) -> dict[str, float]:
+        """One optimizer step on a global batch of item indices (split into micro-batches)."""
+        self.model.train()
+        t0 = time.perf_counter()
+        draw = self.recipe.draw(torch.tensor(global_batch, dtype=torch.long), self.step)
+        batches = self.micro_batches(draw)
+        for hook in self.hooks:
+            hook.before_update(self, draw, batches)
+        logs: dict[str, float] = {}
+        for batch in batches:
+            out = self.objective(self.model, batch, self.progress, self.autocast)
+            for hook in self.hooks:
+                hook.after_forward(self, batch, out)
+            loss = out.loss + out.policy_loss
+            if not torch.isfinite(loss):
+                params = dict(self.model.named_parameters()) | dict(self.loss_fn.named_parameters())
+                cause = non_finite_message(params) or "inputs and parameters are finite"
+                raise FloatingPointError(
+                    f"non-finite loss {float(loss)} at step {self.step} ({out.logs}); {cause}: "
+                    "lower optim.lr or disable AMP"
+                )
+            self.grad_scaler.scale(loss / len(batches)).backward()
+            for key, value in out.logs.items():
+                logs[key] = logs.get(key, 0.0) + value / len(batches)
+        self._update(logs)
+        for hook in self.hooks:
+            hook.after_update(self, draw, batches, logs)
+        self.step += 1
+        logs["lr"] = self.scheduler.get_last_lr()[0]
+        logs["temperature"] = float(1.0 / self.loss_fn.scale().detach())
+        logs["step_time"] = time.perf_counter() - t0
+        logs = self._global_logs(logs)
+        self._accumulate(logs)
+        return logs
+
+    def _update(self, logs: dict[str, float]) -> None:
+        """Average gradients over ranks, clip, step (skipping non-finite AMP steps), schedule."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        policy = self.selector.policy_parameters() if self.selector is not None else []
+        self._sync_grads(params + policy)
+        self.grad_scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
+        logs["grad_norm"] = float(norm)
+        # before the step: without a scaler a non-finite norm must never reach the parameters
+        skipped = self.grad_scaler.is_enabled() and not math.isfinite(logs["grad_norm"])
+        self.overflow.update(logs["grad_norm"], skipped=skipped, step=self.step)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _global_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Under DDP, every logged figure as the mean over ranks: a shard's loss becomes the
+        global batch's (figures already global, such as the FN rates, stay as they are)."""
+        if self.world == 1:
+            return logs
+        keys = sorted(logs)
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world).tolist()))
+
+    def _accumulate(self, logs: dict[str, float]) -> None:
+        self.step_times.append(logs["step_time"])
+        for key in self.SUMMARY_KEYS:
+            if key in logs:
+                self.sums[key] = self.sums.get(key, 0.0) + logs[key]
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Run-level figures over every step trained so far, resumed runs included: the mean
+        of each of :attr:`SUMMARY_KEYS` (None if never logged) and ``summary_steps``."""
+        out: dict[str, float | int | None] = {
+            key: self.sums[key] / self.counts[key] if self.counts.get(key) else None
+            for key in self.SUMMARY_KEYS
+        }
+        out["summary_steps"] = len(self.step_times)
+        return out
+
+    # ----------------------------------------------------------------------------- the loop
+    def _batches(self):
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            yield from self.sampler
+            self.epoch += 1
+            for hook in self.hooks:
+                hook.end_epoch(self)
+
+    def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
+        """Train until ``config.steps`` (or ``stop_at``); logs CSV, checkpoints, resumes."""
+        stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
+        main = self.rank == 0
+        history: list[dict[str, float]] = []
+        bar = tqdm(
+            total=stop,
+            initial=self.step,
+            desc=self.cfg.method,
+            disable=not (self.cfg.progress and main),
+            leave=False,
+        )
+        writer = LogWriter(self.out_dir, enabled=main)
+        batches = self._batches()
+        while self.step < stop:
+            logs = self.train_step(next(batches))
+            logs["step"] = self.step
+            logs["epoch"] = self.step / self.steps_per_epoch
+            history.append(logs)
+            if self.step % self.cfg.log_every == 0 or self.step == stop:
+                writer.write(logs)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save()
+            bar.update(1)
+        bar.close()
+        writer.close()
+        return history
+
+    # ------------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "model": self.model.trainable_state_dict(),
+            "loss_fn": self.loss_fn.state_dict(),
+            "selector": None if self.selector is None else self.selector.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "overflow": self.overflow.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "recipe": self.recipe.state_dict(),
+            "rng": _rng_state(),
+            "summary": {
+                "sums": self.sums,
+                "counts": self.counts,
+                "step_times": self.step_times,
+                "selected_bs": self.selected_bs,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:
+            raise ValueError(
+                f"checkpoint has no {missing}: it was written by an older hardneg; train into a "
+                "new --out directory"
+            )
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        reloaded = self.model.reloaded_prefixes
+        bad = [k for k in missing if not k.startswith(reloaded)] + list(unexpected)
+        if bad:
+            raise ValueError(f"checkpoint does not match the model: {bad[:5]}")
+        self.loss_fn.load_state_dict(state["loss_fn"])
+        if self.selector is not None:
+            self.selector.load_state_dict(state["selector"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.overflow.load_state_dict(state["overflow"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.recipe.load_state_dict(state["recipe"])
+        _set_rng_state(state["rng"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        summary = state["summary"]
+        self.sums, self.counts = dict(summary["sums"]), dict(summary["counts"])
+        self.step_times = list(summary["step_times"])
+        self.selected_bs = list(summary["selected_bs"])
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write ``checkpoint.pt`` atomically (rank 0 only)."""
+        path = Path(path) if path else self.out_dir / "checkpoint.pt"
+        if self.rank == 0:
+            state = self.state_dict()
+            atomic_write(path, lambda f: torch.save(state, f))
+        return path
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load ``checkpoint.pt`` if it exists; returns whether it did."""
+        path = Path(path) if path else self.out_dir / "checkpoint.pt"
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = config_from_dict(state["config"])
+        if replace(saved, steps=self.cfg.steps, out_dir=self.cfg.out_dir) != replace(
+            self.cfg, steps=self.cfg.steps, out_dir=self.cfg.out_dir
+        ):
+            raise ValueError(
+                f"{path} was written by a different configuration; use another --out directory"
+            )
+        self.load_state_dict(state)
+        return True

@@ -1,0 +1,242 @@
+"""Your own data with your own CLIP: a map-style image–caption source (Karpathy JSON, CSV, a
+Hugging Face dataset; see ``docs/data.md``) and a model spec (``builtin``, ``open_clip:NAME``,
+``hf_clip:DIR``; see ``docs/models.md``) as a recipe of the training engine.
+
+- Items are images; an image's captions are positives of each other (same image ⇒ same id).
+  A step draws one caption per image, uniformly.
+- Hard-negative captions (NegCLIP extras, ``data.hard_negative_captions``): a rule-based
+  perturbation of the drawn caption (``data.negatives="perturb"``: swapped attributes / nouns,
+  a flipped relation; :mod:`hardneg.data.perturb`) or the source's own column; a caption no
+  rule applies to gets another image's caption (an ordinary negative) instead.
+- The text tower runs every step on the drawn captions' token ids (trained unless
+  ``model.freeze_text_tower``; the builtin MiniLM is always frozen); images are decoded and
+  resized to the model's resolution when a micro-batch is built.
+- The cross-modal head (ITM / CLA / MLM, FALCON's reward) reads the towers' token states and
+  is built only when the method has a cross-modal term.
+- Meanings beyond the image are unknown on real data: no false-negative diagnostics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hardneg.data.compositional import load_compositional
+from hardneg.data.perturb import perturbations
+from hardneg.data.sources import check_data_config, open_source
+from hardneg.eval.datasets import evaluate_dataset
+from hardneg.eval.runner import SplitEvaluation
+from hardneg.models.alignment import AlignmentModel
+from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
+from hardneg.models.dual import DualEncoder
+from hardneg.models.image import ImageTowerConfig, build_image_tower
+from hardneg.models.inputs import Images, Texts
+from hardneg.models.specs import (
+    build_clip_towers,
+    export_clip,
+    parse_model_spec,
+    write_back_logit_scale,
+)
+from hardneg.models.text import MiniLMTextTower
+from hardneg.samplers import shard
+from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
+from hardneg.train.config import TrainConfig
+
+#: side of the builtin image tower's input on real data
+BUILTIN_IMAGE_SIZE = 64
+
+
+def _pick(n: int, generator: torch.Generator) -> int:
+    return int(torch.randint(0, n, (1,), generator=generator))
+
+
+class FilesRecipe:
+    """A real-data source and a (CLIP) model for :class:`~hardneg.train.loop.Engine`.
+
+    Args:
+        cfg: the run's configuration (``data.dataset`` a karpathy / csv / hf spec, or
+            DigitScenes with a CLIP ``model.spec``).
+        device: where the model runs.
+        crossmodal: build the cross-modal head (the objective has ITM / CLA / MLM terms).
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, crossmodal: bool) -> None:
+        self.cfg, self.device = cfg, device
+        self.data_spec = check_data_config(cfg.data)
+        self.model_spec = parse_model_spec(cfg.model.spec, cfg.model.pretrained)
+        self.towers = None
+        if self.model_spec.kind == "builtin":
+            text_tower = MiniLMTextTower(cfg.data.text_model, max_length=cfg.data.max_text_len)
+            tower_cfg = ImageTowerConfig(
+                arch=cfg.model.image_tower,
+                image_size=BUILTIN_IMAGE_SIZE,
+                width=cfg.model.image_width,
+            )
+            image_tower, image_size, embed_dim = (
+                build_image_tower(tower_cfg),
+                BUILTIN_IMAGE_SIZE,
+                cfg.model.embed_dim,
+            )
+            self.logit_scale: float | None = None
+            reloaded: tuple[str, ...] = ("dual.text_tower.",)
+        else:
+            self.towers = build_clip_towers(self.model_spec)
+            image_tower, text_tower = self.towers.image_tower, self.towers.text_tower
+            image_size, embed_dim = self.towers.image_size, None  # CLIP's own projections
+            self.logit_scale = self.towers.logit_scale
+            reloaded = ()
+            if cfg.model.freeze_text_tower:
+                text_tower.requires_grad_(False)
+        if cfg.model.freeze_image_tower:
+            image_tower.requires_grad_(False)
+        self.text_tower = text_tower
+        self.dataset = open_source(cfg.data, image_size)
+        self.image_size = image_size
+        dual = DualEncoder(image_tower, text_tower, embed_dim=embed_dim)
+        cross = None
+        if crossmodal:
+            m = cfg.model
+            cross = CrossModalTransformer(
+                CrossModalConfig(
+                    text_dim=text_tower.input_embedding_dim,
+                    image_dim=image_tower.token_dim,
+                    d_model=m.crossmodal_dim,
+                    num_layers=m.crossmodal_layers,
+                    num_heads=m.crossmodal_heads,
+                    dropout=m.dropout,
+                    vocab_size=text_tower.vocab_size,
+                    max_text_len=self._max_text_len(),
+                    special_token_ids=text_tower.special_token_ids,
+                )
+            )
+        self.model = AlignmentModel(dual, cross, reloaded_prefixes=reloaded).to(device)
+        self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def _max_text_len(self) -> int:
+        return int(getattr(self.text_tower, "context_length", None) or self.cfg.data.max_text_len)
+
+    # ----------------------------------------------------------------------------- batches
+    def train_size(self) -> int:
+        return len(self.dataset)
+
+    def _hard_negative(self, item: int, caption: str) -> str:
+        """One hard-negative caption for ``caption`` of ``item`` (see the module docstring)."""
+        column = getattr(self.dataset, "negatives", None)
+        if column is not None and column[item]:
+            options = list(column[item])
+        else:
+            options = [p.caption for p in perturbations(caption)]
+        if options:
+            return options[_pick(len(options), self.caption_gen)]
+        other = (item + 1 + _pick(len(self.dataset) - 1, self.caption_gen)) % len(self.dataset)
+        return self.dataset.captions[other][0]
+
+    def _tokens(self, texts: list[str]) -> Texts:
+        tok = self.text_tower.tokenize(texts)
+        return Texts(tok["input_ids"], tok["attention_mask"].bool())
+
+    def draw(self, index: Tensor, step: int) -> StepDraw:
+        """A caption (and a hard negative when the method uses them) per image; MLM targets."""
+        captions = []
+        for item in index.tolist():
+            options = self.dataset.captions[item]
+            captions.append(options[_pick(len(options), self.caption_gen)])
+        payload: dict[str, Any] = {"text": self._tokens(captions)}
+        if self.cfg.data.hard_negative_captions:
+            hard = [self._hard_negative(i, c) for i, c in zip(index.tolist(), captions)]
+            payload["hard"] = self._tokens(hard)
+        text = payload["text"]
+        if self.model.crossmodal is not None:
+            gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + step))
+            payload["mlm_chosen"] = self.model.crossmodal.choose_mask(text, generator=gen)
+        else:
+            payload["mlm_chosen"] = torch.zeros_like(text.mask)
+        ids = torch.as_tensor(self.dataset.semantic_ids)[index]
+        payload["ids"] = ids
+        return StepDraw(index, None, payload)
+
+    @staticmethod
+    def _shard_texts(texts: Texts, part: slice, sl: slice, device) -> Texts:
+        ids, mask = texts.input_ids[part][sl], texts.mask[part][sl]
+        length = max(1, int(mask.sum(dim=1).max()))  # the shard's longest caption
+        return Texts(ids[:, :length], mask[:, :length]).to(device)
+
+    def _images(self, items: list[int]) -> Tensor:
+        return torch.stack([self.dataset.load_image(i) for i in items]).to(self.device)
+
+    def batch(self, draw: StepDraw, part: slice, rank: int, world: int) -> Batch:
+        p, device = draw.payload, self.device
+        index = draw.index[part]
+        local = torch.tensor(shard(index.tolist(), rank, world))
+        sl = slice(rank * len(local), (rank + 1) * len(local))
+        text = self._shard_texts(p["text"], part, sl, device)
+        hard = self._shard_texts(p["hard"], part, sl, device) if "hard" in p else None
+        chosen = p["mlm_chosen"][part]
+        return Batch(
+            index=index,
+            local=local,
+            ids=p["ids"][part][sl].to(device),
+            images=Images(pixels=self._images(local.tolist())),
+            text=text,
+            mlm_chosen=chosen[sl, : text.mask.shape[1]].to(device),
+            mlm_targets=mlm_normaliser(chosen, world, device),
+            hard_text=hard,
+        )
+
+    @torch.no_grad()
+    def embed_untrained(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Store embeddings (image, first caption) of items an epoch never trained on."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        texts = self._tokens([self.dataset.captions[i][0] for i in index.tolist()])
+        u, _ = model.encode_images(Images(pixels=self._images(index.tolist())))
+        v, _ = model.encode_texts(
+            Texts(texts.input_ids.to(self.device), texts.mask.to(self.device))
+        )
+        model.train(was_training)
+        return F.normalize(u.float(), dim=-1).cpu(), F.normalize(v.float(), dim=-1).cpu()
+
+    # ---------------------------------------------------------------------------- evaluation
+    def eval_spec(self) -> str | None:
+        """The data evaluated after training: ``data.eval_dataset``, else a Karpathy JSON's
+        ``test`` split, else nothing."""
+        if self.cfg.data.eval_dataset:
+            return self.cfg.data.eval_dataset
+        if self.data_spec.kind == "karpathy":
+            return f"karpathy:{self.data_spec.path}:test"
+        return None
+
+    def evaluate(
+        self, spec: str | None = None, compositional: str | None = None
+    ) -> dict[str, SplitEvaluation]:
+        """Multi-positive retrieval on ``spec`` (default :meth:`eval_spec`) as split ``"test"``,
+        with compositional accuracy on a JSON of probes (``compositional``) when given one."""
+        spec = spec or self.eval_spec()
+        probes = None
+        if compositional is not None:
+            probes = load_compositional(compositional, self.cfg.data.images, self.image_size)
+        if spec is None:
+            return {}
+        dataset = open_source(self.cfg.data, self.image_size, spec=spec)
+        evaluation = evaluate_dataset(self.model, dataset, self._tokens, self.device, probes)
+        return {"test": evaluation}
+
+    def export(self, out_dir: Path, logit_scale: float) -> Path | None:
+        """Write the trained logit scale back into the CLIP model and save it in its own
+        library's format (None for the builtin model)."""
+        if self.towers is None:
+            return None
+        write_back_logit_scale(self.towers, logit_scale)
+        return export_clip(self.towers, out_dir, logit_scale)
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"caption_gen": self.caption_gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.caption_gen.set_state(state["caption_gen"])
