@@ -171,7 +171,7 @@ class AuxConfig:
 
 @dataclass
 class SamplerConfig:
-    """Batch construction (``hardneg.samplers.grit.HardnessBatchSampler`` modes)."""
+    """Batch construction (``hardneg.samplers.batches.HardnessBatchSampler`` modes)."""
 
     mode: str = "random"
     search_space_size: int | None = None  # |M| in items; None: search_space_batches × B

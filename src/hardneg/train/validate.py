@@ -28,7 +28,7 @@ from hardneg.models.heads import AttentionPoolHead
 from hardneg.models.image import _ARCHS as IMAGE_ARCHS
 from hardneg.models.image import ImageTowerConfig
 from hardneg.samplers import CURRICULUM_PRESETS, MODES
-from hardneg.samplers.grit import PROGRESSIVE_DEFAULTS
+from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
 from hardneg.train.config import TrainConfig, config_from_dict, merge
 from hardneg.train.methods import LOSSES, method_overrides
 
