@@ -14,26 +14,62 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# `hardneg train` options that set one config key each
+_TRAIN_KEYS = {
+    "data": ("data", "dataset"),
+    "model": ("model", "spec"),
+    "pretrained": ("model", "pretrained"),
+    "images": ("data", "images"),
+    "csv_img_key": ("data", "csv_img_key"),
+    "csv_caption_key": ("data", "csv_caption_key"),
+}
+
+_TRAIN_EPILOG = """\
+data specs (--data, config key data.dataset):
+  digitscenes[:PRESET]        the built-in synthetic scenes (default; PRESET tiny|small|quick|full)
+  karpathy:PATH.json[:SPLIT]  COCO / Flickr30k Karpathy split; images under --images DIR
+  csv:PATH                    open_clip-style csv / tsv (--csv-img-key, --csv-caption-key)
+  hf:PATH                     a `datasets` save_to_disk directory or an imagefolder
+model specs (--model, config key model.spec):
+  builtin                     the DigitScenes towers (trained here) + frozen MiniLM text
+  open_clip:NAME              an open_clip model name or model-config JSON (--pretrained FILE)
+  hf_clip:DIR                 a Hugging Face CLIP save_pretrained directory
+Nothing is downloaded. The whole config is checked before any data is read: a bad key or
+value exits with one line `hardneg: error: ...` naming it. See docs/data.md, docs/models.md."""
+
+
 def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     from hardneg.train.config import load_yaml, merge, parse_overrides
 
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
     values.pop("method", None)
-    values = merge(values, parse_overrides(args.set or []))
-    if args.out:
-        values["out_dir"] = args.out
-    if args.steps:
-        values["steps"] = args.steps
-    return values
+    options: dict[str, Any] = {}
+    for option, (section, key) in _TRAIN_KEYS.items():
+        if getattr(args, option) is not None:
+            options.setdefault(section, {})[key] = getattr(args, option)
+    if args.out is not None:
+        options["out_dir"] = args.out
+    if args.steps is not None:
+        options["steps"] = args.steps
+    # the options, then --set on top (the most specific wins)
+    return merge(merge(values, options), parse_overrides(args.set or []))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train one method, evaluate it on test and test_novel, write metrics.json."""
+    """Train one method, evaluate it on test and test_novel, write metrics.json.
+
+    The config is resolved and validated in full before anything is built or read.
+    """
+    from hardneg.train.validate import resolve_config
+
+    try:
+        config = resolve_config(args.method, _train_values(args))
+    except TypeError as err:  # a config value a check could not handle: still a usage error
+        raise ValueError(str(err)) from None
+
     from hardneg.train.run import train_and_evaluate
     from hardneg.train.run_lock import exit_on_signals
-    from hardneg.train.trainer import resolve_config
 
-    config = resolve_config(args.method, _train_values(args))
     with exit_on_signals():  # SIGTERM/SIGHUP unwind normally: the run lock is released
         result = train_and_evaluate(config, resume=not args.restart)
     if result is not None:
@@ -89,10 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one method on DigitScenes and evaluate it")
+    p = sub.add_parser(
+        "train",
+        help="train one method (DigitScenes or your own data) and evaluate it",
+        description="Train one method and evaluate it. Precedence: --config, then the options "
+        "below, then --set.",
+        epilog=_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--method", default="infonce", choices=sorted(METHODS))
     p.add_argument("--config", help="YAML file of TrainConfig fields (see configs/)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
+    p.add_argument("--data", metavar="SPEC", help="data spec (below; default digitscenes)")
+    p.add_argument("--model", metavar="SPEC", help="model spec (below; default builtin)")
+    p.add_argument("--pretrained", metavar="PATH", help="local weights of an open_clip spec")
+    p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
+    p.add_argument("--csv-img-key", metavar="COL", help="image-path column of a csv source")
+    p.add_argument("--csv-caption-key", metavar="COL", help="caption column of a csv source")
     p.add_argument("--out", help="run directory (default: config out_dir)")
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -144,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"hardneg: error: {err}", file=sys.stderr)
+        # KeyError's str() quotes its message; any message is printed on one line
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"hardneg: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
 
 

@@ -9,16 +9,12 @@
   :class:`FalconScheduler` (+ :class:`FalconConfig`).
 """
 
+from hardneg.samplers.batch_config import MODES, HardnessSamplerConfig
+from hardneg.samplers.batches import HardnessBatchSampler, shard
 from hardneg.samplers.bns import BNSConfig, BoundaryAwareSampler
 from hardneg.samplers.chain import ChainResult, chain_batches, grit_chain
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS, CurriculumPreset, LogisticCurriculum
 from hardneg.samplers.falcon import FalconConfig, FalconScheduler
-from hardneg.samplers.grit import (
-    MODES,
-    HardnessBatchSampler,
-    HardnessSamplerConfig,
-    shard,
-)
 from hardneg.samplers.gumbel import gumbel_topk
 from hardneg.samplers.quantile import quantile_pick
 from hardneg.samplers.selection import Selection, boundary_scores, hardest_negative

@@ -7,11 +7,14 @@ A run is ``TrainConfig``; a *method* (``hardneg.train.methods``) is a named pres
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
+
+from hardneg.train.coerce import coerce, describe
 
 
 @dataclass
@@ -168,7 +171,7 @@ class AuxConfig:
 
 @dataclass
 class SamplerConfig:
-    """Batch construction (``hardneg.samplers.grit.HardnessBatchSampler`` modes)."""
+    """Batch construction (``hardneg.samplers.batches.HardnessBatchSampler`` modes)."""
 
     mode: str = "random"
     search_space_size: int | None = None  # |M| in items; None: search_space_batches × B
@@ -180,6 +183,22 @@ class SamplerConfig:
     falcon_lr: float = 1e-2
     falcon_update_interval: int = 40
     falcon_entropy_weight: float = 0.01
+
+    def progressive_endpoints(self) -> tuple[float | None, float | None]:
+        """``(q_start, q_end)`` for ``HardnessSamplerConfig`` in the progressive modes.
+
+        A field left at its default (``q_start = 0.0``, ``q_end = 1.0``) gives None, the
+        mode's own default (hardening 0.5 → 1, softening 1 → 0.5); other modes: (None, None).
+
+        Example:
+            >>> SamplerConfig(mode="progressive_softening", q_end=0.2).progressive_endpoints()
+            (None, 0.2)
+        """
+        if not self.mode.startswith("progressive"):
+            return None, None
+        return (None if self.q_start == 0.0 else self.q_start), (
+            None if self.q_end == 1.0 else self.q_end
+        )
 
 
 @dataclass
@@ -244,24 +263,51 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
+def _build(cls: type, values: Any, where: str = "") -> Any:
+    """``cls`` (a config dataclass) from a mapping; every value checked against its annotation.
+
+    ``where`` is the dotted prefix of the section (``""`` for :class:`TrainConfig`), so that
+    errors name the full key (``optim.lr``).
+    """
+    section = where.rstrip(".") or "config"
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{section} must be a mapping of its keys, got {describe(values)}; set a key inside "
+            f"it, e.g. --set {where}{dataclasses.fields(cls)[0].name}=..."
+        )
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
+        close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=1)
+        hint = f"did you mean {where}{close[0]}? " if close else ""
+        raise ValueError(
+            f"unknown key(s) {[f'{where}{k}' for k in unknown]} in {section}; {hint}valid "
+            f"keys: {sorted(names)}"
+        )
+    hints = get_type_hints(cls)
+    defaults = cls()
     kwargs = {}
     for name, value in values.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}{name}.")
         else:
-            kwargs[name] = value
+            kwargs[name] = coerce(value, hints[name], f"{where}{name}", default)
     return cls(**kwargs)
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a :class:`TrainConfig`; unknown keys raise ``ValueError`` naming them."""
-    return _build(TrainConfig, values, "config")
+    """Build a :class:`TrainConfig`, every value type-checked and coerced from its annotation.
+
+    Unknown keys and values of the wrong type raise a one-line ``ValueError`` naming the full
+    dotted key and an example (ranges and combinations: :func:`hardneg.train.validate.
+    validate_config`).
+
+    Example:
+        >>> config_from_dict({"optim": {"lr": "3e-4"}, "steps": 5}).optim.lr
+        0.0003
+    """
+    return _build(TrainConfig, values)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -276,17 +322,35 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["optim.lr=3e-4", "steps=100"]`` → nested dict (values parsed as YAML scalars)."""
+    """``["optim.lr=3e-4", "steps=100"]`` → nested dict (values parsed as YAML scalars).
+
+    Types are checked later, by :func:`config_from_dict` (which also turns ``"3e-4"``, a
+    string to YAML 1.1, into a float).
+
+    Example:
+        >>> parse_overrides(["optim.lr=0.5", "steps=100"])
+        {'optim': {'lr': 0.5}, 'steps': 100}
+    """
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        node = out
+        key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not sep or not all(parts):
+            raise ValueError(f"--set {item!r} must look like KEY=VALUE, e.g. --set optim.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "not valid YAML"
+            raise ValueError(f"--set {key}: cannot parse {raw!r} ({problem}); quote it") from None
+        node = out
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                section = ".".join(parts[: depth + 1])
+                raise ValueError(f"--set {key}: {section} was already set to a value above")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ValueError(f"--set {key}: {key} is a section with keys set above")
+        node[parts[-1]] = value
     return out
 
 
@@ -295,7 +359,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a mapping at top level")
     return values

@@ -1,4 +1,9 @@
-r"""GRIT-style grouped batch construction with a hardness quantile (GRIT-VLP, FALCON baselines).
+r"""The batch sampler of GRIT-VLP, FALCON and their heuristic baselines: seven batch modes.
+
+:class:`HardnessBatchSampler` cuts each epoch into search spaces and builds the batches of a
+space from cached embeddings, in the mode of its :class:`~hardneg.samplers.batch_config.
+HardnessSamplerConfig`: random, GRIT-VLP's alternating hardest chain, a fixed or progressive
+hardness quantile, or FALCON's learned quantile (per anchor or per batch).
 
 References: Byun et al. 2022, "GRIT-VLP: Grouped Mini-batch Sampling for Efficient
 Vision-Language Pre-training" (``jaeseokbyun/GRIT-VLP``, ``models/GRIT_utils.py``): random search
@@ -18,87 +23,14 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS, HardnessSamplerConfig
 from hardneg.samplers.chain import chain_batches, grit_chain
 from hardneg.samplers.falcon import FalconScheduler
 from hardneg.samplers.store import EmbeddingStore
 
-MODES = (
-    "random",
-    "grit",
-    "fixed",
-    "progressive_hardening",
-    "progressive_softening",
-    "batch_level",
-    "falcon",
-)
-"""Batch construction modes of :class:`HardnessBatchSampler`."""
-
 SCHEDULER_MODES = ("batch_level", "falcon")
 RESUME_KEYS = ("batch_size", "search_space_size", "mode", "seed")
 """Config fields that must match between a saved sampler state and the sampler loading it."""
-PROGRESSIVE_DEFAULTS = {"progressive_hardening": (0.5, 1.0), "progressive_softening": (1.0, 0.5)}
-
-
-@dataclass
-class HardnessSamplerConfig:
-    """Configuration of :class:`HardnessBatchSampler`.
-
-    Attributes:
-        batch_size: global batch size B (all ranks together).
-        search_space_size: |M|, items per search space; None = 8·B (FALCON default).
-        mode: one of :data:`MODES`:
-            ``random`` plain shuffled batches; ``grit`` GRIT-VLP's alternating hardest chain
-            (:func:`~hardneg.samplers.chain.grit_chain`); ``fixed`` q = ``q`` (q = 1: the
-            hardest pick on the symmetric S, per batch); ``progressive_hardening`` /
-            ``progressive_softening`` q moves linearly from ``q_start`` to ``q_end`` over
-            ``total_epochs`` (defaults 0.5→1 and 1→0.5); ``falcon`` q per anchor from a
-            :class:`FalconScheduler`; ``batch_level`` one scheduler q per batch (scheduler
-            with ``instance_level=False``).
-        q: the quantile of mode ``fixed``.
-        q_start, q_end: endpoints of the progressive modes (None = mode default).
-        total_epochs: run length used by the progressive modes.
-        seed: seed of every random choice (epoch e uses ``default_rng([seed, e])``).
-    """
-
-    batch_size: int
-    search_space_size: int | None = None
-    mode: str = "random"
-    q: float = 0.5
-    q_start: float | None = None
-    q_end: float | None = None
-    total_epochs: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be ≥ 2 (a contrastive batch), got {self.batch_size}")
-        if self.search_space_size is None:
-            self.search_space_size = 8 * self.batch_size
-        if self.search_space_size < self.batch_size:
-            raise ValueError(
-                f"search_space_size={self.search_space_size} is smaller than batch_size="
-                f"{self.batch_size}; use at least one batch per search space (default 8·B)"
-            )
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is unknown; choose one of {MODES}")
-        if self.mode in PROGRESSIVE_DEFAULTS:
-            start, end = PROGRESSIVE_DEFAULTS[self.mode]
-            self.q_start = start if self.q_start is None else self.q_start
-            self.q_end = end if self.q_end is None else self.q_end
-            rising = self.q_end >= self.q_start
-            if rising != (self.mode == "progressive_hardening"):
-                raise ValueError(
-                    f"mode={self.mode!r} needs q_end {'≥' if not rising else '≤'} q_start, got "
-                    f"q_start={self.q_start}, q_end={self.q_end}; swap them or change the mode"
-                )
-        for name in ("q", "q_start", "q_end"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"{name} must be in [0, 1] (0 = easiest, 1 = hardest), got {value}"
-                )
-        if self.total_epochs < 1:
-            raise ValueError(f"total_epochs must be ≥ 1, got {self.total_epochs}")
 
 
 def off_diagonal_rows(sim: Tensor) -> Tensor:
