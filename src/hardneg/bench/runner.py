@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from hardneg.train.config import config_from_dict, merge, parse_overrides
 from hardneg.train.run_lock import RunLockedError, exit_on_signals, lock_holder
-from hardneg.train.trainer import resolve_config
+from hardneg.train.validate import resolve_config
 
 CORE_METHODS = [
     "infonce", "siglip", "hcl", "dcl", "soft_infonce", "negclip", "ega",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -66,19 +65,17 @@ def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
                 instance_level=s.mode == "falcon",
             )
         )
-    progressive = s.mode.startswith("progressive")
+    q_start, q_end = s.progressive_endpoints()
     config = HardnessSamplerConfig(
         batch_size=cfg.batch_size,
         search_space_size=min(n, s.search_space_size or s.search_space_batches * cfg.batch_size),
         mode=s.mode,
         q=s.q,
-        q_start=None if progressive and s.q_start == 0.0 else s.q_start,
-        q_end=None if progressive and s.q_end == 1.0 else s.q_end,
+        q_start=q_start,
+        q_end=q_end,
         total_epochs=epochs,
         seed=cfg.seed,
     )
-    if not progressive:
-        config = replace(config, q_start=None, q_end=None)
     return HardnessBatchSampler(n, config, scheduler)
 
 

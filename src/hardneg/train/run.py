@@ -28,7 +28,8 @@ from hardneg.eval.items import pack_items
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.memory import PeakMemory
 from hardneg.train.run_lock import RunLock, exit_on_signals
-from hardneg.train.trainer import Trainer, validate_config
+from hardneg.train.trainer import Trainer
+from hardneg.train.validate import validate_config
 
 
 def init_distributed() -> None:

@@ -11,107 +11,20 @@ logs). A recipe supplies the data and the model: DigitScenes
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 
-from hardneg.data.scene_captions import PERTURBATIONS
 from hardneg.losses.distributed import world_info
-from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.text import TextTower
-from hardneg.train.config import TrainConfig, config_from_dict, merge
+from hardneg.train.config import TrainConfig
 from hardneg.train.data import SplitTensors
 from hardneg.train.loop import Engine, seed_everything
-from hardneg.train.methods import LOSSES, method_overrides
 from hardneg.train.recipes.digitscenes import DigitScenesRecipe
 from hardneg.train.textbank import TextBank
+from hardneg.train.validate import resolve_config, validate_config
 
 __all__ = ["AlignmentModel", "Trainer", "resolve_config", "validate_config"]
-
-
-def resolve_config(method: str, values: dict[str, Any] | None = None) -> TrainConfig:
-    """The method's preset, then ``values`` on top; validated (errors before any training)."""
-    values = values or {}
-    config = config_from_dict(merge(method_overrides(method), {**values, "method": method}))
-    validate_config(config)
-    return config
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Reject bad configurations with a message naming the field and the fix."""
-    method_overrides(cfg.method)
-    if cfg.loss.name not in LOSSES:
-        raise ValueError(f"loss.name={cfg.loss.name!r} unknown; choose one of {sorted(LOSSES)}")
-    if cfg.batch_size < 2 or cfg.steps < 1:
-        raise ValueError(f"batch_size must be ≥ 2 and steps ≥ 1, got {cfg.batch_size}, {cfg.steps}")
-    for name in ("cla_weight", "itm_weight", "mlm_weight"):
-        if getattr(cfg.aux, name) < 0:
-            raise ValueError(
-                f"aux.{name} must be ≥ 0 (a loss weight), got {getattr(cfg.aux, name)}"
-            )
-    bad_kinds = sorted(set(cfg.pretrain.negative_kinds) - set(PERTURBATIONS))
-    if bad_kinds:
-        raise ValueError(
-            f"pretrain.negative_kinds has unknown kinds {bad_kinds}; choose from {PERTURBATIONS}"
-        )
-    if cfg.model.head not in ("linear", "attention"):
-        raise ValueError(f"model.head must be 'linear' or 'attention', got {cfg.model.head!r}")
-    if cfg.model.freeze_image_tower and not cfg.pretrain.steps:
-        raise ValueError(
-            "model.freeze_image_tower needs pretrain.steps > 0 (a frozen tower that was never "
-            "trained would stay random)"
-        )
-    if not cfg.optim.max_grad_norm > 0:
-        raise ValueError(
-            f"optim.max_grad_norm must be > 0 (gradients are clipped to that norm), got "
-            f"{cfg.optim.max_grad_norm}; use a large value such as 1e9 to disable clipping"
-        )
-    if cfg.optim.name not in ("adamw", "sgd"):
-        raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {cfg.optim.name!r}")
-    if cfg.selector.name not in ("none", "bns"):
-        raise ValueError(f"selector.name must be 'none' or 'bns', got {cfg.selector.name!r}")
-    if cfg.selector.name == "bns":
-        micro = cfg.batch_size // cfg.optim.grad_accum
-        if not 1 <= cfg.selector.k <= micro - 1:
-            raise ValueError(
-                f"selector.k={cfg.selector.k} but each anchor has at most {micro - 1} in-batch "
-                f"negatives (batch {micro}); use k between 1 and {micro - 1}"
-            )
-        if cfg.loss.kwargs.get("chunk_size"):
-            raise ValueError("loss.kwargs.chunk_size cannot be combined with the BNS selector")
-        s = cfg.selector
-        if s.denominator not in ("selected", "weighted"):
-            raise ValueError(
-                f"selector.denominator must be 'selected' or 'weighted', got {s.denominator!r}"
-            )
-        if s.denominator == "weighted" and not issubclass(LOSSES[cfg.loss.name], InfoNCELoss):
-            raise ValueError(
-                "selector.denominator='weighted' needs an InfoNCE-form loss (infonce, "
-                f"negclip, ega), got loss.name={cfg.loss.name!r}; use denominator='selected'"
-            )
-    if cfg.data.positives not in ("scene", "semantic"):
-        raise ValueError(
-            f"data.positives must be 'scene' or 'semantic', got {cfg.data.positives!r}"
-        )
-    fn_percent = cfg.data.false_negative_percent
-    if not 0.0 <= fn_percent < 100.0:
-        raise ValueError(
-            f"data.false_negative_percent must be a percentage in [0, 100) (1.0 = 1 % of the "
-            f"in-batch pairs), got {fn_percent}"
-        )
-    if fn_percent > 0 and cfg.data.positives == "semantic":
-        raise ValueError(
-            "data.positives='semantic' cannot mark partial captions' matches as positives; use "
-            "data.positives='scene' with data.false_negative_percent > 0"
-        )
-    if cfg.batch_size % cfg.optim.grad_accum:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} is not divisible by "
-            f"optim.grad_accum={cfg.optim.grad_accum}"
-        )
-    if cfg.sampler.mode in ("falcon", "batch_level") and cfg.aux.mlm_weight <= 0:
-        raise ValueError("FALCON's reward is the MLM-loss gain: set aux.mlm_weight > 0")
 
 
 def _device(cfg: TrainConfig, world: int) -> torch.device:

@@ -108,7 +108,7 @@ def _check_run(cfg: TrainConfig) -> None:
 def _check_optim(cfg: TrainConfig) -> None:
     o = cfg.optim
     _choice("optim.name", o.name, ("adamw", "sgd"))
-    _range("optim.lr", o.lr, 0, low_open=True, example="3e-4")
+    _range("optim.lr", o.lr, 0, example="3e-4")  # 0: no update (a dry run)
     _range("optim.weight_decay", o.weight_decay, 0, example=0.05)
     _range("optim.warmup_steps", o.warmup_steps, 0, example=20)
     _range("optim.grad_accum", o.grad_accum, 1, example=1)
