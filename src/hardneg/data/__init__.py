@@ -4,12 +4,18 @@
 - :mod:`hardneg.data.scene_captions` — semantics ids, paraphrases and hard-negative captions.
 - :mod:`hardneg.data.scene_render` — scan pools, layout and rasterisation.
 - :mod:`hardneg.data.karpathy` — COCO / Flickr30k Karpathy-split JSON loader.
+- :mod:`hardneg.data.sources` — ``--data SPEC`` parsing, checks and :func:`open_source`
+  (real data: :mod:`~hardneg.data.csv_source`, :mod:`~hardneg.data.hf_source`).
+- :mod:`hardneg.data.perturb` — rule-based NegCLIP-style hard negatives for real captions.
+- :mod:`hardneg.data.compositional` — ARO / SugarCrepe-style compositional probe files.
 - :mod:`hardneg.data.dataset` — the shared ``ImageCaptionDataset`` interface and helpers.
 - :mod:`hardneg.data.cache` — ``FeatureCache`` for frozen towers.
 - :mod:`hardneg.data.contact_sheet` / :mod:`hardneg.data.commands` — inspection and CLI hooks.
 """
 
 from hardneg.data.cache import FeatureCache, content_fingerprint, module_fingerprint
+from hardneg.data.compositional import CompositionalProbes, load_compositional
+from hardneg.data.csv_source import CSVImageCaptions
 from hardneg.data.dataset import (
     FlatCaptions,
     ImageCaptionDataset,
@@ -28,8 +34,17 @@ from hardneg.data.digitscenes import (
     generate_split,
     load_digitscenes,
 )
+from hardneg.data.hf_source import HFImageCaptions
 from hardneg.data.karpathy import KarpathyDataset
+from hardneg.data.perturb import Perturbation, perturbations
 from hardneg.data.scene_captions import COLOURS, RELATIONS, describe_semantic_id, semantic_id
+from hardneg.data.sources import (
+    DataSpec,
+    check_data_config,
+    default_eval_spec,
+    open_source,
+    parse_data_spec,
+)
 
 __all__ = [
     "COLOURS",
@@ -37,21 +52,32 @@ __all__ = [
     "PRESETS",
     "RELATIONS",
     "SPLITS",
+    "CSVImageCaptions",
+    "CompositionalProbes",
+    "DataSpec",
     "DigitScenesConfig",
     "DigitScenesDataset",
     "FeatureCache",
     "FlatCaptions",
+    "HFImageCaptions",
     "HardNegative",
     "ImageCaptionDataset",
     "KarpathyDataset",
+    "Perturbation",
     "SceneSplit",
+    "check_data_config",
     "collate_image_captions",
     "content_fingerprint",
+    "default_eval_spec",
     "describe_semantic_id",
     "flatten_captions",
     "generate_digitscenes",
     "generate_split",
+    "load_compositional",
     "load_digitscenes",
     "module_fingerprint",
+    "open_source",
+    "parse_data_spec",
+    "perturbations",
     "semantic_id",
 ]

@@ -26,6 +26,10 @@ class ImageCaptionDataset(Dataset):
     "semantic_id": int, "index": i}``. Subclasses set :attr:`captions` (one list per image),
     :attr:`semantic_ids` ((N,) int64 array) and implement :meth:`load_image`.
 
+    Real-data sources (:mod:`hardneg.data.sources`) also set :attr:`negatives` (per image, the
+    user's hard-negative captions, or None) and :attr:`source` (``"csv /data/x.csv"``, read by
+    :meth:`describe`).
+
     Args:
         transform: optional callable applied to the (3, H, W) float image (augmentation,
             normalisation); it must return a tensor.
@@ -45,6 +49,8 @@ class ImageCaptionDataset(Dataset):
 
     captions: list[list[str]]
     semantic_ids: np.ndarray
+    negatives: list[list[str]] | None = None
+    source: str = ""
 
     def __init__(self, transform: Callable[[Tensor], Tensor] | None = None) -> None:
         if transform is not None and not callable(transform):
@@ -60,6 +66,14 @@ class ImageCaptionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def describe(self) -> str:
+        """One line for logs: source (kind and path), #images, #captions, #hard negatives."""
+        n_captions = sum(len(caps) for caps in self.captions)
+        line = f"{self.source or type(self).__name__}: {len(self)} images, {n_captions} captions"
+        if self.negatives is not None:
+            line += f", {sum(len(negs) for negs in self.negatives)} hard negatives"
+        return line
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self)

@@ -26,32 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 from torch import Tensor
 
 from hardneg.data.dataset import ImageCaptionDataset
+from hardneg.data.images import read_image, resize_center_crop
 
 __all__ = ["KARPATHY_SPLITS", "KarpathyDataset", "resize_center_crop"]
 
 KARPATHY_SPLITS: tuple[str, ...] = ("train", "val", "test", "restval")
-
-
-def resize_center_crop(image: Image.Image, size: int) -> Tensor:
-    """Resize the short side to ``size`` (bicubic), center-crop, return (3, size, size) in [0, 1].
-
-    Example:
-        >>> resize_center_crop(Image.new("RGB", (40, 20), (255, 0, 0)), 10)[:, 0, 0]
-        tensor([1., 0., 0.])
-    """
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    new = (max(size, round(width * scale)), max(size, round(height * scale)))
-    image = image.resize(new, Image.Resampling.BICUBIC)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
 
 
 class _Entry:
@@ -227,11 +209,5 @@ class KarpathyDataset(ImageCaptionDataset):
         """Image ``index`` resized and center-cropped to (3, image_size, image_size) in [0, 1]."""
         path = self.paths[index]
         self._check_file(path)
-        try:
-            with Image.open(path) as image:
-                return resize_center_crop(image, self.image_size)
-        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a damaged file
-            raise ValueError(
-                f"image file {path} ({self.json_path.name} entry #{self.entry_positions[index]})"
-                f" is corrupt or truncated ({type(err).__name__}: {err}); re-download it"
-            ) from err
+        where = f"{self.json_path.name} entry #{self.entry_positions[index]}"
+        return read_image(path, self.image_size, where)
