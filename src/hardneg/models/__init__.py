@@ -9,8 +9,18 @@
 - adapters: :class:`HFCLIPAdapter` (``hardneg.models.hf_clip``, transformers CLIPModel) and
   :class:`OpenCLIPAdapter` (``hardneg.models.open_clip``; it imports open_clip only when a
   model is built, so open_clip stays optional)
+- model specs (``hardneg train --model``): :class:`ModelSpec`, :func:`parse_model_spec`
+  (``hardneg.models.specs``; cheap, builds nothing); :class:`CLIPTowers`,
+  :func:`build_clip_towers`, :func:`write_back_logit_scale`, :func:`export_clip`
+  (``hardneg.models.clip_towers``); :func:`freeze` (``hardneg.models.freeze``)
 """
 
+from hardneg.models.clip_towers import (
+    CLIPTowers,
+    build_clip_towers,
+    export_clip,
+    write_back_logit_scale,
+)
 from hardneg.models.crossmodal import (
     CrossModalConfig,
     CrossModalOutput,
@@ -18,8 +28,9 @@ from hardneg.models.crossmodal import (
     last_layer_attention,
 )
 from hardneg.models.dual import DualEncoder, DualEncoderOutput
+from hardneg.models.freeze import FreezableModule, freeze
 from hardneg.models.heads import ProjectionHead
-from hardneg.models.hf_clip import HFCLIPAdapter
+from hardneg.models.hf_clip import HFCLIPAdapter, load_hf_clip
 from hardneg.models.image import (
     ConvPatchEncoder,
     ImageTowerConfig,
@@ -29,26 +40,36 @@ from hardneg.models.image import (
 )
 from hardneg.models.open_clip import OpenCLIPAdapter
 from hardneg.models.outputs import ImageOutput, TextOutput
+from hardneg.models.specs import ModelSpec, parse_model_spec
 from hardneg.models.text import HFTextTower, MiniLMTextTower, TextTower
 
 __all__ = [
+    "CLIPTowers",
     "ConvPatchEncoder",
     "CrossModalConfig",
     "CrossModalOutput",
     "CrossModalTransformer",
     "DualEncoder",
     "DualEncoderOutput",
+    "FreezableModule",
     "HFCLIPAdapter",
     "HFTextTower",
     "ImageOutput",
     "ImageTowerConfig",
     "MiniLMTextTower",
+    "ModelSpec",
     "OpenCLIPAdapter",
     "PatchTokenEncoder",
     "ProjectionHead",
     "TextOutput",
     "TextTower",
     "TinyViT",
+    "build_clip_towers",
     "build_image_tower",
+    "export_clip",
+    "freeze",
     "last_layer_attention",
+    "load_hf_clip",
+    "parse_model_spec",
+    "write_back_logit_scale",
 ]

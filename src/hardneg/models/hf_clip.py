@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from hardneg.models.freeze import FreezableModule
 from hardneg.models.image import CLIP_MEAN, CLIP_STD, check_images, resize_and_normalize
 from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.models.text import HFTextTower, check_tokenizer_settings
@@ -25,7 +26,8 @@ from hardneg.models.text import HFTextTower, check_tokenizer_settings
 if TYPE_CHECKING:
     from transformers import CLIPModel
 
-_WEIGHT_FILES = (
+#: Weight files ``CLIPModel.from_pretrained`` reads from a local directory.
+WEIGHT_FILES = (
     "model.safetensors",
     "pytorch_model.bin",
     "model.safetensors.index.json",
@@ -83,7 +85,7 @@ class HFCLIPTextTower(HFTextTower):
         return TextOutput(out.last_hidden_state, attention_mask.bool(), pooled, input_ids)
 
 
-class HFCLIPImageTower(nn.Module):
+class HFCLIPImageTower(FreezableModule):
     """Vision half of a ``CLIPModel`` (its ``vision_model`` and ``visual_projection``).
 
     Args:
@@ -165,22 +167,35 @@ class HFCLIPAdapter(nn.Module):
         """Load a CLIP checkpoint from a local directory (never from the Hub).
 
         Raises:
-            FileNotFoundError: the directory, its config.json or its weights are missing.
+            FileNotFoundError: the directory, its config.json or its weights are missing
+                (see :func:`load_hf_clip`).
         """
-        path = Path(path)
-        has_weights = path.is_dir() and any((path / name).is_file() for name in _WEIGHT_FILES)
-        if not (path / "config.json").is_file() or not has_weights:
-            raise FileNotFoundError(
-                f"no CLIP checkpoint (config.json + model.safetensors/pytorch_model.bin) in "
-                f"{str(path)!r}: download the weights on a machine with internet (e.g. "
-                "`huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR`) and "
-                "pass the local directory"
-            )
-        from transformers import AutoProcessor, AutoTokenizer, CLIPModel
+        return cls(*load_hf_clip(path), **kwargs)
 
-        model = CLIPModel.from_pretrained(str(path), local_files_only=True)
-        try:
-            processor: Any = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError, KeyError):
-            processor = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        return cls(model, processor, **kwargs)
+
+def load_hf_clip(path: str | Path) -> tuple[CLIPModel, Any]:
+    """``(CLIPModel, processor)`` of a local ``save_pretrained`` directory (never the Hub).
+
+    The processor is the directory's ``AutoProcessor`` (tokenizer + image processor), or its
+    tokenizer alone when it has no image processor.
+
+    Raises:
+        FileNotFoundError: the directory, its config.json or its weights are missing.
+    """
+    path = Path(path)
+    has_weights = path.is_dir() and any((path / name).is_file() for name in WEIGHT_FILES)
+    if not (path / "config.json").is_file() or not has_weights:
+        raise FileNotFoundError(
+            f"no CLIP checkpoint (config.json + model.safetensors/pytorch_model.bin) in "
+            f"{str(path)!r}: download the weights on a machine with internet (e.g. "
+            "`huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR`) and "
+            "pass the local directory"
+        )
+    from transformers import AutoProcessor, AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+    try:
+        processor: Any = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError):
+        processor = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return model, processor

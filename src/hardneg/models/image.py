@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg.models.freeze import FreezableModule
 from hardneg.models.outputs import ImageOutput
 
 #: Per-channel mean / std CLIP was trained with (OpenAI CLIP, used by both CLIP adapters).
@@ -131,7 +132,7 @@ class ImageTowerConfig:
         return side, side
 
 
-class PatchTokenEncoder(nn.Module):
+class PatchTokenEncoder(FreezableModule):
     """Shared trunk: stem → tokens + positional embedding (+CLS) → transformer → LayerNorm.
 
     Subclasses build ``self.stem`` mapping ``(B, 3, H, W)`` to a ``(B, width, h, w)`` map.

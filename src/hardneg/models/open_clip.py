@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hardneg.models.freeze import FreezableModule
 from hardneg.models.image import CLIP_MEAN, CLIP_STD, check_images, resize_and_normalize
 from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.models.text import TextTower, check_texts
@@ -148,7 +149,7 @@ class OpenCLIPTextTower(TextTower):
         return tuple(int(i) for i in getattr(self.tokenizer, "all_special_ids", ()))
 
 
-class OpenCLIPImageTower(nn.Module):
+class OpenCLIPImageTower(FreezableModule):
     """Visual half of an open_clip ``CLIP`` (its ViT ``visual`` module).
 
     Args:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hardneg.models.freeze import FreezableModule
 from hardneg.models.outputs import TextOutput
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,8 +81,11 @@ def word_ids_from_offsets(
     return out
 
 
-class TextTower(nn.Module, ABC):
+class TextTower(FreezableModule, ABC):
     """Base of every text tower: device handling, ``encode_text`` and input validation.
+
+    A frozen tower (no parameter requires grad) stays in eval mode under a parent's
+    ``.train()`` (see :func:`~hardneg.models.freeze.freeze`).
 
     Subclasses implement :meth:`tokenize`, :meth:`forward`, :meth:`word_ids` and the
     vocabulary properties; ``token_dim``/``pooled_dim`` are plain ints set in ``__init__``.
@@ -95,11 +99,6 @@ class TextTower(nn.Module, ABC):
         """Device of the tower's parameters (CPU for a parameter-less tower)."""
         first = next(self.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
-
-    @property
-    def frozen(self) -> bool:
-        """True when no parameter requires grad (then the tower runs without autograd)."""
-        return not any(p.requires_grad for p in self.parameters())
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
@@ -312,10 +311,6 @@ class MiniLMTextTower(HFTextTower):
 
     def input_embedding(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
-
-    def train(self, mode: bool = True) -> MiniLMTextTower:
-        """Switch train/eval mode; a frozen tower always stays in eval mode."""
-        return super().train(mode and not self.frozen)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextOutput:
         """Encode token ids; see the class docstring for pooling. Shapes ``(B, L)``."""
