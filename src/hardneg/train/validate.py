@@ -23,10 +23,12 @@ from typing import Any
 
 from hardneg.data.digitscenes import PRESETS
 from hardneg.data.scene_captions import PERTURBATIONS
+from hardneg.data.sources import check_data_config
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.heads import AttentionPoolHead
 from hardneg.models.image import _ARCHS as IMAGE_ARCHS
 from hardneg.models.image import ImageTowerConfig
+from hardneg.models.specs import parse_model_spec
 from hardneg.samplers import CURRICULUM_PRESETS, MODES
 from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
 from hardneg.train.config import TrainConfig, config_from_dict, merge
@@ -290,30 +292,22 @@ def _check_pretrain(cfg: TrainConfig) -> None:
 
 
 def _check_specs(cfg: TrainConfig) -> None:
-    """The data and model specs (paths exist, names parse); nothing is loaded."""
-    # TODO(lead): drop the ImportError guard after merge
-    try:
-        from hardneg.data.sources import check_data_config
-    except ImportError:
-        check_data_config = None
-    if check_data_config is not None:
-        check_data_config(cfg.data)
-    elif not re.fullmatch(r"digitscenes(:\w+)?|(karpathy|csv|hf):.+", cfg.data.dataset):
+    """The data and model specs (paths exist, names parse); nothing is loaded. The
+    pre-training stage and the false-negative knob belong to the DigitScenes recipe
+    (DigitScenes data with the builtin model)."""
+    data = check_data_config(cfg.data)
+    model = parse_model_spec(cfg.model.spec, cfg.model.pretrained, key="model.spec")
+    if data.kind == "digitscenes" and model.kind == "builtin":
+        return
+    if cfg.pretrain.steps:
         raise ValueError(
-            f"data.dataset={cfg.data.dataset!r} is not a data spec; use digitscenes[:PRESET], "
-            "karpathy:PATH.json[:SPLIT], csv:PATH or hf:PATH"
+            f"pretrain.steps={cfg.pretrain.steps} with data.dataset={cfg.data.dataset!r}: the "
+            "pre-training stage is the DigitScenes recipe's; use --set pretrain.steps=0"
         )
-    # TODO(lead): drop the ImportError guard after merge
-    try:
-        from hardneg.models.specs import parse_model_spec
-    except ImportError:
-        parse_model_spec = None
-    if parse_model_spec is not None:
-        parse_model_spec(cfg.model.spec, cfg.model.pretrained, key="model.spec")
-    elif not re.fullmatch(r"builtin|(open_clip|hf_clip):.+", cfg.model.spec):
+    if cfg.data.false_negative_percent:
         raise ValueError(
-            f"model.spec={cfg.model.spec!r} is not a model spec; use builtin, open_clip:NAME "
-            "or hf_clip:DIR"
+            "data.false_negative_percent needs DigitScenes with model.spec=builtin (exact "
+            "semantics); use --set data.false_negative_percent=0"
         )
 
 

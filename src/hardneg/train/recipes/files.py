@@ -31,16 +31,13 @@ from hardneg.data.sources import check_data_config, open_source
 from hardneg.eval.datasets import evaluate_dataset
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.alignment import AlignmentModel
+from hardneg.models.clip_towers import build_clip_towers, export_clip
 from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
 from hardneg.models.dual import DualEncoder
+from hardneg.models.freeze import freeze
 from hardneg.models.image import ImageTowerConfig, build_image_tower
 from hardneg.models.inputs import Images, Texts
-from hardneg.models.specs import (
-    build_clip_towers,
-    export_clip,
-    parse_model_spec,
-    write_back_logit_scale,
-)
+from hardneg.models.specs import parse_model_spec
 from hardneg.models.text import MiniLMTextTower
 from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
@@ -89,10 +86,8 @@ class FilesRecipe:
             image_size, embed_dim = self.towers.image_size, None  # CLIP's own projections
             self.logit_scale = self.towers.logit_scale
             reloaded = ()
-            if cfg.model.freeze_text_tower:
-                text_tower.requires_grad_(False)
-        if cfg.model.freeze_image_tower:
-            image_tower.requires_grad_(False)
+            freeze(text_tower, cfg.model.freeze_text_tower)
+        freeze(image_tower, cfg.model.freeze_image_tower)
         self.text_tower = text_tower
         self.dataset = open_source(cfg.data, image_size)
         self.image_size = image_size
@@ -231,7 +226,6 @@ class FilesRecipe:
         library's format (None for the builtin model)."""
         if self.towers is None:
             return None
-        write_back_logit_scale(self.towers, logit_scale)
         return export_clip(self.towers, out_dir, logit_scale)
 
     # ----------------------------------------------------------------------------- state
