@@ -81,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Re-evaluate the checkpoint of a finished run."""
     from hardneg.train.run import evaluate_run
 
-    metrics = evaluate_run(Path(args.run))
+    metrics = evaluate_run(Path(args.run), data=args.data, compositional=args.compositional)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -149,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate the checkpoint of a run directory")
     p.add_argument("run")
+    p.add_argument(
+        "--data",
+        metavar="SPEC",
+        help="evaluate on this data spec (karpathy:PATH.json:test, csv:PATH, hf:PATH): "
+        "multi-positive R@1/5/10 and mAP both ways; default: the run's evaluation data",
+    )
+    p.add_argument(
+        "--compositional",
+        metavar="JSON",
+        help="compositional probes: a JSON list of {image, caption, negative[, kind]} rows "
+        "(the ARO / SugarCrepe layout), images relative to the run's data.images",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="generate or inspect DigitScenes")

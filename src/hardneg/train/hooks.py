@@ -59,7 +59,7 @@ class StoreRefresh(Hook):
         # items dropped by drop_last were never embedded: embed them so that the next
         # epoch can build hard (GRIT/FALCON) batches instead of falling back to random ones
         missing = torch.nonzero(~engine.sampler.store.filled).squeeze(1)
-        for chunk in missing.split(engine.cfg.batch_size):
+        for chunk in missing.split(engine.cfg.batch_size) if len(missing) else ():
             with engine.autocast():
                 image, text = engine.recipe.embed_untrained(chunk)
             engine.sampler.update_embeddings(chunk, image, text)

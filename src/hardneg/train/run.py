@@ -16,6 +16,7 @@ import json
 import os
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ def _train_and_evaluate(
     trainer.save()
     if trainer.rank != 0:
         return None
+    # a CLIP model: the trained logit scale written back, saved in its own library's format
+    exported = trainer.recipe.export(out, float(trainer.loss_fn.scale().detach()))
     step_times = trainer.step_times[3:] or trainer.step_times  # the first steps warm up
     result: dict[str, Any] = {
         "method": config.method,
@@ -86,6 +89,7 @@ def _train_and_evaluate(
         "step_time": statistics.median(step_times) if step_times else None,
         "peak_mem_mib": peak.mib,
         **trainer.summary(),
+        "exported": None if exported is None else str(exported),
         "metrics": {},
     }
     items = {}
@@ -99,15 +103,25 @@ def _train_and_evaluate(
     return result
 
 
-def evaluate_run(run_dir: Path) -> dict[str, Any]:
-    """Evaluate the checkpoint in ``run_dir`` on the evaluation splits."""
+def evaluate_run(
+    run_dir: Path, data: str | None = None, compositional: str | None = None
+) -> dict[str, Any]:
+    """Evaluate the checkpoint in ``run_dir``: on the run's evaluation data, or on the data
+    spec ``data`` (multi-positive retrieval), with compositional accuracy on the probes JSON
+    ``compositional`` (files recipe)."""
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; train first with `hardneg train --out`")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    trainer = Trainer(config_from_dict(state["config"]))
+    config = config_from_dict(state["config"])
+    if data is not None:
+        from hardneg.data.sources import parse_data_spec
+
+        parse_data_spec(data, key="--data")
+    trainer = Trainer(replace(config, progress=False))
     trainer.load_state_dict(state)
-    return {name: e.metrics for name, e in trainer.recipe.evaluate().items()}
+    evaluations = trainer.recipe.evaluate(data, compositional)
+    return {name: e.metrics for name, e in evaluations.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

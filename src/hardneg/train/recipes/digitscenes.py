@@ -208,8 +208,16 @@ class DigitScenesRecipe:
         return F.normalize(u.float(), dim=-1).cpu(), F.normalize(v.float(), dim=-1).cpu()
 
     # ---------------------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, SplitEvaluation]:
-        """Every metric on the evaluation splits (see :mod:`hardneg.eval.runner`)."""
+    def evaluate(
+        self, spec: str | None = None, compositional: str | None = None
+    ) -> dict[str, SplitEvaluation]:
+        """Every metric on the evaluation splits (see :mod:`hardneg.eval.runner`); the
+        DigitScenes probes are built in (``spec`` / ``compositional`` are for real data)."""
+        if spec is not None or compositional is not None:
+            raise ValueError(
+                "hardneg eval --data / --compositional evaluate runs trained on real data or "
+                "with a CLIP model; a DigitScenes run is evaluated on its own test splits"
+            )
         return {
             name: evaluate_split_items(
                 self.model, self.bank, self.splits[name], self.tower, self.device
@@ -217,6 +225,10 @@ class DigitScenesRecipe:
             for name in EVAL_SPLITS
             if name in self.splits
         }
+
+    def export(self, out_dir, logit_scale: float) -> None:
+        """Nothing to export: the builtin model lives in ``checkpoint.pt``."""
+        return None
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
