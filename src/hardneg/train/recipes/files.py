@@ -18,6 +18,7 @@ Hugging Face dataset; see ``docs/data.md``) and a model spec (``builtin``, ``ope
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hardneg.data.compositional import load_compositional
+from hardneg.data.dataset import ImageCaptionDataset
+from hardneg.data.digitscenes import PRESETS, DigitScenesDataset, load_digitscenes
 from hardneg.data.perturb import perturbations
-from hardneg.data.sources import check_data_config, open_source
+from hardneg.data.sources import (
+    check_data_config,
+    default_eval_spec,
+    open_source,
+    parse_data_spec,
+)
 from hardneg.eval.datasets import evaluate_dataset
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.alignment import AlignmentModel
@@ -89,7 +97,7 @@ class FilesRecipe:
             freeze(text_tower, cfg.model.freeze_text_tower)
         freeze(image_tower, cfg.model.freeze_image_tower)
         self.text_tower = text_tower
-        self.dataset = open_source(cfg.data, image_size)
+        self.dataset = self._open(None, "train")
         self.image_size = image_size
         dual = DualEncoder(image_tower, text_tower, embed_dim=embed_dim)
         cross = None
@@ -110,6 +118,19 @@ class FilesRecipe:
             )
         self.model = AlignmentModel(dual, cross, reloaded_prefixes=reloaded).to(device)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def _open(self, spec: str | None, split: str) -> ImageCaptionDataset:
+        """The source ``spec`` (default ``data.dataset``); DigitScenes' ``split`` as an
+        image–caption dataset whose hard negatives are the scenes' own."""
+        parsed = parse_data_spec(spec or self.cfg.data.dataset)
+        if parsed.kind != "digitscenes":
+            return open_source(self.cfg.data, self.image_size, spec=spec)
+        d = self.cfg.data
+        config = replace(PRESETS[parsed.preset or d.preset], seed=d.seed)
+        scenes = load_digitscenes(config, cache_dir=d.cache_dir, splits=(split,))[split]
+        dataset = DigitScenesDataset(scenes)
+        dataset.negatives = [[h.caption for h in negs] for negs in scenes.hard_negatives]
+        return dataset
 
     def _max_text_len(self) -> int:
         return int(getattr(self.text_tower, "context_length", None) or self.cfg.data.max_text_len)
@@ -197,27 +218,19 @@ class FilesRecipe:
         return F.normalize(u.float(), dim=-1).cpu(), F.normalize(v.float(), dim=-1).cpu()
 
     # ---------------------------------------------------------------------------- evaluation
-    def eval_spec(self) -> str | None:
-        """The data evaluated after training: ``data.eval_dataset``, else a Karpathy JSON's
-        ``test`` split, else nothing."""
-        if self.cfg.data.eval_dataset:
-            return self.cfg.data.eval_dataset
-        if self.data_spec.kind == "karpathy":
-            return f"karpathy:{self.data_spec.path}:test"
-        return None
-
     def evaluate(
         self, spec: str | None = None, compositional: str | None = None
     ) -> dict[str, SplitEvaluation]:
-        """Multi-positive retrieval on ``spec`` (default :meth:`eval_spec`) as split ``"test"``,
-        with compositional accuracy on a JSON of probes (``compositional``) when given one."""
-        spec = spec or self.eval_spec()
+        """Multi-positive retrieval as split ``"test"`` on ``spec`` — by default
+        ``data.eval_dataset``, else a Karpathy JSON's ``test`` split or DigitScenes' test split,
+        else nothing — with compositional accuracy on a JSON of probes when given one."""
         probes = None
         if compositional is not None:
             probes = load_compositional(compositional, self.cfg.data.images, self.image_size)
-        if spec is None:
+        spec = spec or default_eval_spec(self.cfg.data)
+        if spec is None and self.data_spec.kind != "digitscenes":
             return {}
-        dataset = open_source(self.cfg.data, self.image_size, spec=spec)
+        dataset = self._open(spec, "test")
         evaluation = evaluate_dataset(self.model, dataset, self._tokens, self.device, probes)
         return {"test": evaluation}
 
