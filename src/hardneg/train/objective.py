@@ -30,7 +30,7 @@ from hardneg.losses.pairs import positives_from_ids
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.crossmodal import last_layer_attention
 from hardneg.models.outputs import TextOutput
-from hardneg.samplers import BoundaryAwareSampler
+from hardneg.samplers import BoundaryAwareSampler, boundary_scores
 from hardneg.train.batch import Batch
 from hardneg.train.config import AuxConfig
 
@@ -144,7 +144,7 @@ class Objective:
         keep_i2t = sel_i2t.hard[off : off + r].bool()
         keep_t2i = sel_t2i.hard[off : off + r].bool()
         picked = sel_t2i.hard.bool()
-        bs = (sim_t2i - sim_t2i.diagonal()[:, None])[picked]
+        bs = boundary_scores(sim_t2i, torch.arange(g, device=sim_t2i.device))[picked]
         logs = {
             "alpha": sel_i2t.alpha,
             "gumbel_tau": sel_i2t.tau,
