@@ -97,8 +97,8 @@ class FilesRecipe:
             freeze(text_tower, cfg.model.freeze_text_tower)
         freeze(image_tower, cfg.model.freeze_image_tower)
         self.text_tower = text_tower
-        self.dataset = self._open(None, "train")
         self.image_size = image_size
+        self.dataset = self._open(None, "train")
         dual = DualEncoder(image_tower, text_tower, embed_dim=embed_dim)
         cross = None
         if crossmodal:
