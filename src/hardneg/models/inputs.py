@@ -26,6 +26,12 @@ class Images:
     def __len__(self) -> int:
         return len(self.pixels) if self.pixels is not None else len(self.features)
 
+    def select(self, rows: slice) -> Images:
+        """The images of ``rows`` (e.g. one GradCache chunk)."""
+        if self.pixels is not None:
+            return Images(pixels=self.pixels[rows])
+        return Images(features=self.features.select(rows))
+
 
 @dataclass
 class Texts:
@@ -43,6 +49,11 @@ class Texts:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def select(self, rows: slice) -> Texts:
+        """The captions of ``rows``, padded as before (e.g. one GradCache chunk)."""
+        states = None if self.states is None else self.states.select(rows)
+        return Texts(self.input_ids[rows], self.mask[rows], states)
 
     def to(self, device: torch.device | str) -> Texts:
         """Token ids and mask on ``device`` (captions encoded there by a live tower)."""

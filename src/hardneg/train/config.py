@@ -203,13 +203,22 @@ class SamplerConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer (``adamw`` or ``sgd``) with linear warm-up and cosine decay."""
+    """Optimizer (``adamw`` or ``sgd``) with linear warm-up and cosine decay.
+
+    ``gradcache_chunk``: 0 (off) or the rows per chunk of GradCache (Gao et al. 2021): each
+    micro-batch is embedded in chunks without graph, the loss and its embedding gradients are
+    computed on the full micro-batch, then each chunk is re-run with graph (same RNG draws) and
+    back-propagates its cached gradient, so encoder memory is one chunk's. The contrastive loss
+    (BNS and NegCLIP extras included) and its gradient are exact; cross-modal terms (ITM, CLA,
+    MLM) are computed per chunk (see :meth:`hardneg.train.objective.Objective.gradcache`).
+    """
 
     name: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 20
     grad_accum: int = 1
+    gradcache_chunk: int = 0
     max_grad_norm: float = 5.0
 
 

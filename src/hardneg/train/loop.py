@@ -190,8 +190,20 @@ class Engine:
         for hook in self.hooks:
             hook.before_update(self, draw, batches)
         logs: dict[str, float] = {}
+        chunk = self.cfg.optim.gradcache_chunk
         for batch in batches:
-            out = self.objective(self.model, batch, self.progress, self.autocast)
+            if chunk:  # backward happens inside, chunk by chunk
+                out = self.objective.gradcache(
+                    self.model,
+                    batch,
+                    self.progress,
+                    self.autocast,
+                    chunk,
+                    self.grad_scaler,
+                    1.0 / len(batches),
+                )
+            else:
+                out = self.objective(self.model, batch, self.progress, self.autocast)
             for hook in self.hooks:
                 hook.after_forward(self, batch, out)
             loss = out.loss + out.policy_loss
@@ -202,7 +214,8 @@ class Engine:
                     f"non-finite loss {float(loss)} at step {self.step} ({out.logs}); {cause}: "
                     "lower optim.lr or disable AMP"
                 )
-            self.grad_scaler.scale(loss / len(batches)).backward()
+            if not chunk:
+                self.grad_scaler.scale(loss / len(batches)).backward()
             for key, value in out.logs.items():
                 logs[key] = logs.get(key, 0.0) + value / len(batches)
         self._update(logs)

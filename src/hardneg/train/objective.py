@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from hardneg.models.outputs import TextOutput
 from hardneg.samplers import BoundaryAwareSampler, boundary_scores
 from hardneg.train.batch import Batch
 from hardneg.train.config import AuxConfig
+from hardneg.train.gradcache import Chunk, chunk_slices, gradcache_backward
 
 
 @dataclass
@@ -85,6 +87,31 @@ class Objective:
         """Whether any cross-modal term is on (the model then needs its cross-modal head)."""
         return bool(self.aux.itm_weight or self.aux.cla_weight or self.aux.mlm_weight)
 
+    @staticmethod
+    def _encode(model: AlignmentModel, batch: Batch, rows: slice = slice(None)):
+        """Embeddings (image, text[, hard-negative text]) and tower outputs of ``rows``."""
+        img_emb, img_out = model.encode_images(batch.images.select(rows))
+        txt_emb, text = model.encode_texts(batch.text.select(rows))
+        embeddings = [img_emb, txt_emb]
+        if batch.hard_text is not None:
+            embeddings.append(model.encode_texts(batch.hard_text.select(rows))[0])
+        return tuple(embeddings), img_out, text
+
+    def _contrastive(self, embeddings: tuple[Tensor, ...], batch: Batch, progress):
+        """The contrastive loss (restricted by the miner) of a micro-batch's embeddings."""
+        extra = embeddings[2] if len(embeddings) > 2 else None
+        pairs = self.loss_fn.prepare(embeddings[0], embeddings[1], batch.ids, extra)
+        out = _Contrastive(pairs, embeddings[0].new_zeros(()))
+        if self.selector is not None:
+            pairs, out.keep_t2i, out.policy_loss, sel_logs, out.selected_bs = self._select(
+                pairs, batch, progress
+            )
+            out.pairs = pairs
+            out.logs.update(sel_logs)
+        out.loss = self.loss_fn.loss(pairs)
+        out.logs["contrastive"] = float(out.loss.detach())
+        return out
+
     def __call__(
         self,
         model: AlignmentModel,
@@ -93,30 +120,83 @@ class Objective:
         autocast: Callable[[], AbstractContextManager],
     ) -> ObjectiveOutput:
         """The loss of one micro-batch; ``progress`` = (η, total) epochs for the curriculum."""
-        logs: dict[str, float] = {}
         with autocast():
-            img_emb, img_out = model.encode_images(batch.images)
-            txt_emb, text = model.encode_texts(batch.text)
-            extra = None
-            if batch.hard_text is not None:
-                extra = model.encode_texts(batch.hard_text)[0]
-        pairs = self.loss_fn.prepare(img_emb, txt_emb, batch.ids, extra)
-        policy_loss = img_emb.new_zeros(())
-        keep_t2i, selected_bs = None, None
-        if self.selector is not None:
-            pairs, keep_t2i, policy_loss, sel_logs, selected_bs = self._select(
-                pairs, batch, progress
-            )
-            logs.update(sel_logs)
-        total = self.loss_fn.loss(pairs)
-        logs["contrastive"] = float(total.detach())
+            embeddings, img_out, text = self._encode(model, batch)
+        c = self._contrastive(embeddings, batch, progress)
+        total = c.loss
         if self.crossmodal:
             with autocast():
                 total = total + self._crossmodal(
-                    model, pairs, text, img_out.tokens, keep_t2i, batch, logs
+                    model, c.pairs, text, img_out.tokens, c.keep_t2i, batch, c.logs
                 )
-        logs["loss"] = float(total.detach())
-        return ObjectiveOutput(total, policy_loss, logs, pairs, selected_bs)
+        c.logs["loss"] = float(total.detach())
+        return ObjectiveOutput(total, c.policy_loss, c.logs, c.pairs, c.selected_bs)
+
+    def gradcache(
+        self,
+        model: AlignmentModel,
+        batch: Batch,
+        progress: tuple[float, float],
+        autocast: Callable[[], AbstractContextManager],
+        chunk_size: int,
+        scaler: Any = None,
+        weight: float = 1.0,
+    ) -> ObjectiveOutput:
+        """The micro-batch's loss by GradCache (:mod:`hardneg.train.gradcache`), chunks of
+        ``chunk_size`` rows; back-propagates ``weight × loss`` itself (the returned loss is
+        detached).
+
+        Exact: the contrastive loss and its gradient on the full micro-batch (BNS selection and
+        NegCLIP extra negatives included; DDP-global). Per chunk: the cross-modal terms — ITM's
+        hardest negative image is searched among the chunk's images (every rank's chunk),
+        within BNS's picks; ITM and CLA are chunk means weighted by the chunk's share of rows;
+        MLM is exact (its normaliser is the micro-batch's token count). With one chunk the step
+        equals the plain one, dropout masks included.
+        """
+        slices = chunk_slices(len(batch.local), chunk_size)
+
+        def encode(i: int) -> Chunk:
+            with autocast():
+                embeddings, img_out, text = self._encode(model, batch, slices[i])
+            return Chunk(embeddings, (img_out, text))
+
+        def loss_from_embeddings(*embeddings: Tensor):
+            c = self._contrastive(embeddings, batch, progress)
+            return weight * (c.loss + c.policy_loss), c
+
+        chunk_logs: dict[str, float] = {}
+
+        def chunk_loss(i: int, chunk: Chunk, c: _Contrastive) -> Tensor:
+            rows = slices[i]
+            img_out, text = chunk.extra
+            part = replace(batch, ids=batch.ids[rows], mlm_chosen=batch.mlm_chosen[rows])
+            emb = chunk.embeddings
+            pairs = self.loss_fn.prepare(emb[0].detach(), emb[1].detach(), part.ids)
+            share = len(text) / len(batch.local)
+            keep = None
+            if c.keep_t2i is not None:  # the BNS picks among the chunk's candidates
+                r, world = len(batch.local), c.pairs.all_image.shape[0] // len(batch.local)
+                cols = torch.arange(r, device=c.keep_t2i.device)[rows]
+                cols = torch.cat([q * r + cols for q in range(world)])
+                keep = c.keep_t2i[rows][:, cols]
+            with autocast():
+                value = self._crossmodal(
+                    model, pairs, text, img_out.tokens, keep, part, chunk_logs, share
+                )
+            return weight * value
+
+        result = gradcache_backward(
+            encode,
+            len(slices),
+            loss_from_embeddings,
+            scaler=scaler,
+            chunk_loss=chunk_loss if self.crossmodal else None,
+        )
+        c = result.outputs
+        logs = c.logs | chunk_logs
+        total = c.loss.detach() + sum(v / weight for v in result.chunk_losses)
+        logs["loss"] = float(total)
+        return ObjectiveOutput(total, c.policy_loss.detach(), logs, c.pairs, c.selected_bs)
 
     def _select(self, pairs, batch: Batch, progress: tuple[float, float]):
         """BNS on the global similarity matrices (identical on every rank), local rows kept.
@@ -171,8 +251,12 @@ class Objective:
             num_targets=batch.mlm_targets,
         )
 
-    def _crossmodal(self, model, pairs, text, image_tokens, keep_t2i, batch, logs) -> Tensor:
-        """ITM (positive vs hardest negative image), CLA on their attention maps, and MLM."""
+    def _crossmodal(
+        self, model, pairs, text, image_tokens, keep_t2i, batch, logs, share: float = 1.0
+    ) -> Tensor:
+        """ITM (positive vs hardest negative image), CLA on their attention maps, and MLM.
+        ``share``: the rows' share of the micro-batch (ITM and CLA are means over rows, so a
+        GradCache chunk weighs its means by it; logs are summed over chunks)."""
         aux, cross = self.aux, model.crossmodal
         all_tokens = gather_with_grad(image_tokens)
         with torch.no_grad():
@@ -184,6 +268,7 @@ class Objective:
                 neg_ok &= keep_t2i
             neg_idx = sim.masked_fill(~neg_ok, float("-inf")).argmax(dim=1)
         total = image_tokens.new_zeros((), dtype=torch.float32)
+        terms = []
         if aux.itm_weight or aux.cla_weight:
             # positives and hardest negatives in one forward of 2R pairs
             both = model.crossmodal_text(text).select(torch.arange(len(text)).repeat(2))
@@ -194,14 +279,25 @@ class Objective:
                 logit = out.itm_logit.float()
                 target = torch.cat([torch.ones(r), torch.zeros(r)]).to(logit)
                 itm = F.binary_cross_entropy_with_logits(logit, target)
-                logs["itm"] = float(itm.detach())
-                total = total + aux.itm_weight * itm
+                terms.append(("itm", aux.itm_weight, share * itm))
             if aux.cla_weight:
                 cla = self.cla(attn[:r].float(), attn[r:].float(), text.mask)
-                logs["cla"] = float(cla.detach())
-                total = total + aux.cla_weight * cla
+                terms.append(("cla", aux.cla_weight, share * cla))
         if aux.mlm_weight:
-            mlm = self.mlm(model, text, image_tokens, batch)
-            logs["mlm"] = float(mlm.detach())
-            total = total + aux.mlm_weight * mlm
+            terms.append(("mlm", aux.mlm_weight, self.mlm(model, text, image_tokens, batch)))
+        for name, w, value in terms:
+            logs[name] = logs.get(name, 0.0) + float(value.detach())
+            total = total + w * value
         return total
+
+
+@dataclass
+class _Contrastive:
+    """The contrastive part of a micro-batch's objective (see :meth:`Objective._contrastive`)."""
+
+    pairs: Any
+    policy_loss: Tensor
+    loss: Tensor | None = None
+    keep_t2i: Tensor | None = None
+    selected_bs: Tensor | None = None
+    logs: dict[str, float] = field(default_factory=dict)

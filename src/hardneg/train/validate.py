@@ -114,6 +114,7 @@ def _check_optim(cfg: TrainConfig) -> None:
     _range("optim.weight_decay", o.weight_decay, 0, example=0.05)
     _range("optim.warmup_steps", o.warmup_steps, 0, example=20)
     _range("optim.grad_accum", o.grad_accum, 1, example=1)
+    _range("optim.gradcache_chunk", o.gradcache_chunk, 0, example="256 (0 = off)")
     if not o.max_grad_norm > 0:
         raise ValueError(
             f"optim.max_grad_norm must be > 0 (gradients are clipped to that norm), got "
