@@ -40,10 +40,10 @@ __all__ = [
     "parse_data_spec",
 ]
 
-DATA_KINDS: tuple[str, ...] = ("digitscenes", "karpathy", "csv", "hf")
+DATA_KINDS: tuple[str, ...] = ("digitscenes", "karpathy", "csv", "hf", "wds")
 SPEC_FORMS = (
     "digitscenes[:PRESET], karpathy:PATH.json[:train|val|test|restval], csv:PATH.csv, "
-    "csv:PATH.tsv, hf:PATH[:SPLIT]"
+    "csv:PATH.tsv, hf:PATH[:SPLIT], wds:PATTERN"
 )
 _NAME = re.compile(r"[A-Za-z_][\w.-]*")
 
@@ -109,6 +109,8 @@ def parse_data_spec(spec: str, key: str = "data.dataset") -> DataSpec:
     elif kind == "hf":
         if inner and len(head) > 1 and _NAME.fullmatch(tail):  # len 1: a drive letter
             path, split = head, tail
+    elif kind == "wds":
+        return DataSpec(kind, path=rest)  # a brace pattern: checked by hardneg.data.wds_source
     elif not path.lower().endswith((".csv", ".tsv")):
         raise bad("a csv source is a .csv (comma) or .tsv (tab) file")
     return DataSpec(kind, path=path, split=split)
@@ -154,6 +156,16 @@ def _check_source(spec: DataSpec, cfg: Any, key: str) -> None:
             raise ValueError(
                 f"data.negatives={cfg.negatives!r}: digitscenes has no columns (its hard "
                 "negatives are built in); use 'perturb' or 'none'"
+            )
+        return
+    if spec.kind == "wds":
+        from hardneg.data.wds_source import parse_wds
+
+        parse_wds(f"wds:{spec.path}")  # brace expansion + every shard exists
+        if key == "data.dataset" and negative_column(cfg.negatives) is not None:
+            raise ValueError(
+                f"data.negatives={cfg.negatives!r}: a wds stream has no columns; use 'perturb' "
+                "or 'none'"
             )
         return
     path = Path(spec.path)

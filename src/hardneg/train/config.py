@@ -26,7 +26,8 @@ class DataConfig:
             the default), ``karpathy:PATH.json[:train|val|test]`` (COCO / Flickr30k Karpathy
             split, images under ``images``), ``csv:PATH`` or ``csv:PATH.tsv`` (open_clip's
             columns), ``hf:PATH`` (a ``datasets`` ``save_to_disk`` directory or an
-            ``imagefolder`` with a metadata file). See ``docs/data.md``.
+            ``imagefolder`` with a metadata file), ``wds:PATTERN`` (webdataset tar shards, brace
+            patterns such as ``shards/{000..099}.tar``, streamed). See ``docs/data.md``.
         preset: DigitScenes size preset (``quick`` or ``full``); ``digitscenes:PRESET`` sets it.
         images: folder the image paths of a karpathy / csv source are relative to.
         csv_img_key, csv_caption_key: column names of a csv source (open_clip's defaults).
@@ -36,7 +37,9 @@ class DataConfig:
             relation word, see ``hardneg.data.perturb``), ``"column:NAME"`` (a column of the
             source, one or more ``|``-separated negatives per row) or ``"none"``.
         eval_dataset: data spec evaluated after training (None: the karpathy ``test`` split of
-            the same JSON; nothing for csv / hf sources).
+            the same JSON; nothing for csv / hf / wds sources).
+        workers: DataLoader worker processes decoding a ``wds:PATTERN`` stream (0: in the
+            training process).
         seed: generator seed of the scenes.
         cache_dir: where scenes and frozen text features are cached.
         positives: ``"scene"`` (only an image's own captions are positives, as with real
@@ -74,6 +77,7 @@ class DataConfig:
     hf_caption_key: str = "text"
     negatives: str = "perturb"
     eval_dataset: str | None = None
+    workers: int = 0
 
 
 @dataclass

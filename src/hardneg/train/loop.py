@@ -120,7 +120,10 @@ class Engine:
             None if selector is None else selector.to(device),
             cfg.selector.denominator,
         )
-        self.sampler = build_batch_sampler(cfg, recipe.train_size())
+        # a stream brings its own batches; map-style data is indexed by the batch sampler
+        self.sampler = getattr(recipe, "batch_sampler", None) or build_batch_sampler(
+            cfg, recipe.train_size()
+        )
         self.steps_per_epoch = max(1, len(self.sampler))
         self.hooks: list[Hook] = [Diagnostics()]
         if self.sampler.config.mode != "random":
@@ -365,8 +368,8 @@ class Engine:
     def save(self, path: str | Path | None = None) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""
         path = Path(path) if path else self.out_dir / "checkpoint.pt"
+        state = self.state_dict()  # on every rank: a stream's data state is a collective
         if self.rank == 0:
-            state = self.state_dict()
             atomic_write(path, lambda f: torch.save(state, f))
         return path
 

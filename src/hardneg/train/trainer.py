@@ -56,8 +56,13 @@ def build_recipe(
     if tower is not None or data is not None:
         raise ValueError("tower= and data= are DigitScenes-recipe arguments (builtin model)")
     from hardneg.train.recipes.files import FilesRecipe
+    from hardneg.train.recipes.stream import StreamRecipe
 
     aux = cfg.aux
+    if cfg.data.dataset.startswith("wds:"):
+        return StreamRecipe(
+            cfg, device, crossmodal=bool(aux.itm_weight or aux.cla_weight or aux.mlm_weight)
+        )
     return FilesRecipe(
         cfg, device, crossmodal=bool(aux.itm_weight or aux.cla_weight or aux.mlm_weight)
     )

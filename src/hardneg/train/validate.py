@@ -298,6 +298,13 @@ def _check_specs(cfg: TrainConfig) -> None:
     (DigitScenes data with the builtin model)."""
     data = check_data_config(cfg.data)
     model = parse_model_spec(cfg.model.spec, cfg.model.pretrained, key="model.spec")
+    _range("data.workers", cfg.data.workers, 0, example=4)
+    if data.kind == "wds" and cfg.sampler.mode != "random":
+        raise ValueError(
+            f"sampler.mode={cfg.sampler.mode!r} needs random access to the items (its search "
+            "spaces index the whole dataset); a wds stream has none: use a map-style source "
+            "(karpathy / csv / hf) or sampler.mode=random"
+        )
     if data.kind == "digitscenes" and model.kind == "builtin":
         return
     if cfg.pretrain.steps:

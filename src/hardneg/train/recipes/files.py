@@ -55,7 +55,8 @@ from hardneg.train.config import TrainConfig
 BUILTIN_IMAGE_SIZE = 64
 
 
-def _pick(n: int, generator: torch.Generator) -> int:
+def pick(n: int, generator: torch.Generator) -> int:
+    """A uniform draw from ``range(n)`` with ``generator``."""
     return int(torch.randint(0, n, (1,), generator=generator))
 
 
@@ -98,7 +99,7 @@ class FilesRecipe:
         freeze(image_tower, cfg.model.freeze_image_tower)
         self.text_tower = text_tower
         self.image_size = image_size
-        self.dataset = self._open(None, "train")
+        self.dataset = self._train_source()
         dual = DualEncoder(image_tower, text_tower, embed_dim=embed_dim)
         cross = None
         if crossmodal:
@@ -118,6 +119,10 @@ class FilesRecipe:
             )
         self.model = AlignmentModel(dual, cross, reloaded_prefixes=reloaded).to(device)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def _train_source(self) -> Any:
+        """The training data (a map-style dataset here; a stream in the stream recipe)."""
+        return self._open(None, "train")
 
     def _open(self, spec: str | None, split: str) -> ImageCaptionDataset:
         """The source ``spec`` (default ``data.dataset``); DigitScenes' ``split`` as an
@@ -139,40 +144,50 @@ class FilesRecipe:
     def train_size(self) -> int:
         return len(self.dataset)
 
+    @staticmethod
+    def perturbed(caption: str) -> list[str]:
+        """The rule-based hard negatives of ``caption`` (:mod:`hardneg.data.perturb`)."""
+        return [p.caption for p in perturbations(caption)]
+
     def _hard_negative(self, item: int, caption: str) -> str:
         """One hard-negative caption for ``caption`` of ``item`` (see the module docstring)."""
         column = getattr(self.dataset, "negatives", None)
         if column is not None and column[item]:
             options = list(column[item])
         else:
-            options = [p.caption for p in perturbations(caption)]
+            options = self.perturbed(caption)
         if options:
-            return options[_pick(len(options), self.caption_gen)]
-        other = (item + 1 + _pick(len(self.dataset) - 1, self.caption_gen)) % len(self.dataset)
+            return options[pick(len(options), self.caption_gen)]
+        other = (item + 1 + pick(len(self.dataset) - 1, self.caption_gen)) % len(self.dataset)
         return self.dataset.captions[other][0]
 
     def _tokens(self, texts: list[str]) -> Texts:
         tok = self.text_tower.tokenize(texts)
         return Texts(tok["input_ids"], tok["attention_mask"].bool())
 
-    def draw(self, index: Tensor, step: int) -> StepDraw:
-        """A caption (and a hard negative when the method uses them) per image; MLM targets."""
-        captions = []
-        for item in index.tolist():
-            options = self.dataset.captions[item]
-            captions.append(options[_pick(len(options), self.caption_gen)])
+    def _captions(self, captions: list[str], step: int, negative) -> dict[str, Any]:
+        """Tokens of the drawn ``captions``, of their hard negatives (``negative(i, caption)``)
+        when the method uses them, and the step's MLM targets."""
         payload: dict[str, Any] = {"text": self._tokens(captions)}
         if self.cfg.data.hard_negative_captions:
-            hard = [self._hard_negative(i, c) for i, c in zip(index.tolist(), captions)]
-            payload["hard"] = self._tokens(hard)
+            payload["hard"] = self._tokens([negative(i, c) for i, c in enumerate(captions)])
         text = payload["text"]
         if self.model.crossmodal is not None:
             gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + step))
             payload["mlm_chosen"] = self.model.crossmodal.choose_mask(text, generator=gen)
         else:
             payload["mlm_chosen"] = torch.zeros_like(text.mask)
-        ids = torch.as_tensor(self.dataset.semantic_ids)[index]
-        payload["ids"] = ids
+        return payload
+
+    def draw(self, index: Tensor, step: int) -> StepDraw:
+        """A caption (and a hard negative when the method uses them) per image; MLM targets."""
+        items = index.tolist()
+        captions = []
+        for item in items:
+            options = self.dataset.captions[item]
+            captions.append(options[pick(len(options), self.caption_gen)])
+        payload = self._captions(captions, step, lambda i, c: self._hard_negative(items[i], c))
+        payload["ids"] = torch.as_tensor(self.dataset.semantic_ids)[index]
         return StepDraw(index, None, payload)
 
     @staticmethod
