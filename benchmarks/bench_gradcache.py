@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from report_table import write_table  # a sibling module (benchmarks/ is on sys.path)
 
 from hardneg.losses import InfoNCELoss
 from hardneg.train.gradcache import chunk_slices, gradcache_backward
@@ -182,10 +183,7 @@ def main() -> None:
             f"| {batch} | {plain[0]:.0f} | {cached[0]:.0f} | {cached[0] / plain[0]:.2f} | "
             f"{plain[1]:.2f} | {cached[1]:.2f} | {cached[1] / plain[1]:.2f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

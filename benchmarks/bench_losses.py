@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from report_table import write_table  # a sibling module (benchmarks/ is on sys.path)
+
 RESULTS = Path(__file__).parent / "results" / "losses.md"
 
 # name -> (constructor expression, largest B it runs at: the B² baselines are skipped at 16384
@@ -130,10 +132,7 @@ def main() -> None:
             f"| {name} | {b} | {cell['time']:.3f} | {ratio_oc} | {ratio_nce} | "
             f"{cell['peak_mib']:.0f} | {mem_ratio} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report_table import write_table  # a sibling module (benchmarks/ is on sys.path)
+
 from hardneg.bench.runner import PRESETS, prepare_data, run_config
 
 RESULTS = Path(__file__).parent / "results" / "steps.md"
@@ -119,10 +121,7 @@ def main() -> None:
             f"| {method} | {step:.3f} | {ratio(method, 'step')} | {ratio(method, 'wall')} | "
             f"{peak:.0f} | {ratio(method, 'peak_mib')} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -58,15 +58,12 @@ def write_open_clip_weights(tmp_path: Path, config_path: Path, seed: int = 1) ->
     return path
 
 
-def write_hf_clip_dir(tmp_path: Path, seed: int = 2) -> Path:
-    """A tiny random ``CLIPModel`` + BERT tokenizer + ``CLIPImageProcessor`` saved with
-    ``save_pretrained`` into ``tmp_path/hf_clip_model``; returns the directory."""
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+def tiny_hf_clip_config(tokenizer: Any, **extra: Any) -> Any:
+    """A 1-layer, width-32 ``CLIPConfig`` (image 32, patch 8, projection 16) for ``tokenizer``'s
+    vocabulary and special tokens."""
+    from transformers import CLIPConfig
 
-    from hardneg.models.text import default_minilm_path
-
-    tokenizer = AutoTokenizer.from_pretrained(str(default_minilm_path()), local_files_only=True)
-    config = CLIPConfig(
+    return CLIPConfig(
         text_config=dict(
             vocab_size=tokenizer.vocab_size,
             hidden_size=32,
@@ -87,8 +84,19 @@ def write_hf_clip_dir(tmp_path: Path, seed: int = 2) -> Path:
             num_attention_heads=2,
         ),
         projection_dim=16,
-        logit_scale_init_value=math.log(HF_SCALE),
+        **extra,
     )
+
+
+def write_hf_clip_dir(tmp_path: Path, seed: int = 2) -> Path:
+    """A tiny random ``CLIPModel`` + BERT tokenizer + ``CLIPImageProcessor`` saved with
+    ``save_pretrained`` into ``tmp_path/hf_clip_model``; returns the directory."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    from hardneg.models.text import default_minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_minilm_path()), local_files_only=True)
+    config = tiny_hf_clip_config(tokenizer, logit_scale_init_value=math.log(HF_SCALE))
     torch.manual_seed(seed)
     model = CLIPModel(config)
     processor = CLIPImageProcessor(

@@ -12,6 +12,7 @@ from hardneg.models.image import CLIP_MEAN, CLIP_STD
 from hardneg.models.open_clip import OpenCLIPAdapter
 from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.models.text import default_minilm_path
+from tests.model_fixtures import tiny_hf_clip_config
 
 CAPTIONS = ["a red 3 to the left of a blue 7", "two!", "left: green five; right: red two"]
 MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
@@ -35,30 +36,9 @@ def bert_tokenizer():
 
 @pytest.fixture(scope="module")
 def hf_clip(bert_tokenizer):
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPModel
 
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=bert_tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-            bos_token_id=bert_tokenizer.cls_token_id,
-            eos_token_id=bert_tokenizer.sep_token_id,
-            pad_token_id=bert_tokenizer.pad_token_id,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-        projection_dim=16,
-    )
+    config = tiny_hf_clip_config(bert_tokenizer)
     torch.manual_seed(0)
     return CLIPModel(config).eval()
 

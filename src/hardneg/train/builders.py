@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
+from hardneg.models.text import TextTower
 from hardneg.samplers import (
     BNSConfig,
     BoundaryAwareSampler,
@@ -17,7 +19,7 @@ from hardneg.samplers import (
     HardnessBatchSampler,
     HardnessSamplerConfig,
 )
-from hardneg.train.config import TrainConfig
+from hardneg.train.config import ModelConfig, TrainConfig
 from hardneg.train.methods import LOSSES
 
 
@@ -85,3 +87,23 @@ def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def build_crossmodal(
+    model: ModelConfig, text_tower: TextTower, image_tower: nn.Module, max_text_len: int
+) -> CrossModalTransformer:
+    """The cross-modal transformer of ``model`` over the towers' token states: it reads the
+    text tower's input embeddings and the image tower's patch tokens."""
+    return CrossModalTransformer(
+        CrossModalConfig(
+            text_dim=text_tower.input_embedding_dim,
+            image_dim=image_tower.token_dim,
+            d_model=model.crossmodal_dim,
+            num_layers=model.crossmodal_layers,
+            num_heads=model.crossmodal_heads,
+            dropout=model.dropout,
+            vocab_size=text_tower.vocab_size,
+            max_text_len=max_text_len,
+            special_token_ids=text_tower.special_token_ids,
+        )
+    )

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from hardneg.eval.runner import SplitEvaluation, evaluate_split_items
 from hardneg.models.alignment import AlignmentModel
-from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
 from hardneg.models.dual import DualEncoder
 from hardneg.models.image import ImageTowerConfig, build_image_tower
 from hardneg.models.inputs import Texts
@@ -26,6 +25,7 @@ from hardneg.models.outputs import ImageOutput
 from hardneg.models.text import MiniLMTextTower, TextTower
 from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
+from hardneg.train.builders import build_crossmodal
 from hardneg.train.config import TrainConfig
 from hardneg.train.data import (
     SplitTensors,
@@ -96,19 +96,7 @@ class DigitScenesRecipe:
                 head_layers=m.head_layers,
                 max_tokens=max(64, cfg.data.max_text_len),
             )
-        cross = CrossModalTransformer(
-            CrossModalConfig(
-                text_dim=self.tower.input_embedding_dim,
-                image_dim=dual.image_tower.token_dim,
-                d_model=m.crossmodal_dim,
-                num_layers=m.crossmodal_layers,
-                num_heads=m.crossmodal_heads,
-                dropout=m.dropout,
-                vocab_size=self.tower.vocab_size,
-                max_text_len=cfg.data.max_text_len,
-                special_token_ids=self.tower.special_token_ids,
-            )
-        )
+        cross = build_crossmodal(m, self.tower, dual.image_tower, cfg.data.max_text_len)
         # the frozen MiniLM is reloaded from its package, not checkpointed
         return AlignmentModel(dual, cross, reloaded_prefixes=("dual.text_tower.",))
 

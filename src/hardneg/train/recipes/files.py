@@ -40,7 +40,6 @@ from hardneg.eval.datasets import evaluate_dataset
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.clip_towers import build_clip_towers, export_clip
-from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
 from hardneg.models.dual import DualEncoder
 from hardneg.models.freeze import freeze
 from hardneg.models.image import ImageTowerConfig, build_image_tower
@@ -49,6 +48,7 @@ from hardneg.models.specs import parse_model_spec
 from hardneg.models.text import MiniLMTextTower
 from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
+from hardneg.train.builders import build_crossmodal
 from hardneg.train.config import TrainConfig
 
 #: side of the builtin image tower's input on real data
@@ -103,20 +103,7 @@ class FilesRecipe:
         dual = DualEncoder(image_tower, text_tower, embed_dim=embed_dim)
         cross = None
         if crossmodal:
-            m = cfg.model
-            cross = CrossModalTransformer(
-                CrossModalConfig(
-                    text_dim=text_tower.input_embedding_dim,
-                    image_dim=image_tower.token_dim,
-                    d_model=m.crossmodal_dim,
-                    num_layers=m.crossmodal_layers,
-                    num_heads=m.crossmodal_heads,
-                    dropout=m.dropout,
-                    vocab_size=text_tower.vocab_size,
-                    max_text_len=self._max_text_len(),
-                    special_token_ids=text_tower.special_token_ids,
-                )
-            )
+            cross = build_crossmodal(cfg.model, text_tower, image_tower, self._max_text_len())
         self.model = AlignmentModel(dual, cross, reloaded_prefixes=reloaded).to(device)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
