@@ -15,20 +15,17 @@ autocast) is used on CUDA only.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from hardneg.data.atomic_files import atomic_write
-from hardneg.models.alignment import AlignmentModel
 from hardneg.train.batch import Batch, StepDraw, micro_slices
 from hardneg.train.builders import (
     build_batch_sampler,
@@ -42,55 +39,9 @@ from hardneg.train.hooks import Diagnostics, FalconReward, Hook, MinerPolicyStep
 from hardneg.train.logwriter import LogWriter
 from hardneg.train.objective import Objective
 from hardneg.train.overflow import GradNormOverflow
+from hardneg.train.recipes import Recipe
+from hardneg.train.rng import rng_state, set_rng_state
 from hardneg.train.schedule import warmup_cosine
-
-
-class Recipe(Protocol):
-    """What the loop needs from a data source and its model (see ``hardneg.train.recipes``)."""
-
-    model: AlignmentModel
-    #: the checkpoint's initial logit scale (exp), or None for the loss's default temperature
-    logit_scale: float | None
-
-    def train_size(self) -> int:
-        """Number of training items (images) the batch sampler indexes."""
-
-    def draw(self, index: Tensor, step: int) -> StepDraw:
-        """The random choices of one step for the global batch ``index``."""
-
-    def batch(self, draw: StepDraw, part: slice, rank: int, world: int) -> Batch:
-        """Micro-batch ``part`` of ``draw``, with this rank's shard loaded on the device."""
-
-    def embed_untrained(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Normalised (image, text) embeddings of items an epoch never trained (no grad)."""
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy's global state and torch."""
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (global state of third-party numpy users)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Engine:
@@ -328,7 +279,7 @@ class Engine:
             "overflow": self.overflow.state_dict(),
             "sampler": self.sampler.state_dict(),
             "recipe": self.recipe.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "summary": {
                 "sums": self.sums,
                 "counts": self.counts,
@@ -358,7 +309,7 @@ class Engine:
         self.overflow.load_state_dict(state["overflow"])
         self.sampler.load_state_dict(state["sampler"])
         self.recipe.load_state_dict(state["recipe"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.step, self.epoch = state["step"], state["epoch"]
         summary = state["summary"]
         self.sums, self.counts = dict(summary["sums"]), dict(summary["counts"])

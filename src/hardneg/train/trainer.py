@@ -19,8 +19,9 @@ from hardneg.models.alignment import AlignmentModel
 from hardneg.models.text import TextTower
 from hardneg.train.config import TrainConfig
 from hardneg.train.data import SplitTensors
-from hardneg.train.loop import Engine, seed_everything
+from hardneg.train.loop import Engine
 from hardneg.train.recipes.digitscenes import DigitScenesRecipe
+from hardneg.train.rng import seed_everything
 from hardneg.train.textbank import TextBank
 from hardneg.train.validate import resolve_config, validate_config
 
