@@ -159,6 +159,14 @@ def test_negatives_none_is_refused_for_negclip_on_real_data(files, tmp_path):
         _trainer(files, tmp_path, "negclip", data={"negatives": "none"})
 
 
+def test_digitscenes_with_a_clip_model_is_refused_before_building(files, tmp_path):
+    """DigitScenes trains through its own recipe (builtin towers); with a CLIP spec the files
+    recipe cannot open it, so validation says so before any model is built."""
+    values = {"out_dir": str(tmp_path), "model": {"spec": files["model"]}}
+    with pytest.raises(ValueError, match=r"model\.spec=.*digitscenes.*karpathy / csv / hf"):
+        resolve_config("infonce", values)
+
+
 # ---------------------------------------------------------------- a live CLIP text tower
 def test_bns_and_cla_train_a_live_clip_text_tower(files, tmp_path):
     """BACL on a CLIP: the contrastive loss (through BNS's restriction) reaches the text
