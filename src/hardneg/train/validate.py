@@ -299,6 +299,18 @@ def _check_specs(cfg: TrainConfig) -> None:
     model = parse_model_spec(cfg.model.spec, cfg.model.pretrained, key="model.spec")
     if data.kind == "digitscenes" and model.kind == "builtin":
         return
+    if data.kind == "digitscenes":
+        raise ValueError(
+            f"model.spec={cfg.model.spec!r} with data.dataset={cfg.data.dataset!r}: digitscenes "
+            "trains the builtin model only; train a CLIP on a karpathy / csv / hf source or use "
+            "model.spec=builtin"
+        )
+    if cfg.data.hard_negative_captions and cfg.data.negatives == "none":
+        raise ValueError(
+            f"data.negatives='none' gives no hard-negative captions but method {cfg.method!r} "
+            "sets data.hard_negative_captions=true (NegCLIP extras); use data.negatives=perturb "
+            "or column:NAME"
+        )
     if cfg.pretrain.steps:
         raise ValueError(
             f"pretrain.steps={cfg.pretrain.steps} with data.dataset={cfg.data.dataset!r}: the "

@@ -7,7 +7,8 @@ Hugging Face dataset; see ``docs/data.md``) and a model spec (``builtin``, ``ope
 - Hard-negative captions (NegCLIP extras, ``data.hard_negative_captions``): a rule-based
   perturbation of the drawn caption (``data.negatives="perturb"``: swapped attributes / nouns,
   a flipped relation; :mod:`hardneg.data.perturb`) or the source's own column; a caption no
-  rule applies to gets another image's caption (an ordinary negative) instead.
+  rule applies to gets the caption of an image outside the step's batch instead (an ordinary
+  negative: inside the batch it would be a false negative of its own image).
 - The text tower runs every step on the drawn captions' token ids (trained unless
   ``model.freeze_text_tower``; the builtin MiniLM is always frozen); images are decoded and
   resized to the model's resolution when a micro-batch is built.
@@ -21,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,8 +57,7 @@ class FilesRecipe:
     """A real-data source and a (CLIP) model for :class:`~hardneg.train.loop.Engine`.
 
     Args:
-        cfg: the run's configuration (``data.dataset`` a karpathy / csv / hf spec, or
-            DigitScenes with a CLIP ``model.spec``).
+        cfg: the run's configuration (``data.dataset`` a karpathy / csv / hf spec).
         device: where the model runs.
         crossmodal: build the cross-modal head (the objective has ITM / CLA / MLM terms).
     """
@@ -90,6 +91,12 @@ class FilesRecipe:
         freeze(image_tower, cfg.model.freeze_image_tower)
         self.text_tower = text_tower
         self.dataset = open_source(cfg.data, image_size)
+        if cfg.data.hard_negative_captions and len(self.dataset) <= cfg.batch_size:
+            raise ValueError(
+                f"data.hard_negative_captions with {len(self.dataset)} images and batch_size="
+                f"{cfg.batch_size}: a caption without a hard negative takes an image's caption "
+                "from outside the batch, and none is left; use a batch_size below the image count"
+            )
         self.image_size = image_size
         dual = DualEncoder(image_tower, text_tower, embed_dim=embed_dim)
         cross = None
@@ -118,17 +125,26 @@ class FilesRecipe:
     def train_size(self) -> int:
         return len(self.dataset)
 
-    def _hard_negative(self, item: int, caption: str) -> str:
-        """One hard-negative caption for ``caption`` of ``item`` (see the module docstring)."""
+    def _hard_negatives(self, index: Tensor, captions: list[str]) -> list[str]:
+        """One hard-negative caption per drawn caption of the batch ``index`` (see the module
+        docstring); the fallback comes from an image whose id is not in the batch."""
         column = getattr(self.dataset, "negatives", None)
-        if column is not None and column[item]:
-            options = list(column[item])
-        else:
-            options = [p.caption for p in perturbations(caption)]
-        if options:
-            return options[_pick(len(options), self.caption_gen)]
-        other = (item + 1 + _pick(len(self.dataset) - 1, self.caption_gen)) % len(self.dataset)
-        return self.dataset.captions[other][0]
+        outside = None
+        out = []
+        for item, caption in zip(index.tolist(), captions):
+            if column is not None and column[item]:
+                options = list(column[item])
+            else:
+                options = [p.caption for p in perturbations(caption)]
+            if options:
+                out.append(options[_pick(len(options), self.caption_gen)])
+                continue
+            if outside is None:
+                ids = np.asarray(self.dataset.semantic_ids)
+                outside = np.flatnonzero(~np.isin(ids, ids[index.numpy()]))
+            other = int(outside[_pick(len(outside), self.caption_gen)])
+            out.append(self.dataset.captions[other][0])
+        return out
 
     def _tokens(self, texts: list[str]) -> Texts:
         tok = self.text_tower.tokenize(texts)
@@ -142,8 +158,7 @@ class FilesRecipe:
             captions.append(options[_pick(len(options), self.caption_gen)])
         payload: dict[str, Any] = {"text": self._tokens(captions)}
         if self.cfg.data.hard_negative_captions:
-            hard = [self._hard_negative(i, c) for i, c in zip(index.tolist(), captions)]
-            payload["hard"] = self._tokens(hard)
+            payload["hard"] = self._tokens(self._hard_negatives(index, captions))
         text = payload["text"]
         if self.model.crossmodal is not None:
             gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + step))
