@@ -259,7 +259,7 @@ def test_exported_open_clip_is_the_trained_model(files, tmp_path):
         theirs_i = exported.encode_image(prepared)
     assert torch.allclose(ours_t, theirs_t, atol=1e-6)
     assert torch.allclose(ours_i, theirs_i, atol=1e-6)
-    assert float(exported.logit_scale.exp()) == pytest.approx(scale, rel=1e-6)
+    assert float(exported.logit_scale.detach().exp()) == pytest.approx(scale, rel=1e-6)
     assert scale != pytest.approx(1 / 0.07, rel=1e-4)  # it trained away from the init
 
 
@@ -281,6 +281,28 @@ def test_items_are_images_and_ids_are_their_semantic_ids(files, tmp_path):
     imgids = [e["imgid"] for e in entries if e["split"] == "train"]
     draw = karpathy.recipe.draw(torch.tensor([3, 0, 5]), 0)
     assert draw.payload["ids"].tolist() == [imgids[3], imgids[0], imgids[5]]
+
+
+def test_hf_rows_with_the_same_embedded_image_are_one_item(tmp_path, monkeypatch):
+    """An HF table of one row per caption with the image bytes embedded (no path column): the
+    rows of one image must be one item, or a batch (a hard one above all: GRIT, FALCON, BNS
+    pick the most similar items) holds an image as its own negative."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    paths = write_images(tmp_path / "source", 4)
+    rows = [(str(paths[i]), captions_for(i, 2)[k]) for k in range(2) for i in range(4)]
+    table = datasets.Dataset.from_dict(
+        {"image": [r[0] for r in rows], "text": [r[1] for r in rows]}
+    ).cast_column("image", datasets.Image())
+    table.save_to_disk(str(tmp_path / "saved"))
+    for path in paths:
+        path.unlink()
+    dataset = open_source(DataConfig(dataset=f"hf:{tmp_path / 'saved'}"), 32)
+    assert len(dataset) == 4 and len(set(dataset.semantic_ids.tolist())) == 4
+    assert dataset.captions == [captions_for(i, 2) for i in range(4)]
+    images = [dataset.load_image(k) for k in range(4)]
+    assert not any(torch.equal(images[a], images[b]) for a in range(4) for b in range(a))
 
 
 # ----------------------------------------------------------------------------- evaluation
