@@ -29,7 +29,7 @@ from torch import Tensor
 
 from hardneg.data.compositional import load_compositional
 from hardneg.data.perturb import perturbations
-from hardneg.data.sources import check_data_config, open_source
+from hardneg.data.sources import check_data_config, default_eval_spec, open_source
 from hardneg.eval.datasets import evaluate_dataset
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.alignment import AlignmentModel
@@ -215,11 +215,7 @@ class FilesRecipe:
     def eval_spec(self) -> str | None:
         """The data evaluated after training: ``data.eval_dataset``, else a Karpathy JSON's
         ``test`` split, else nothing."""
-        if self.cfg.data.eval_dataset:
-            return self.cfg.data.eval_dataset
-        if self.data_spec.kind == "karpathy":
-            return f"karpathy:{self.data_spec.path}:test"
-        return None
+        return default_eval_spec(self.cfg.data)
 
     def evaluate(
         self, spec: str | None = None, compositional: str | None = None
