@@ -8,14 +8,16 @@ Two layouts are read (see ``docs/data.md``):
   ``file_name`` column names them (loaded with the packaged ``imagefolder`` builder, offline).
 
 A caption cell holds a string or a list of strings. Rows are grouped into one item per image
-only when the table says which file a row shows: a path column (``file_name``, ``filename``,
+when the table says which file a row shows: a path column (``file_name``, ``filename``,
 ``filepath``, ``image_path``, ``path``) or images stored as file references (``imagefolder``);
-embedded image bytes carry no trustworthy identity, so there each row is one item. Images are
-decoded lazily, in :meth:`HFImageCaptions.load_image`.
+rows with embedded image bytes are grouped when the bytes are identical (a table of one row per
+caption), as otherwise an image would be its own in-batch negative. Images are decoded lazily,
+in :meth:`HFImageCaptions.load_image`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -191,9 +193,19 @@ class HFImageCaptions(ImageCaptionDataset):
         import pyarrow.compute as pc  # installed with datasets
 
         refs = table.select_columns([image_key]).with_format("arrow")[:].column(image_key)
-        if refs.null_count == 0 and pc.struct_field(refs, "bytes").null_count == len(refs):
+        if refs.null_count:
+            return None
+        if pc.struct_field(refs, "bytes").null_count == len(refs):
             return pc.struct_field(refs, "path").to_pylist()  # file references, not bytes
-        return None
+        # embedded bytes: byte-identical images are one picture (a table of one row per caption)
+        cells = (
+            cell.as_buffer() for chunk in pc.struct_field(refs, "bytes").chunks for cell in chunk
+        )
+        paths = pc.struct_field(refs, "path").to_pylist()
+        return [
+            path if data is None else hashlib.blake2b(data, digest_size=16).digest()
+            for data, path in zip(cells, paths, strict=True)
+        ]
 
     def load_image(self, index: int) -> Tensor:
         """Image ``index`` resized and center-cropped to (3, image_size, image_size) in [0, 1]."""

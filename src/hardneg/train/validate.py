@@ -307,6 +307,12 @@ def _check_specs(cfg: TrainConfig) -> None:
         )
     if data.kind == "digitscenes" and model.kind == "builtin":
         return
+    if cfg.data.hard_negative_captions and cfg.data.negatives == "none":
+        raise ValueError(
+            f"data.negatives='none' gives no hard-negative captions but method {cfg.method!r} "
+            "sets data.hard_negative_captions=true (NegCLIP extras); use data.negatives=perturb "
+            "or column:NAME"
+        )
     if cfg.pretrain.steps:
         raise ValueError(
             f"pretrain.steps={cfg.pretrain.steps} with data.dataset={cfg.data.dataset!r}: the "

@@ -7,7 +7,8 @@ Hugging Face dataset; see ``docs/data.md``) and a model spec (``builtin``, ``ope
 - Hard-negative captions (NegCLIP extras, ``data.hard_negative_captions``): a rule-based
   perturbation of the drawn caption (``data.negatives="perturb"``: swapped attributes / nouns,
   a flipped relation; :mod:`hardneg.data.perturb`) or the source's own column; a caption no
-  rule applies to gets another image's caption (an ordinary negative) instead.
+  rule applies to gets the caption of an image outside the step's batch instead (an ordinary
+  negative: inside the batch it would be a false negative of its own image).
 - The text tower runs every step on the drawn captions' token ids (trained unless
   ``model.freeze_text_tower``; the builtin MiniLM is always frozen); images are decoded and
   resized to the model's resolution when a micro-batch is built.
@@ -22,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -64,8 +66,7 @@ class FilesRecipe:
     """A real-data source and a (CLIP) model for :class:`~hardneg.train.loop.Engine`.
 
     Args:
-        cfg: the run's configuration (``data.dataset`` a karpathy / csv / hf spec, or
-            DigitScenes with a CLIP ``model.spec``).
+        cfg: the run's configuration (``data.dataset`` a karpathy / csv / hf spec).
         device: where the model runs.
         crossmodal: build the cross-modal head (the objective has ITM / CLA / MLM terms).
     """
@@ -109,7 +110,15 @@ class FilesRecipe:
 
     def _train_source(self) -> Any:
         """The training data (a map-style dataset here; a stream in the stream recipe)."""
-        return self._open(None, "train")
+        dataset = self._open(None, "train")
+        if self.cfg.data.hard_negative_captions and len(dataset) <= self.cfg.batch_size:
+            raise ValueError(
+                f"data.hard_negative_captions with {len(dataset)} images and batch_size="
+                f"{self.cfg.batch_size}: a caption without a hard negative takes an image's "
+                "caption from outside the batch, and none is left; use a batch_size below the "
+                "image count"
+            )
+        return dataset
 
     def _open(self, spec: str | None, split: str) -> ImageCaptionDataset:
         """The source ``spec`` (default ``data.dataset``); DigitScenes' ``split`` as an
@@ -136,28 +145,37 @@ class FilesRecipe:
         """The rule-based hard negatives of ``caption`` (:mod:`hardneg.data.perturb`)."""
         return [p.caption for p in perturbations(caption)]
 
-    def _hard_negative(self, item: int, caption: str) -> str:
-        """One hard-negative caption for ``caption`` of ``item`` (see the module docstring)."""
+    def _hard_negatives(self, index: Tensor, captions: list[str]) -> list[str]:
+        """One hard-negative caption per drawn caption of the batch ``index`` (see the module
+        docstring); the fallback comes from an image whose id is not in the batch."""
         column = getattr(self.dataset, "negatives", None)
-        if column is not None and column[item]:
-            options = list(column[item])
-        else:
-            options = self.perturbed(caption)
-        if options:
-            return options[pick(len(options), self.caption_gen)]
-        other = (item + 1 + pick(len(self.dataset) - 1, self.caption_gen)) % len(self.dataset)
-        return self.dataset.captions[other][0]
+        outside = None
+        out = []
+        for item, caption in zip(index.tolist(), captions):
+            if column is not None and column[item]:
+                options = list(column[item])
+            else:
+                options = self.perturbed(caption)
+            if options:
+                out.append(options[pick(len(options), self.caption_gen)])
+                continue
+            if outside is None:
+                ids = np.asarray(self.dataset.semantic_ids)
+                outside = np.flatnonzero(~np.isin(ids, ids[index.numpy()]))
+            other = int(outside[pick(len(outside), self.caption_gen)])
+            out.append(self.dataset.captions[other][0])
+        return out
 
     def _tokens(self, texts: list[str]) -> Texts:
         tok = self.text_tower.tokenize(texts)
         return Texts(tok["input_ids"], tok["attention_mask"].bool())
 
-    def _captions(self, captions: list[str], step: int, negative) -> dict[str, Any]:
-        """Tokens of the drawn ``captions``, of their hard negatives (``negative(i, caption)``)
+    def _captions(self, captions: list[str], step: int, negatives) -> dict[str, Any]:
+        """Tokens of the drawn ``captions``, of their hard negatives (``negatives(captions)``)
         when the method uses them, and the step's MLM targets."""
         payload: dict[str, Any] = {"text": self._tokens(captions)}
         if self.cfg.data.hard_negative_captions:
-            payload["hard"] = self._tokens([negative(i, c) for i, c in enumerate(captions)])
+            payload["hard"] = self._tokens(negatives(captions))
         text = payload["text"]
         if self.model.crossmodal is not None:
             gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + step))
@@ -173,7 +191,7 @@ class FilesRecipe:
         for item in items:
             options = self.dataset.captions[item]
             captions.append(options[pick(len(options), self.caption_gen)])
-        payload = self._captions(captions, step, lambda i, c: self._hard_negative(items[i], c))
+        payload = self._captions(captions, step, lambda caps: self._hard_negatives(index, caps))
         payload["ids"] = torch.as_tensor(self.dataset.semantic_ids)[index]
         return StepDraw(index, None, payload)
 

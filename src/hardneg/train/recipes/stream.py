@@ -132,7 +132,9 @@ class StreamRecipe(FilesRecipe):
         assert samples is not None, "draw() is called for the batch the stream just yielded"
         self.dataset.record(samples)  # trained before the next checkpoint
         captions = samples["caption"]
-        payload = self._captions(captions, step, lambda i, c: self._stream_negative(c, captions))
+        payload = self._captions(
+            captions, step, lambda caps: [self._stream_negative(c, caps) for c in caps]
+        )
         payload["ids"] = torch.tensor([key_id(k) for k in samples["key"]])
         payload["images"] = samples["image"]
         return StepDraw(index, None, payload)
