@@ -231,3 +231,16 @@ def test_digitscenes_trains_with_an_open_clip_model(files, tmp_path, capsys):
     assert cli.main(argv) == 0
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]["test"]
     assert 0.0 <= metrics["i2t_R@1"] <= 100.0
+
+
+def test_clip_fine_tuning_does_not_decay_gains_biases_and_the_temperature(files, tmp_path):
+    trainer = Trainer(resolve_config("infonce", _values(files, tmp_path, "infonce")))
+    decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    names = dict(trainer.model.named_parameters())
+    names["loss_fn.logit_scale"] = trainer.loss_fn.logit_scale
+    for name, param in names.items():
+        if not param.requires_grad:
+            continue
+        plain = param.ndim < 2 or any(k in name for k in ("ln", "bias", "logit_scale"))
+        assert decay[id(param)] == (0.0 if plain else 0.05), name
+    assert sum(v > 0 for v in decay.values()) > 5 and sum(v == 0 for v in decay.values()) > 5

@@ -83,9 +83,10 @@ class Engine:
             self.hooks.append(MinerPolicyStep())
         if self.sampler.scheduler is not None:
             self.hooks.append(FalconReward())
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        params += list(self.loss_fn.parameters())
-        self.optimizer = build_optimizer(cfg, params)
+        named = list(self.model.named_parameters())
+        named += [(f"loss_fn.{n}", p) for n, p in self.loss_fn.named_parameters()]
+        exclude = getattr(recipe, "exclude_from_decay", False)
+        self.optimizer = build_optimizer(cfg, named, exclude_from_decay=exclude)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.epoch = 0

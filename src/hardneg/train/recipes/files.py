@@ -71,6 +71,9 @@ class FilesRecipe:
         crossmodal: build the cross-modal head (the objective has ITM / CLA / MLM terms).
     """
 
+    #: no weight decay on gains, biases, norms and the temperature (open_clip's fine-tuning rule)
+    exclude_from_decay = True
+
     def __init__(self, cfg: TrainConfig, device: torch.device, crossmodal: bool) -> None:
         self.cfg, self.device = cfg, device
         self.data_spec = check_data_config(cfg.data)
