@@ -83,7 +83,6 @@ def main() -> None:
         def get(idx):
             col = torch.randint(0, split.caption_rows.shape[1], (len(idx),)) if gen_caption else 0
             rows = split.caption_rows[idx, col]
-            rows = torch.where(rows >= 0, rows, split.caption_rows[idx, 0])
             out = bank.take(rows)
             return out.tokens, out.mask
 
@@ -100,8 +99,6 @@ def main() -> None:
         emb = trainer.tower.input_embedding()
 
         def input_getter(split, gen_caption):
-            base = text_getter(split, gen_caption)
-
             def get(idx):
                 rows = split.caption_rows[idx, 0]
                 if gen_caption:
@@ -112,7 +109,7 @@ def main() -> None:
                 with torch.no_grad():
                     return emb(out.input_ids.long()).float(), out.mask
 
-            return get if base else base
+            return get
 
         result["text_minilm_input_embeddings"] = fit_probe(
             input_getter(train, True), len(train), y_tr, input_getter(test, False), y_te,
