@@ -133,7 +133,12 @@ def _check_optim(cfg: TrainConfig) -> None:
 
 def _check_model(cfg: TrainConfig) -> None:
     m = cfg.model
-    _choice("model.image_tower", m.image_tower, IMAGE_ARCHS)
+    if m.image_tower not in IMAGE_ARCHS:
+        raise ValueError(
+            f"model.image_tower={m.image_tower!r} is unknown; choose one of {sorted(IMAGE_ARCHS)} "
+            "(the builtin towers; a CLIP checkpoint goes in --model open_clip:NAME or "
+            "hf_clip:DIR)"
+        )
     _choice("model.head", m.head, _HEADS)
     for name in (
         "image_width",
