@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from hardneg.data.dataset import flatten_captions
 from hardneg.eval.compositional import compositional_accuracy, compositional_trials
@@ -28,18 +29,24 @@ __all__ = ["evaluate_dataset", "evaluate_probes"]
 Tokenize = Callable[[list[str]], Texts]
 
 
-def _image_embeddings(model, load: Callable[[int], Tensor], n: int, device, batch_size: int):
+def _image_embeddings(
+    model, load: Callable[[int], Tensor], n: int, device, batch_size: int, progress: bool = False
+):
     out = []
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="embedding images", leave=False, disable=not progress):
         pixels = torch.stack([load(i) for i in range(start, min(n, start + batch_size))])
         emb, _ = model.encode_images(Images(pixels=pixels.to(device)))
         out.append(F.normalize(emb.float(), dim=-1))
     return torch.cat(out)
 
 
-def _text_embeddings(model, tokenize: Tokenize, texts: list[str], device, batch_size: int):
+def _text_embeddings(
+    model, tokenize: Tokenize, texts: list[str], device, batch_size: int, progress: bool = False
+):
     out = []
-    for start in range(0, len(texts), batch_size):
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="embedding captions", leave=False, disable=not progress):
         t = tokenize(texts[start : start + batch_size])
         emb, _ = model.encode_texts(t.to(device))
         out.append(F.normalize(emb.float(), dim=-1))
@@ -54,14 +61,16 @@ def evaluate_dataset(
     device: torch.device | str = "cpu",
     probes: Any | None = None,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> SplitEvaluation:
     """Multi-positive retrieval of ``model`` (an ``AlignmentModel``) on ``dataset`` (an
-    ``ImageCaptionDataset``), plus :func:`evaluate_probes` on ``probes`` when given."""
+    ``ImageCaptionDataset``), plus :func:`evaluate_probes` on ``probes`` when given
+    (``progress``: progress bars while embedding)."""
     was_training = model.training
     model.eval()
-    u = _image_embeddings(model, dataset.load_image, len(dataset), device, batch_size)
+    u = _image_embeddings(model, dataset.load_image, len(dataset), device, batch_size, progress)
     flat = flatten_captions(dataset)
-    v = _text_embeddings(model, tokenize, flat.texts, device, batch_size)
+    v = _text_embeddings(model, tokenize, flat.texts, device, batch_size, progress)
     image_ids = torch.as_tensor(np.asarray(dataset.semantic_ids, dtype=np.int64))
     text_ids = torch.as_tensor(flat.semantic_ids)
 

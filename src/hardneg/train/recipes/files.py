@@ -254,7 +254,9 @@ class FilesRecipe:
         if spec is None and self.data_spec.kind != "digitscenes":
             return {}
         dataset = self._open(spec, "test")
-        evaluation = evaluate_dataset(self.model, dataset, self._tokens, self.device, probes)
+        evaluation = evaluate_dataset(
+            self.model, dataset, self._tokens, self.device, probes, progress=self.cfg.progress
+        )
         return {"test": evaluation}
 
     def export(self, out_dir: Path, logit_scale: float) -> Path | None:
