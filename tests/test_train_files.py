@@ -244,3 +244,12 @@ def test_clip_fine_tuning_does_not_decay_gains_biases_and_the_temperature(files,
         plain = param.ndim < 2 or any(k in name for k in ("ln", "bias", "logit_scale"))
         assert decay[id(param)] == (0.0 if plain else 0.05), name
     assert sum(v > 0 for v in decay.values()) > 5 and sum(v == 0 for v in decay.values()) > 5
+
+
+def test_threaded_decoding_gives_the_same_images_in_order(files, tmp_path):
+    values = _values(files, tmp_path, "infonce")
+    values["data"] = {**values["data"], "workers": 3}
+    recipe = Trainer(resolve_config("infonce", values)).recipe
+    items = [5, 0, 7, 3, 3]
+    expected = torch.stack([recipe.dataset.load_image(i) for i in items])
+    assert torch.equal(recipe._images(items), expected)

@@ -38,8 +38,8 @@ class DataConfig:
             source, one or more ``|``-separated negatives per row) or ``"none"``.
         eval_dataset: data spec evaluated after training (None: the karpathy ``test`` split of
             the same JSON; nothing for csv / hf / wds sources).
-        workers: DataLoader worker processes decoding a ``wds:PATTERN`` stream (0: in the
-            training process).
+        workers: decoding in parallel: DataLoader worker processes for a ``wds:PATTERN``
+            stream, threads for karpathy / csv / hf images (0: in the training process).
         seed: generator seed of the scenes.
         cache_dir: where scenes and frozen text features are cached.
         positives: ``"scene"`` (only an image's own captions are positives, as with real

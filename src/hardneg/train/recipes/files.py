@@ -19,6 +19,7 @@ Hugging Face dataset; see ``docs/data.md``) and a model spec (``builtin``, ``ope
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ class FilesRecipe:
             cross = build_crossmodal(cfg.model, text_tower, image_tower, self._max_text_len())
         self.model = AlignmentModel(dual, cross, reloaded_prefixes=reloaded).to(device)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self._pool: ThreadPoolExecutor | None = None
 
     def _train_source(self) -> Any:
         """The training data (a map-style dataset here; a stream in the stream recipe)."""
@@ -205,7 +207,15 @@ class FilesRecipe:
         return Texts(ids[:, :length], mask[:, :length]).to(device)
 
     def _images(self, items: list[int]) -> Tensor:
-        return torch.stack([self.dataset.load_image(i) for i in items]).to(self.device)
+        """Decoded, resized images of ``items`` (``data.workers`` threads decode in parallel;
+        PIL releases the GIL while decoding; the order is kept)."""
+        if self.cfg.data.workers > 0:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.cfg.data.workers)
+            images = list(self._pool.map(self.dataset.load_image, items))
+        else:
+            images = [self.dataset.load_image(i) for i in items]
+        return torch.stack(images).to(self.device)
 
     def batch(self, draw: StepDraw, part: slice, rank: int, world: int) -> Batch:
         p, device = draw.payload, self.device
