@@ -30,6 +30,7 @@ data specs (--data, config key data.dataset):
   karpathy:PATH.json[:SPLIT]  COCO / Flickr30k Karpathy split; images under --images DIR
   csv:PATH                    open_clip-style csv / tsv (--csv-img-key, --csv-caption-key)
   hf:PATH                     a `datasets` save_to_disk directory or an imagefolder
+  wds:PATTERN                 webdataset tar shards, streamed (e.g. shards/{000..099}.tar)
 model specs (--model, config key model.spec):
   builtin                     the DigitScenes towers (trained here) + frozen MiniLM text
   open_clip:NAME              an open_clip model name or model-config JSON (--pretrained FILE)
