@@ -50,6 +50,7 @@ def tiny(tmp_path_factory, tiny_text_model):
     tmp = tmp_path_factory.mktemp("ground")
     values = trainer_values(tmp, tiny_text_model, steps=1)
     values["data"] = {**values["data"], "encode_all": True}  # the hard negatives are in the bank
+    values["model"] = {**values["model"], "image_tower": "conv"}  # the compositional preset's
     trainer = Trainer(resolve_config("infonce", values))
     return trainer.model.dual, trainer.train_split, trainer.bank
 
@@ -133,15 +134,15 @@ def test_object_loss_gradient_reaches_the_image_tower(tiny):
 def test_a_few_grounded_stage_steps_lower_the_object_loss(tiny):
     dual, split, bank = tiny
     before = {k: v.clone() for k, v in dual.state_dict().items()}
-    config = PretrainConfig(steps=40, batch_size=32, lr=3e-3, augment=True, object_loss_weight=1.0)
+    config = PretrainConfig(steps=60, batch_size=32, lr=3e-3, augment=True, object_loss_weight=1.0)
     with torch.random.fork_rng(devices=[]):
         result = pretrain_dual_encoder(dual, split, bank, config, None, progress=False)
     losses = result["object_losses"]
-    assert len(losses) == 40 and not result["cached"]
+    assert len(losses) == 60 and not result["cached"]
     chance = math.log(10) + math.log(6)  # digit CE + colour CE of a uniform guess
     first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
     assert first > 0.7 * chance, losses[:3]
-    assert last < first - 0.5, (first, last)
+    assert last < first - 1.0, (first, last)  # ≈ 4.2 → 2.5 in 60 steps
     after = dual.state_dict()
     tower_keys = [k for k in before if k.startswith("image_tower.")]
     assert any(not torch.equal(before[k], after[k]) for k in tower_keys)
