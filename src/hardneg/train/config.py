@@ -239,6 +239,10 @@ class PretrainConfig:
         negative_kinds: hard-negative kinds added as extra negative captions (NegCLIP-style,
             one per image and step), e.g. ``["replace_digit", "change_colour"]``.
         augment: small random affine jitter of the images (see ``train.pretrain.jitter``).
+        object_loss_weight: weight ``w`` of an object-grounded auxiliary loss (stage loss =
+            InfoNCE + w·CE): the image tower's patch tokens inside each object's box, mean
+            pooled, must tell the object's digit and colour to two linear heads owned by the
+            stage (see ``train.grounding``); 0 = no auxiliary loss.
     """
 
     steps: int = 0
@@ -247,6 +251,7 @@ class PretrainConfig:
     seed: int = 0
     negative_kinds: list[str] = field(default_factory=list)
     augment: bool = False
+    object_loss_weight: float = 0.0
 
 
 @dataclass
