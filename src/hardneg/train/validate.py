@@ -290,6 +290,7 @@ def _check_pretrain(cfg: TrainConfig) -> None:
     _range("pretrain.steps", p.steps, 0, example="0 (no stage)")
     _range("pretrain.batch_size", p.batch_size, 2, example=128)
     _range("pretrain.lr", p.lr, 0, low_open=True, example="2e-3")
+    _range("pretrain.object_loss_weight", p.object_loss_weight, 0, example="1.0 (0 = off)")
     bad_kinds = sorted(set(p.negative_kinds) - set(PERTURBATIONS))
     if bad_kinds:
         raise ValueError(
