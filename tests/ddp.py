@@ -36,3 +36,14 @@ def run_distributed(fn, world_size: int, *args):
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(_entry, args=(world_size, _free_port(), out_dir, fn, args), nprocs=world_size)
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world_size)]
+
+
+def train_step_worker(rank, world, config, n_items):
+    """One ``Trainer`` step on items ``0..n_items-1`` under ``run_distributed``: the rank's
+    logged loss and its parameters after the step."""
+    from hardneg.train.config import config_from_dict
+    from hardneg.train.trainer import Trainer
+
+    trainer = Trainer(config_from_dict(config))
+    logs = trainer.train_step(list(range(n_items)))
+    return {"loss": logs["loss"], "params": trainer.model.trainable_state_dict()}

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from hardneg import cli
-from hardneg.train.config import config_from_dict
 from hardneg.train.trainer import Trainer
 from hardneg.train.validate import resolve_config
-from tests.ddp import run_distributed
+from tests.ddp import run_distributed, train_step_worker
 from tests.model_fixtures import write_hf_clip_dir, write_open_clip_config
 from tests.real_fixtures import (
     write_compositional,
@@ -180,12 +179,6 @@ def test_files_resume_reproduces_the_uninterrupted_run(files, tmp_path, method):
         assert torch.equal(expected[key], got[key]), key
 
 
-def _ddp_worker(rank, world, config):
-    trainer = Trainer(config_from_dict(config))
-    logs = trainer.train_step(list(range(8)))
-    return {"loss": logs["loss"], "params": trainer.model.trainable_state_dict()}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["infonce", "bacl"])
 def test_files_ddp_two_ranks_match_single_process(files, tmp_path, method):
@@ -194,7 +187,7 @@ def test_files_ddp_two_ranks_match_single_process(files, tmp_path, method):
     single = Trainer(resolve_config(method, values))
     before = {k: v.clone() for k, v in single.model.trainable_state_dict().items()}
     logs = single.train_step(list(range(8)))
-    ranks = run_distributed(_ddp_worker, 2, single.cfg.to_dict())
+    ranks = run_distributed(train_step_worker, 2, single.cfg.to_dict(), 8)
     for r in ranks:
         assert r["loss"] == pytest.approx(logs["loss"], abs=1e-5)
     moved = 0

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hardneg.train.config import config_from_dict
 from hardneg.train.trainer import Trainer, resolve_config
-from tests.ddp import run_distributed
+from tests.ddp import run_distributed, train_step_worker
 from tests.trainer_values import trainer_values as _values
 
 
@@ -87,12 +86,6 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_text_model):
         other.resume()
 
 
-def _ddp_worker(rank, world, config):
-    trainer = Trainer(config_from_dict(config))
-    logs = trainer.train_step(list(range(16)))
-    return {"loss": logs["loss"], "params": trainer.model.trainable_state_dict()}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["infonce", "bacl"])
 def test_ddp_two_ranks_match_single_process(tmp_path, tiny_text_model, method):
@@ -104,7 +97,7 @@ def test_ddp_two_ranks_match_single_process(tmp_path, tiny_text_model, method):
     single = Trainer(resolve_config(method, values))
     before = {k: v.clone() for k, v in single.model.trainable_state_dict().items()}
     logs = single.train_step(list(range(16)))
-    ranks = run_distributed(_ddp_worker, 2, single.cfg.to_dict())
+    ranks = run_distributed(train_step_worker, 2, single.cfg.to_dict(), 16)
     # every rank logs the global figures (the mean over ranks), not its own shard's
     for r in ranks:
         assert r["loss"] == pytest.approx(logs["loss"], abs=1e-5)

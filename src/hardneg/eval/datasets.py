@@ -112,8 +112,8 @@ def evaluate_probes(
         _, image = model.encode_images(Images(pixels=pixels))
         for texts, into in ((probes.captions, itm_pos), (probes.negatives, itm_neg)):
             t = tokenize([texts[i] for i in idx])
-            states = model.text_states(t.to(device))
-            into.append(model.crossmodal(model.crossmodal_text(states), image.tokens).itm_logit)
+            inputs = model.crossmodal_text(t.to(device))  # token ids only: no text-tower pass
+            into.append(model.crossmodal(inputs, image.tokens).itm_logit)
     itm_pos_t, itm_neg_t = torch.cat(itm_pos).float(), torch.cat(itm_neg).float()
     acc = compositional_accuracy(itm_pos_t, itm_neg_t, kinds)
     metrics.update({f"itm_comp_{k}": a for k, a in acc.items()})

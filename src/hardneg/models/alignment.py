@@ -8,8 +8,6 @@ and BACL's contrastive local attention loss.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from torch import Tensor, nn
 
 from hardneg.models.crossmodal import CrossModalTransformer
@@ -57,10 +55,15 @@ class AlignmentModel(nn.Module):
         out = self.text_states(texts)
         return self.dual.embed_text(out), out
 
-    def crossmodal_text(self, text: TextOutput) -> TextOutput:
+    def crossmodal_text(self, text: TextOutput | Texts) -> TextOutput:
         """Captions as the cross-modal head reads them: the text tower's non-contextual token
-        embeddings (see :mod:`hardneg.models.crossmodal`), so a masked word leaves no trace."""
-        return replace(text, tokens=self.dual.text_tower.embed_tokens(text.input_ids))
+        embeddings of ``text.input_ids`` (see :mod:`hardneg.models.crossmodal`), so a masked
+        word leaves no trace. Only the ids and the mask are read, so :class:`Texts` need no
+        text-tower pass; the pooled vector (a TextOutput's own, else the first token's
+        embedding) is not read by the head."""
+        tokens = self.dual.text_tower.embed_tokens(text.input_ids)
+        pooled = text.pooled if isinstance(text, TextOutput) else tokens[:, 0]
+        return TextOutput(tokens, text.mask, pooled, text.input_ids)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The state a checkpoint keeps (without the parts reloaded from their package)."""

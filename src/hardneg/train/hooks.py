@@ -105,8 +105,8 @@ class FalconReward(Hook):
         for batch in batches:
             with engine.autocast():
                 _, image = model.encode_images(batch.images)
-                text = model.text_states(batch.text)
-                mlm = engine.objective.mlm(model, text, image.tokens, batch)
+                # the head reads token ids only: no text-tower pass
+                mlm = engine.objective.mlm(model, batch.text, image.tokens, batch)
             value += mlm.float() / len(batches)
         if engine.world > 1:
             dist.all_reduce(value)

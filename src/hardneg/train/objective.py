@@ -30,11 +30,17 @@ from hardneg.losses.distributed import gather_with_grad
 from hardneg.losses.pairs import positives_from_ids
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.crossmodal import last_layer_attention
+from hardneg.models.inputs import Texts
 from hardneg.models.outputs import TextOutput
 from hardneg.samplers import BoundaryAwareSampler, boundary_scores
 from hardneg.train.batch import Batch
 from hardneg.train.config import AuxConfig
 from hardneg.train.gradcache import Chunk, chunk_slices, gradcache_backward
+
+
+def has_crossmodal_terms(aux: AuxConfig) -> bool:
+    """Whether ``aux`` turns on ITM, CLA or MLM (the model then needs a cross-modal head)."""
+    return bool(aux.itm_weight or aux.cla_weight or aux.mlm_weight)
 
 
 @dataclass
@@ -85,7 +91,7 @@ class Objective:
     @property
     def crossmodal(self) -> bool:
         """Whether any cross-modal term is on (the model then needs its cross-modal head)."""
-        return bool(self.aux.itm_weight or self.aux.cla_weight or self.aux.mlm_weight)
+        return has_crossmodal_terms(self.aux)
 
     @staticmethod
     def _encode(model: AlignmentModel, batch: Batch, rows: slice = slice(None)):
@@ -242,8 +248,11 @@ class Objective:
             return pairs.reweight(*weights), keep_t2i, policy_loss, logs, sample
         return pairs.restrict(keep_i2t, keep_t2i), keep_t2i, policy_loss, logs, sample
 
-    def mlm(self, model: AlignmentModel, text: TextOutput, image_tokens: Tensor, batch: Batch):
-        """MLM loss of the shard's captions given their images, on the step's drawn targets."""
+    def mlm(
+        self, model: AlignmentModel, text: TextOutput | Texts, image_tokens: Tensor, batch: Batch
+    ):
+        """MLM loss of the shard's captions given their images, on the step's drawn targets
+        (only the captions' ids and mask are read)."""
         return model.crossmodal.mlm_loss(
             model.crossmodal_text(text),
             image_tokens,

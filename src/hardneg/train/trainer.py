@@ -20,6 +20,7 @@ from hardneg.models.text import TextTower
 from hardneg.train.config import TrainConfig
 from hardneg.train.data import SplitTensors
 from hardneg.train.loop import Engine
+from hardneg.train.objective import has_crossmodal_terms
 from hardneg.train.recipes.digitscenes import DigitScenesRecipe
 from hardneg.train.rng import seed_everything
 from hardneg.train.textbank import TextBank
@@ -59,14 +60,9 @@ def build_recipe(
     from hardneg.train.recipes.files import FilesRecipe
     from hardneg.train.recipes.stream import StreamRecipe
 
-    aux = cfg.aux
     if cfg.data.dataset.startswith("wds:"):
-        return StreamRecipe(
-            cfg, device, crossmodal=bool(aux.itm_weight or aux.cla_weight or aux.mlm_weight)
-        )
-    return FilesRecipe(
-        cfg, device, crossmodal=bool(aux.itm_weight or aux.cla_weight or aux.mlm_weight)
-    )
+        return StreamRecipe(cfg, device, crossmodal=has_crossmodal_terms(cfg.aux))
+    return FilesRecipe(cfg, device, crossmodal=has_crossmodal_terms(cfg.aux))
 
 
 class Trainer(Engine):

@@ -71,7 +71,9 @@ class StreamBatches:
         per_rank = [
             sum(counts[s] for s in range(len(counts)) if s % world == r) for r in range(world)
         ]
-        # a full epoch's steps (shards dealt round-robin; the order only permutes them)
+        # an estimate of an epoch's steps (for the curriculum's progress): the epoch's shard
+        # order decides which rank reads which shard, so the loop also stops when any rank
+        # runs out (see __iter__)
         self.steps = max(1, min(per_rank) // self.local)
 
     def set_epoch(self, epoch: int) -> None:
