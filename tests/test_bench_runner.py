@@ -39,6 +39,18 @@ def test_overrides_reach_every_run_config_and_win_over_the_preset(tmp_path):
     assert plain["data"]["seed"] == 0 and plain["steps"] == preset.steps
 
 
+def test_a_method_keeps_its_defining_term_where_the_preset_turns_it_off(tmp_path):
+    """The compositional preset trains no cross-modal terms, except those a method is made
+    of: FALCON's reward needs the MLM loss, BACL's CLA the attention; a user's --set wins."""
+    preset = runner.PRESETS["compositional"]
+    aux = {m: runner.run_config(preset, m, 0, tmp_path)["aux"] for m in ("infonce", "falcon")}
+    assert aux["infonce"]["mlm_weight"] == 0 and aux["infonce"]["itm_weight"] == 0
+    assert aux["falcon"]["mlm_weight"] > 0 and aux["falcon"]["itm_weight"] == 0
+    assert runner.run_config(preset, "bacl", 0, tmp_path)["aux"]["cla_weight"] == 0.3
+    user = runner.run_config(preset, "falcon", 0, tmp_path, {"aux": {"mlm_weight": 0.2}})
+    assert user["aux"]["mlm_weight"] == 0.2
+
+
 @pytest.mark.parametrize(("key", "option"), [("seed", "--seeds"), ("out_dir", "--out")])
 def test_overrides_of_per_run_keys_are_refused(tmp_path, monkeypatch, key, option):
     _no_training(monkeypatch)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from hardneg.data.digitscenes import SceneSplit
-from hardneg.data.scene_captions import COLOURS, semantic_id
+from hardneg.data.scene_captions import COLOURS, PERTURBATIONS, semantic_id
 from hardneg.models.text import MiniLMTextTower
 from hardneg.train.data import (
     PARTIAL_MEANING_OFFSET,
@@ -183,8 +183,16 @@ def test_zero_target_draws_exactly_what_the_trainer_drew_before(run_data, tiny_t
         n_caps = split.caption_rows.shape[1]
         choice = torch.randint(0, n_caps, (len(idx),), generator=reference)
         assert torch.equal(draw.payload["rows"], split.caption_rows[idx, choice])
-        hard = split.hard_negative_rows[idx]
-        pick = torch.rand(hard.shape, generator=reference).masked_fill(hard < 0, -1.0)
+        # NegCLIP's kinds only (the draw's random numbers are those of every kind)
+        names = [
+            PERTURBATIONS[k] if k >= 0 else "" for k in split.hard_negative_kinds[idx].flatten()
+        ]
+        wanted = torch.tensor([k in trainer.cfg.data.hard_negative_kinds for k in names])
+        hard = split.hard_negative_rows[idx].masked_fill(~wanted.view(len(idx), -1), -1)
+        pick = torch.rand(hard.shape, generator=reference).masked_fill(
+            split.hard_negative_rows[idx] < 0, -1.0
+        )
+        pick = pick.masked_fill(hard < 0, -1.0)
         assert torch.equal(
             draw.payload["hard_rows"], hard.gather(1, pick.argmax(1, keepdim=True))[:, 0]
         )

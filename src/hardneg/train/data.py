@@ -12,6 +12,7 @@ scene. :func:`partial_caption_probability` derives f from ``data.false_negative_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hardneg.data.digitscenes import PRESETS, SceneSplit, load_digitscenes
-from hardneg.data.scene_captions import COLOURS, N_COMBOS, N_SEMANTIC_IDS
+from hardneg.data.scene_captions import COLOURS, N_COMBOS, N_SEMANTIC_IDS, PERTURBATIONS
 from hardneg.models.inputs import Images
 from hardneg.models.outputs import ImageOutput
 from hardneg.models.text import TextTower
@@ -35,6 +36,9 @@ class SplitTensors:
     """One split: images (N, 3, H, W) uint8, caption rows (N, C), semantic ids (N,), hard
     negative caption rows (N, K) (−1 = none), and the :class:`SceneSplit` annotations.
 
+    ``hard_negative_kinds`` (N, K) index :data:`~hardneg.data.PERTURBATIONS` (−1 = none) and
+    ``hard_negative_sources`` (N, K) name the caption column each hard negative perturbs.
+
     ``partial_rows`` (N, P) are the text-bank rows of captions that describe only one object of
     the scene (−1 = none; P = 0 when the build has none): they are true of every scene that
     holds that object, so they are the benchmark's false negatives. :meth:`relevance` says
@@ -47,12 +51,18 @@ class SplitTensors:
     hard_negative_rows: Tensor
     scenes: SceneSplit
     partial_rows: Tensor | None = None
+    hard_negative_kinds: Tensor | None = None
+    hard_negative_sources: Tensor | None = None
     #: features of a frozen image tower (set by the trainer), used instead of the images
     image_features: ImageOutput | None = None
 
     def __post_init__(self) -> None:
         if self.partial_rows is None:
             self.partial_rows = torch.full((len(self), 0), -1, dtype=torch.long)
+        for name in ("hard_negative_kinds", "hard_negative_sources"):
+            if getattr(self, name) is None:  # unknown: every kind, source column 0
+                fill = torch.where(self.hard_negative_rows >= 0, 0, -1)
+                setattr(self, name, fill.long())
         digits = torch.from_numpy(np.asarray(self.scenes.digits, dtype=np.int64))
         colours = torch.from_numpy(np.asarray(self.scenes.colours, dtype=np.int64))
         # (N, 3) object codes digit·6 + colour, −1 for absent objects
@@ -107,10 +117,13 @@ def _split_tensors(split: SceneSplit, bank: TextBank) -> SplitTensors:
         partial[i, : len(caps)] = bank.rows(caps)
     k = max((len(h) for h in split.hard_negatives), default=0)
     hard = torch.full((len(split), max(k, 1)), -1, dtype=torch.long)
+    kinds, sources = hard.clone(), hard.clone()
     for i, negs in enumerate(split.hard_negatives):
-        known = [h.caption for h in negs if h.caption in bank.index]
+        known = [h for h in negs if h.caption in bank.index]
         if known:
-            hard[i, : len(known)] = bank.rows(known)
+            hard[i, : len(known)] = bank.rows([h.caption for h in known])
+            kinds[i, : len(known)] = torch.tensor([PERTURBATIONS.index(h.kind) for h in known])
+            sources[i, : len(known)] = torch.tensor([h.source for h in known])
     return SplitTensors(
         images=images,
         caption_rows=caption_rows,
@@ -118,6 +131,8 @@ def _split_tensors(split: SceneSplit, bank: TextBank) -> SplitTensors:
         hard_negative_rows=hard,
         scenes=split,
         partial_rows=partial,
+        hard_negative_kinds=kinds,
+        hard_negative_sources=sources,
     )
 
 
@@ -192,8 +207,47 @@ def draw_captions(
 def draw_valid(rows: Tensor, generator: torch.Generator) -> Tensor:
     """One uniformly random valid entry (≥ 0) of each row of ``rows`` (n, K); −1 for a row with
     none (e.g. one hard-negative caption per scene)."""
+    return rows.gather(1, _valid_column(rows, generator)).squeeze(1)
+
+
+def _valid_column(rows: Tensor, generator: torch.Generator) -> Tensor:
+    """(n, 1) column of a uniformly random valid entry of each row (any column if none)."""
     draw = torch.rand(rows.shape, generator=generator).masked_fill(rows < 0, -1.0)
-    return rows.gather(1, draw.argmax(dim=1, keepdim=True)).squeeze(1)
+    return draw.argmax(dim=1, keepdim=True)
+
+
+def draw_hard_negatives(
+    split: SplitTensors,
+    index: Tensor,
+    rows: Tensor,
+    meanings: Tensor,
+    kinds: Sequence[str],
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """One hard-negative caption per scene of ``index`` and the positives it is paired with.
+
+    The negative is drawn uniformly among the scene's hard negatives of ``kinds`` (all kinds
+    when empty); when the scene's drawn caption (``rows``, ``meanings`` from
+    :func:`draw_captions`) is a full one, the positive becomes the caption the negative
+    perturbs, so that the pair differs only in the perturbation — NegCLIP's negatives are
+    rewrites of the caption itself (Yuksekgonul et al. 2023, §5). A partial caption keeps its
+    row (its scene's negative is then a rewrite of another caption).
+
+    Returns:
+        ``(hard_rows, rows)``: text-bank rows of the negatives (−1 = the scene has none of
+        ``kinds``) and of the positives. The random numbers drawn do not depend on ``kinds``.
+    """
+    hard = split.hard_negative_rows[index]
+    if kinds:
+        wanted = torch.tensor([PERTURBATIONS.index(k) for k in kinds])
+        keep = torch.isin(split.hard_negative_kinds[index], wanted)
+        hard = torch.where(keep, hard, -1)
+    col = _valid_column(hard, generator)
+    hard_rows = hard.gather(1, col).squeeze(1)
+    source = split.hard_negative_sources[index].gather(1, col).squeeze(1)
+    full = (meanings < PARTIAL_MEANING_OFFSET) & (hard_rows >= 0)
+    paired = split.caption_rows[index].gather(1, source.clamp_min(0)[:, None]).squeeze(1)
+    return hard_rows, torch.where(full, paired, rows)
 
 
 def in_batch_fn_rate(split: SplitTensors, index: Tensor, meanings: Tensor) -> float:

@@ -20,6 +20,9 @@ _CLA = {"aux": {"cla_weight": 0.3}}
 _BACL = {"selector": {"name": "bns"}, "aux": {"cla_weight": 0.3}}
 # CLA with ΔA detached (the default differentiates it): the ablation behind that default
 _CLA_DETACHED = {"aux": {"cla_weight": 0.3, "cla_detach_delta": True}}
+# FALCON's scheduler reward is the decrease of the MLM loss, so its MLM term is part of the
+# method (a preset that turns the cross-modal terms off keeps it for FALCON)
+_FALCON_MLM = {"aux": {"mlm_weight": 0.5}}
 
 METHODS: dict[str, dict[str, Any]] = {
     "infonce": {},
@@ -45,12 +48,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "grit": {"sampler": {"mode": "grit"}},
     "fixed_q": {"sampler": {"mode": "fixed", "q": 0.5}},
     "progressive": {"sampler": {"mode": "progressive_hardening"}},
-    "falcon": {"sampler": {"mode": "falcon"}},
-    "falcon_batch": {"sampler": {"mode": "batch_level"}},
-    "falcon_ega": {"sampler": {"mode": "falcon"}, "loss": _EGA},
+    "falcon": {"sampler": {"mode": "falcon"}, **_FALCON_MLM},
+    "falcon_batch": {"sampler": {"mode": "batch_level"}, **_FALCON_MLM},
+    "falcon_ega": {"sampler": {"mode": "falcon"}, "loss": _EGA, **_FALCON_MLM},
     # |M| ablation (FALCON §4.3): search spaces of 2·B and 32·B items (default 8·B)
-    "falcon_space2": {"sampler": {"mode": "falcon", "search_space_batches": 2}},
-    "falcon_space32": {"sampler": {"mode": "falcon", "search_space_batches": 32}},
+    "falcon_space2": {"sampler": {"mode": "falcon", "search_space_batches": 2}, **_FALCON_MLM},
+    "falcon_space32": {"sampler": {"mode": "falcon", "search_space_batches": 32}, **_FALCON_MLM},
 }
 
 

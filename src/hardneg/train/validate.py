@@ -291,11 +291,19 @@ def _check_pretrain(cfg: TrainConfig) -> None:
     _range("pretrain.batch_size", p.batch_size, 2, example=128)
     _range("pretrain.lr", p.lr, 0, low_open=True, example="2e-3")
     _range("pretrain.object_loss_weight", p.object_loss_weight, 0, example="1.0 (0 = off)")
-    bad_kinds = sorted(set(p.negative_kinds) - set(PERTURBATIONS))
-    if bad_kinds:
+    _check_kinds("pretrain.negative_kinds", p.negative_kinds)
+    _check_kinds("data.hard_negative_kinds", cfg.data.hard_negative_kinds)
+    if not cfg.data.hard_negative_kinds:
         raise ValueError(
-            f"pretrain.negative_kinds has unknown kinds {bad_kinds}; choose from {PERTURBATIONS}"
+            "data.hard_negative_kinds is empty; name at least one of "
+            f"{list(PERTURBATIONS)}, e.g. [swap_colours,swap_digits,flip_relation]"
         )
+
+
+def _check_kinds(key: str, kinds: list[str]) -> None:
+    bad_kinds = sorted(set(kinds) - set(PERTURBATIONS))
+    if bad_kinds:
+        raise ValueError(f"{key} has unknown kinds {bad_kinds}; choose from {PERTURBATIONS}")
 
 
 def _check_specs(cfg: TrainConfig) -> None:

@@ -30,7 +30,7 @@ from hardneg.train.config import TrainConfig
 from hardneg.train.data import (
     SplitTensors,
     draw_captions,
-    draw_valid,
+    draw_hard_negatives,
     in_batch_fn_rate,
     load_run_data,
     partial_caption_probability,
@@ -138,7 +138,12 @@ class DigitScenesRecipe:
         scene (identical on all ranks)."""
         split = self.train_split
         rows, meanings = draw_captions(split, index, self.partial_prob, self.caption_gen)
-        hard_rows = draw_valid(split.hard_negative_rows[index], self.caption_gen)
+        data = self.cfg.data
+        hard_rows, paired = draw_hard_negatives(
+            split, index, rows, meanings, data.hard_negative_kinds, self.caption_gen
+        )
+        if data.hard_negative_captions:  # the extra negative rewrites the drawn caption
+            rows = paired
         semantic = self.cfg.data.positives == "semantic"
         gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + step))
         chosen = self.model.crossmodal.choose_mask(self.bank.take(rows), generator=gen)

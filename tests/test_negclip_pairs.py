@@ -1,0 +1,98 @@
+"""NegCLIP's extra negative on DigitScenes is a rewrite of the caption the scene trains with.
+
+NegCLIP (Yuksekgonul et al. 2023, §5) perturbs the training caption itself, so the positive and
+its negative differ only in word order. Checked from the caption texts, independently of the
+draw code: a swap keeps the positive's multiset of words (a different template or digit style
+would not), a relation flip changes only relation words; the kinds are the configured ones;
+other methods' draws (random numbers included) are unaffected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+from hardneg.train.trainer import Trainer, resolve_config
+from tests.trainer_values import trainer_values
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+RELATION_WORDS = {"left", "right", "above", "below", "top", "bottom"}
+
+
+@pytest.fixture(scope="module")
+def negclip(tmp_path_factory, tiny_text_model):
+    tmp = tmp_path_factory.mktemp("negclip_pairs")
+    return Trainer(resolve_config("negclip", trainer_values(tmp, tiny_text_model)))
+
+
+def _kind_of(split, scene: int, text: str) -> tuple[str, int]:
+    """(kind, source column) of the scene's hard negative whose caption is ``text``."""
+    (hit,) = [h for h in split.scenes.hard_negatives[scene] if h.caption == text]
+    return hit.kind, hit.source
+
+
+def _draws(trainer: Trainer, n: int = 6):
+    for step in range(n):
+        idx = torch.tensor(next(trainer._batches()))
+        yield idx, trainer.recipe.draw(idx, step).payload
+
+
+def test_negative_rewrites_the_drawn_caption_itself(negclip):
+    split, texts = negclip.train_split, negclip.bank.texts
+    seen = Counter()
+    for idx, p in _draws(negclip):
+        for i, row, neg in zip(idx.tolist(), p["rows"].tolist(), p["hard_rows"].tolist()):
+            if neg < 0:
+                continue
+            pos, bad = texts[row], texts[neg]
+            kind, source = _kind_of(split, i, bad)
+            seen[kind] += 1
+            assert kind in {"swap_colours", "swap_digits", "flip_relation"}
+            assert pos == split.scenes.captions[i][source]
+            a, b = re.findall(r"\w+", pos.lower()), re.findall(r"\w+", bad.lower())
+            assert len(a) == len(b) and pos != bad
+            if kind == "flip_relation":  # only relation words change
+                assert {w for w, v in zip(a, b) if w != v} <= RELATION_WORDS, (pos, bad)
+            else:  # a swap: the same words in another order
+                assert Counter(a) == Counter(b), (pos, bad)
+    assert set(seen) == {"swap_colours", "swap_digits", "flip_relation"}, seen
+
+
+def test_configured_kinds_are_the_only_ones_drawn(tmp_path, tiny_text_model, negclip):
+    values = trainer_values(
+        tmp_path, tiny_text_model, data={"hard_negative_kinds": ["replace_digit"]}
+    )
+    values["data"]["cache_dir"] = negclip.cfg.data.cache_dir
+    trainer = Trainer(resolve_config("negclip", values))
+    split, texts = trainer.train_split, trainer.bank.texts
+    drawn = 0
+    for idx, p in _draws(trainer, 3):
+        for i, neg in zip(idx.tolist(), p["hard_rows"].tolist()):
+            if neg >= 0:
+                drawn += 1
+                assert _kind_of(split, i, texts[neg])[0] == "replace_digit"
+    assert drawn > 0
+
+
+def test_other_methods_draw_the_same_captions_and_random_numbers(tmp_path, tiny_text_model):
+    """InfoNCE's caption rows do not depend on the kinds (no pairing without NegCLIP), and the
+    generator ends in the same state: no method's random stream moved."""
+    runs = []
+    for kinds in (["swap_colours"], ["replace_digit", "change_colour", "flip_relation"]):
+        values = trainer_values(tmp_path, tiny_text_model, data={"hard_negative_kinds": kinds})
+        trainer = Trainer(resolve_config("infonce", values))
+        rows = [p["rows"] for _, p in _draws(trainer, 3)]
+        runs.append((rows, trainer.recipe.caption_gen.get_state()))
+    (rows_a, state_a), (rows_b, state_b) = runs
+    assert all(torch.equal(a, b) for a, b in zip(rows_a, rows_b))
+    assert torch.equal(state_a, state_b)
+
+
+def test_empty_or_unknown_kinds_are_refused_before_any_data(tmp_path, tiny_text_model):
+    for kinds, match in (([], "is empty"), (["swap_nouns"], "has unknown kinds")):
+        values = trainer_values(tmp_path, tiny_text_model, data={"hard_negative_kinds": kinds})
+        with pytest.raises(ValueError, match=rf"data\.hard_negative_kinds {match}"):
+            resolve_config("negclip", values)
