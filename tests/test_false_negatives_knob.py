@@ -183,16 +183,19 @@ def test_zero_target_draws_exactly_what_the_trainer_drew_before(run_data, tiny_t
         n_caps = split.caption_rows.shape[1]
         choice = torch.randint(0, n_caps, (len(idx),), generator=reference)
         assert torch.equal(draw.payload["rows"], split.caption_rows[idx, choice])
-        # NegCLIP's kinds only (the draw's random numbers are those of every kind)
+        # NegCLIP's kinds (any kind for a scene with none of them); the random numbers are
+        # those of every kind
+        all_rows = split.hard_negative_rows[idx]
         names = [
             PERTURBATIONS[k] if k >= 0 else "" for k in split.hard_negative_kinds[idx].flatten()
         ]
         wanted = torch.tensor([k in trainer.cfg.data.hard_negative_kinds for k in names])
-        hard = split.hard_negative_rows[idx].masked_fill(~wanted.view(len(idx), -1), -1)
-        pick = torch.rand(hard.shape, generator=reference).masked_fill(
-            split.hard_negative_rows[idx] < 0, -1.0
-        )
-        pick = pick.masked_fill(hard < 0, -1.0)
+        wanted = wanted.view(len(idx), -1) & (all_rows >= 0)
+        hard = all_rows.clone()
+        for r in range(len(idx)):
+            if wanted[r].any():
+                hard[r, ~wanted[r]] = -1
+        pick = torch.rand(hard.shape, generator=reference).masked_fill(hard < 0, -1.0)
         assert torch.equal(
             draw.payload["hard_rows"], hard.gather(1, pick.argmax(1, keepdim=True))[:, 0]
         )

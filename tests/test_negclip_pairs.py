@@ -96,3 +96,23 @@ def test_empty_or_unknown_kinds_are_refused_before_any_data(tmp_path, tiny_text_
         values = trainer_values(tmp_path, tiny_text_model, data={"hard_negative_kinds": kinds})
         with pytest.raises(ValueError, match=rf"data\.hard_negative_kinds {match}"):
             resolve_config("negclip", values)
+
+
+def test_a_scene_without_hard_negatives_gets_a_caption_of_a_scene_outside_the_batch(
+    tmp_path, tiny_text_model, negclip
+):
+    values = trainer_values(tmp_path, tiny_text_model)
+    values["data"]["cache_dir"] = negclip.cfg.data.cache_dir
+    trainer = Trainer(resolve_config("negclip", values))
+    split, texts = trainer.train_split, trainer.bank.texts
+    split.hard_negative_rows[::2] = -1  # every other scene has none
+    caption_of = {c: i for i, caps in enumerate(split.scenes.captions) for c in caps}
+    checked = 0
+    for idx, p in _draws(trainer, 3):
+        batch_ids = set(split.semantic_ids[idx].tolist())
+        for i, neg in zip(idx.tolist(), p["hard_rows"].tolist()):
+            if i % 2 == 0:
+                owner = caption_of[texts[neg]]  # a true caption of some scene …
+                assert int(split.semantic_ids[owner]) not in batch_ids  # … of none in the batch
+                checked += 1
+    assert checked > 0

@@ -67,8 +67,12 @@ class BenchPreset:
 # are representable) and the cross-modal transformer on the frozen image tower's cached
 # features. Composition (binding colours to digits, relations) is left to the methods.
 _COMPOSITIONAL = {
-    "model": {"dropout": 0.0, "head": "attention", "freeze_image_tower": True,
-              "crossmodal_layers": 1},
+    "model": {
+        "dropout": 0.0,
+        "head": "attention",
+        "freeze_image_tower": True,
+        "crossmodal_layers": 1,
+    },
     "pretrain": {
         "steps": 1200,
         "batch_size": 128,

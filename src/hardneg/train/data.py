@@ -207,13 +207,12 @@ def draw_captions(
 def draw_valid(rows: Tensor, generator: torch.Generator) -> Tensor:
     """One uniformly random valid entry (≥ 0) of each row of ``rows`` (n, K); −1 for a row with
     none (e.g. one hard-negative caption per scene)."""
-    return rows.gather(1, _valid_column(rows, generator)).squeeze(1)
+    return rows.gather(1, _column(torch.rand(rows.shape, generator=generator), rows >= 0))[:, 0]
 
 
-def _valid_column(rows: Tensor, generator: torch.Generator) -> Tensor:
-    """(n, 1) column of a uniformly random valid entry of each row (any column if none)."""
-    draw = torch.rand(rows.shape, generator=generator).masked_fill(rows < 0, -1.0)
-    return draw.argmax(dim=1, keepdim=True)
+def _column(draw: Tensor, usable: Tensor) -> Tensor:
+    """(n, 1) column of the largest ``draw`` among the ``usable`` entries of each row."""
+    return draw.masked_fill(~usable, -1.0).argmax(dim=1, keepdim=True)
 
 
 def draw_hard_negatives(
@@ -226,28 +225,45 @@ def draw_hard_negatives(
 ) -> tuple[Tensor, Tensor]:
     """One hard-negative caption per scene of ``index`` and the positives it is paired with.
 
-    The negative is drawn uniformly among the scene's hard negatives of ``kinds`` (all kinds
-    when empty); when the scene's drawn caption (``rows``, ``meanings`` from
-    :func:`draw_captions`) is a full one, the positive becomes the caption the negative
-    perturbs, so that the pair differs only in the perturbation — NegCLIP's negatives are
-    rewrites of the caption itself (Yuksekgonul et al. 2023, §5). A partial caption keeps its
-    row (its scene's negative is then a rewrite of another caption).
+    The negative is drawn uniformly among the scene's hard negatives of ``kinds`` (among all
+    of its hard negatives when it has none of them); when the scene's drawn caption (``rows``,
+    ``meanings`` from :func:`draw_captions`) is a full one, the positive becomes the caption
+    the negative rewrites, so that the pair differs only in the rewrite — NegCLIP's negatives
+    are rewrites of the caption itself (Yuksekgonul et al. 2023, §5). A partial caption keeps
+    its row (its scene's negative then rewrites one of the scene's full captions).
 
     Returns:
-        ``(hard_rows, rows)``: text-bank rows of the negatives (−1 = the scene has none of
-        ``kinds``) and of the positives. The random numbers drawn do not depend on ``kinds``.
+        ``(hard_rows, rows)``: text-bank rows of the negatives (−1: the scene has no hard
+        negative) and of the positives. The random numbers drawn depend on neither ``kinds``
+        nor the data.
     """
     hard = split.hard_negative_rows[index]
-    if kinds:
-        wanted = torch.tensor([PERTURBATIONS.index(k) for k in kinds])
-        keep = torch.isin(split.hard_negative_kinds[index], wanted)
-        hard = torch.where(keep, hard, -1)
-    col = _valid_column(hard, generator)
-    hard_rows = hard.gather(1, col).squeeze(1)
-    source = split.hard_negative_sources[index].gather(1, col).squeeze(1)
+    draw = torch.rand(hard.shape, generator=generator)
+    valid = hard >= 0
+    wanted = valid & torch.isin(split.hard_negative_kinds[index], _kind_ids(kinds))
+    col = _column(draw, torch.where(wanted.any(dim=1, keepdim=True), wanted, valid))
+    hard_rows = hard.gather(1, col)[:, 0]
+    source = split.hard_negative_sources[index].gather(1, col)[:, 0]
     full = (meanings < PARTIAL_MEANING_OFFSET) & (hard_rows >= 0)
-    paired = split.caption_rows[index].gather(1, source.clamp_min(0)[:, None]).squeeze(1)
+    paired = split.caption_rows[index].gather(1, source.clamp_min(0)[:, None])[:, 0]
     return hard_rows, torch.where(full, paired, rows)
+
+
+def _kind_ids(kinds: Sequence[str]) -> Tensor:
+    return torch.tensor([PERTURBATIONS.index(k) for k in kinds], dtype=torch.long)
+
+
+def outside_captions(
+    split: SplitTensors, index: Tensor, count: int, generator: torch.Generator
+) -> Tensor:
+    """Text-bank rows of ``count`` full captions of scenes whose semantic id is not in the
+    batch ``index`` (uniformly drawn): true of no scene of the batch."""
+    ids = split.semantic_ids
+    outside = torch.nonzero(~torch.isin(ids, ids[index]))[:, 0]
+    if not len(outside):
+        raise ValueError("every semantic id is in the batch: use a batch_size below the scenes")
+    pick = outside[torch.randint(0, len(outside), (count,), generator=generator)]
+    return split.caption_rows[pick, 0]
 
 
 def in_batch_fn_rate(split: SplitTensors, index: Tensor, meanings: Tensor) -> float:

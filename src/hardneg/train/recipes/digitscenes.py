@@ -33,6 +33,7 @@ from hardneg.train.data import (
     draw_hard_negatives,
     in_batch_fn_rate,
     load_run_data,
+    outside_captions,
     partial_caption_probability,
 )
 from hardneg.train.finite import non_finite_message
@@ -144,6 +145,10 @@ class DigitScenesRecipe:
         )
         if data.hard_negative_captions:  # the extra negative rewrites the drawn caption
             rows = paired
+            none = hard_rows < 0  # a scene without hard negatives: a caption from elsewhere
+            if none.any():
+                hard_rows = hard_rows.clone()
+                hard_rows[none] = outside_captions(split, index, int(none.sum()), self.caption_gen)
         semantic = self.cfg.data.positives == "semantic"
         gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + step))
         chosen = self.model.crossmodal.choose_mask(self.bank.take(rows), generator=gen)
