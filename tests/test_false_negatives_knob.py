@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from hardneg.data.digitscenes import SceneSplit
-from hardneg.data.scene_captions import COLOURS, PERTURBATIONS, semantic_id
+from hardneg.data.scene_captions import COLOURS, semantic_id
 from hardneg.models.text import MiniLMTextTower
 from hardneg.train.data import (
     PARTIAL_MEANING_OFFSET,
@@ -183,18 +183,16 @@ def test_zero_target_draws_exactly_what_the_trainer_drew_before(run_data, tiny_t
         n_caps = split.caption_rows.shape[1]
         choice = torch.randint(0, n_caps, (len(idx),), generator=reference)
         assert torch.equal(draw.payload["rows"], split.caption_rows[idx, choice])
-        # NegCLIP's kinds (any kind for a scene with none of them); the random numbers are
-        # those of every kind
+        # only NegCLIP's kinds are drawn (each row's kind looked up by its caption text); the
+        # random numbers are those of every kind
         all_rows = split.hard_negative_rows[idx]
-        names = [
-            PERTURBATIONS[k] if k >= 0 else "" for k in split.hard_negative_kinds[idx].flatten()
-        ]
-        wanted = torch.tensor([k in trainer.cfg.data.hard_negative_kinds for k in names])
-        wanted = wanted.view(len(idx), -1) & (all_rows >= 0)
         hard = all_rows.clone()
-        for r in range(len(idx)):
-            if wanted[r].any():
-                hard[r, ~wanted[r]] = -1
+        for r, i in enumerate(idx.tolist()):
+            kind_of = {h.caption: h.kind for h in split.scenes.hard_negatives[i]}
+            for c, row in enumerate(all_rows[r].tolist()):
+                text = trainer.bank.texts[row] if row >= 0 else None
+                if kind_of.get(text) not in trainer.cfg.data.hard_negative_kinds:
+                    hard[r, c] = -1
         pick = torch.rand(hard.shape, generator=reference).masked_fill(hard < 0, -1.0)
         assert torch.equal(
             draw.payload["hard_rows"], hard.gather(1, pick.argmax(1, keepdim=True))[:, 0]

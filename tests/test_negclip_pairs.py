@@ -61,33 +61,68 @@ def test_negative_rewrites_the_drawn_caption_itself(negclip):
     assert set(seen) == {"swap_colours", "swap_digits", "flip_relation"}, seen
 
 
-def test_configured_kinds_are_the_only_ones_drawn(tmp_path, tiny_text_model, negclip):
-    values = trainer_values(
-        tmp_path, tiny_text_model, data={"hard_negative_kinds": ["replace_digit"]}
-    )
+def _trainer(negclip, tmp_path, text_model, method="negclip", **data) -> Trainer:
+    values = trainer_values(tmp_path, text_model, data=data)
     values["data"]["cache_dir"] = negclip.cfg.data.cache_dir
-    trainer = Trainer(resolve_config("negclip", values))
+    return Trainer(resolve_config(method, values))
+
+
+def _outside(split, texts, idx, row) -> bool:
+    """Whether bank row ``row`` is a full caption of a scene whose meaning is not in ``idx``."""
+    owners = [i for i, caps in enumerate(split.scenes.captions) if texts[row] in caps]
+    batch_ids = set(split.semantic_ids[idx].tolist())
+    return bool(owners) and all(int(split.semantic_ids[o]) not in batch_ids for o in owners)
+
+
+@pytest.mark.parametrize("kind", ["replace_digit", "swap_colours"])
+def test_only_the_configured_kind_is_drawn(tmp_path, tiny_text_model, negclip, kind):
+    """A kind ablation holds that kind only: a scene without it gets a caption of a scene
+    outside the batch, never another kind."""
+    trainer = _trainer(negclip, tmp_path, tiny_text_model, hard_negative_kinds=[kind])
     split, texts = trainer.train_split, trainer.bank.texts
-    drawn = 0
-    for idx, p in _draws(trainer, 3):
+    drawn = outside = 0
+    for idx, p in _draws(trainer, 4):
         for i, neg in zip(idx.tolist(), p["hard_rows"].tolist()):
-            if neg >= 0:
+            negs = {h.caption: h.kind for h in split.scenes.hard_negatives[i]}
+            if texts[neg] in negs:
+                assert negs[texts[neg]] == kind
                 drawn += 1
-                assert _kind_of(split, i, texts[neg])[0] == "replace_digit"
+            else:
+                assert kind not in negs.values() and _outside(split, texts, idx, neg)
+                outside += 1
     assert drawn > 0
 
 
-def test_other_methods_draw_the_same_captions_and_random_numbers(tmp_path, tiny_text_model):
-    """InfoNCE's caption rows do not depend on the kinds (no pairing without NegCLIP), and the
-    generator ends in the same state: no method's random stream moved."""
+def test_a_partial_caption_keeps_its_row(tmp_path, tiny_text_model, negclip):
+    """With the false-negative knob, a scene whose drawn caption is partial keeps it (there is
+    no rewrite of it to pair with); its negative still rewrites one of its full captions."""
+    trainer = _trainer(negclip, tmp_path, tiny_text_model, false_negative_percent=3.0)
+    split, texts = trainer.train_split, trainer.bank.texts
+    partial = 0
+    for idx, p in _draws(trainer):
+        for i, row, neg in zip(idx.tolist(), p["rows"].tolist(), p["hard_rows"].tolist()):
+            if texts[row] in split.scenes.partial_captions[i]:
+                partial += 1
+                assert _kind_of(split, i, texts[neg])[0] in negclip.cfg.data.hard_negative_kinds
+    assert partial > 0
+
+
+def test_other_methods_draw_the_same_captions_and_random_numbers(
+    tmp_path, tiny_text_model, negclip
+):
+    """InfoNCE's caption rows do not depend on the kinds (no pairing without NegCLIP), while
+    its (unused) negatives do; the generator ends in the same state: no random stream moved."""
     runs = []
     for kinds in (["swap_colours"], ["replace_digit", "change_colour", "flip_relation"]):
-        values = trainer_values(tmp_path, tiny_text_model, data={"hard_negative_kinds": kinds})
-        trainer = Trainer(resolve_config("infonce", values))
-        rows = [p["rows"] for _, p in _draws(trainer, 3)]
-        runs.append((rows, trainer.recipe.caption_gen.get_state()))
-    (rows_a, state_a), (rows_b, state_b) = runs
-    assert all(torch.equal(a, b) for a, b in zip(rows_a, rows_b))
+        trainer = _trainer(
+            negclip, tmp_path, tiny_text_model, "infonce", hard_negative_kinds=kinds,
+            encode_all=True,
+        )  # fmt: skip
+        draws = [p for _, p in _draws(trainer, 3)]
+        runs.append((draws, trainer.recipe.caption_gen.get_state()))
+    (a, state_a), (b, state_b) = runs
+    assert all(torch.equal(x["rows"], y["rows"]) for x, y in zip(a, b))
+    assert not all(torch.equal(x["hard_rows"], y["hard_rows"]) for x, y in zip(a, b))
     assert torch.equal(state_a, state_b)
 
 
@@ -101,18 +136,13 @@ def test_empty_or_unknown_kinds_are_refused_before_any_data(tmp_path, tiny_text_
 def test_a_scene_without_hard_negatives_gets_a_caption_of_a_scene_outside_the_batch(
     tmp_path, tiny_text_model, negclip
 ):
-    values = trainer_values(tmp_path, tiny_text_model)
-    values["data"]["cache_dir"] = negclip.cfg.data.cache_dir
-    trainer = Trainer(resolve_config("negclip", values))
+    trainer = _trainer(negclip, tmp_path, tiny_text_model)
     split, texts = trainer.train_split, trainer.bank.texts
     split.hard_negative_rows[::2] = -1  # every other scene has none
-    caption_of = {c: i for i, caps in enumerate(split.scenes.captions) for c in caps}
     checked = 0
     for idx, p in _draws(trainer, 3):
-        batch_ids = set(split.semantic_ids[idx].tolist())
         for i, neg in zip(idx.tolist(), p["hard_rows"].tolist()):
             if i % 2 == 0:
-                owner = caption_of[texts[neg]]  # a true caption of some scene …
-                assert int(split.semantic_ids[owner]) not in batch_ids  # … of none in the batch
+                assert _outside(split, texts, idx, neg)  # true of no scene in the batch
                 checked += 1
     assert checked > 0

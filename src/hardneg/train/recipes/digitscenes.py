@@ -145,7 +145,7 @@ class DigitScenesRecipe:
         )
         if data.hard_negative_captions:  # the extra negative rewrites the drawn caption
             rows = paired
-            none = hard_rows < 0  # a scene without hard negatives: a caption from elsewhere
+            none = hard_rows < 0  # a scene without those kinds: a caption from elsewhere
             if none.any():
                 hard_rows = hard_rows.clone()
                 hard_rows[none] = outside_captions(split, index, int(none.sum()), self.caption_gen)
