@@ -84,3 +84,20 @@ def test_cli_bench_passes_set_to_the_runner(monkeypatch, tmp_path):
     assert seen["overrides"] == ["data.seed=3", "steps=5"]
     assert cli.main(["bench", "--out", str(tmp_path)]) == 0
     assert seen["overrides"] == []
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reused(tmp_path, monkeypatch):
+    """A run finished under an older preset (here: other steps) would otherwise be reused as
+    it is and compared with runs of the current one."""
+    _no_training(monkeypatch)
+    preset = runner.PRESETS["compositional"]
+    run = tmp_path / "infonce" / "seed0"
+    run.mkdir(parents=True)
+    saved = runner.run_config(preset, "infonce", 0, tmp_path)
+    (run / "metrics.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(_Stop):  # the same config: reused, the bench goes on
+        runner.run_bench("compositional", tmp_path, methods=["infonce"], seeds=1)
+    (run / "config.json").write_text(json.dumps({**saved, "steps": 300}))
+    with pytest.raises(ValueError, match=r"seed0 was trained with steps=300, this bench sets 600"):
+        runner.run_bench("compositional", tmp_path, methods=["infonce"], seeds=1)

@@ -248,6 +248,36 @@ def _check_same_bench(out: Path, preset_name: str, overrides: dict[str, Any]) ->
         )
 
 
+def _leaves(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a nested config dict."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_finished_runs(configs: dict[tuple[str, int], dict[str, Any]]) -> None:
+    """Refuse a finished run (``metrics.json``) whose saved config is not the one this bench
+    would train (e.g. a run of an older version of the preset): it would be reused as is."""
+    for cfg in configs.values():
+        run = Path(cfg["out_dir"])
+        saved_path = run / "config.json"
+        if not (run / "metrics.json").is_file() or not saved_path.is_file():
+            continue
+        saved, wanted = _leaves(json.loads(saved_path.read_text())), _leaves(cfg)
+        differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        if differ:
+            key = differ[0]
+            raise ValueError(
+                f"{run} was trained with {key}={saved.get(key)!r}, this bench sets "
+                f"{wanted.get(key)!r} ({len(differ)} keys differ): delete that run or pass "
+                "another --out"
+            )
+
+
 def run_bench(
     preset_name: str,
     out: Path,
@@ -286,6 +316,7 @@ def run_bench(
     configs = {(m, s): run_config(preset, m, s, out, overrides) for m in methods for s in seed_list}
     jobs = jobs or default_jobs()
     _check_same_bench(out, preset_name, overrides)
+    _check_finished_runs(configs)
     _check_unlocked([Path(c["out_dir"]) for c in configs.values()])
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(
