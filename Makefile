@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv bench test test-fast lint perf clean
+.PHONY: venv bench bench-quick test test-fast lint perf clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 bench: $(STAMP)
+	$(BIN)/hardneg bench --preset compositional --out runs/compositional
+
+bench-quick: $(STAMP)
 	$(BIN)/hardneg bench --preset quick --out runs/quick
 
 test: $(STAMP)
