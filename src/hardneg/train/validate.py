@@ -184,6 +184,12 @@ def _check_data(cfg: TrainConfig) -> None:
     _choice("data.preset", d.preset, PRESETS)
     _choice("data.positives", d.positives, ("scene", "semantic"))
     _range("data.max_text_len", d.max_text_len, 2, example=32)
+    _check_kinds("data.hard_negative_kinds", d.hard_negative_kinds)
+    if not d.hard_negative_kinds:
+        raise ValueError(
+            "data.hard_negative_kinds is empty; name at least one of "
+            f"{list(PERTURBATIONS)}, e.g. [swap_colours,swap_digits,flip_relation]"
+        )
     fn_percent = d.false_negative_percent
     if not 0.0 <= fn_percent < 100.0:
         raise ValueError(
@@ -292,12 +298,6 @@ def _check_pretrain(cfg: TrainConfig) -> None:
     _range("pretrain.lr", p.lr, 0, low_open=True, example="2e-3")
     _range("pretrain.object_loss_weight", p.object_loss_weight, 0, example="1.0 (0 = off)")
     _check_kinds("pretrain.negative_kinds", p.negative_kinds)
-    _check_kinds("data.hard_negative_kinds", cfg.data.hard_negative_kinds)
-    if not cfg.data.hard_negative_kinds:
-        raise ValueError(
-            "data.hard_negative_kinds is empty; name at least one of "
-            f"{list(PERTURBATIONS)}, e.g. [swap_colours,swap_digits,flip_relation]"
-        )
 
 
 def _check_kinds(key: str, kinds: list[str]) -> None:
