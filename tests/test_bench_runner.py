@@ -19,7 +19,7 @@ def _no_training(monkeypatch):
         raise _Stop(config)
 
     monkeypatch.setattr(runner, "prepare_data", stop)
-    monkeypatch.setattr(runner, "_launch", lambda cfg, t: pytest.fail("launched a run"))
+    monkeypatch.setattr(runner, "_Worker", lambda *a: pytest.fail("launched a run"))
 
 
 def test_compositional_preset_runs_three_seeds():

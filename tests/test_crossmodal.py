@@ -313,3 +313,29 @@ def test_same_seed_gives_identical_model_and_outputs():
     text, image = random_text(2, 5, [5, 3]), random_image(2)
     a, b = tiny_model(seed=7)(text, image), tiny_model(seed=7)(text, image)
     assert torch.equal(a.hidden, b.hidden) and torch.equal(a.itm_logit, b.itm_logit)
+
+
+def test_corpus_vocabulary_mlm_is_the_full_softmax_restricted_to_the_corpus_columns():
+    """``mlm_vocab``: the loss is −log of the softmax over the corpus ids only, written here from
+    a full-vocabulary model whose other weights (and the corpus rows of its output layer) are
+    shared; a target outside the corpus is refused."""
+    text, image = random_text(4, 8, [8, 6, 5, 3]), random_image(4)
+    full = tiny_model()
+    vocab = tuple(sorted({int(i) for i in text.input_ids[text.mask]} - {1, 2}))
+    small = tiny_model(mlm_vocab=vocab)
+    state = full.state_dict()
+    last = [k for k in state if k.startswith("mlm_head.3.")]
+    small.load_state_dict({**state, **{k: state[k][list(vocab)] for k in last}}, strict=True)
+    chosen = full.choose_mask(text, prob=0.5, generator=torch.Generator().manual_seed(3))
+    out = full(full.apply_mask(text.tokens, chosen), image, text_mask=text.mask)
+    logits = full.mlm_logits(out.hidden[chosen])[:, list(vocab)]
+    targets = torch.tensor([vocab.index(int(i)) for i in text.input_ids[chosen]])
+    expected = -logits.log_softmax(-1).gather(1, targets[:, None]).mean()
+    torch.testing.assert_close(small.mlm_loss(text, image, chosen=chosen), expected)
+    assert small.mlm_loss(text, image, chosen=chosen) < full.mlm_loss(text, image, chosen=chosen)
+    with pytest.raises(ValueError, match="mlm_vocab"):
+        tiny_model(mlm_vocab=vocab[1:]).mlm_loss(
+            text, image, chosen=text.mask & (text.input_ids == vocab[0])
+        )
+    with pytest.raises(ValueError, match="mlm_vocab"):
+        tiny_model(mlm_vocab=(3, 3))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,12 +132,52 @@ def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_m
     assert (out / "results.md").is_file() and report
     # a finished bench starts nothing again, and adding a method trains only that one
     started = []
-    launch = runner._launch
-    monkeypatch.setattr(runner, "_launch", lambda cfg, t: started.append(cfg) or launch(cfg, t))
+    give = runner._Worker.give
+    monkeypatch.setattr(
+        runner._Worker, "give", lambda self, key, cfg: started.append(cfg) or give(self, key, cfg)
+    )
     runner.run_bench("quick", out, methods=["infonce", "bacl", "hcl"], jobs=2)
     assert [Path(c["out_dir"]).parent.name for c in started] == ["hcl"]
     with pytest.raises(ValueError, match="jobs must be ≥ 1"):
         runner.run_bench("quick", out, jobs=0)
+
+
+@pytest.mark.slow
+def test_a_worker_run_after_another_equals_a_run_in_its_own_process(tmp_path, tiny_text_model):
+    """The bench's workers share MiniLM and the data between runs: the second run of a worker
+    (frozen tower features of the first still on the shared splits) reports exactly what the
+    same config reports when trained alone in a fresh process."""
+    from hardneg.bench import runner
+
+    values = _values(tmp_path, tiny_text_model, steps=3)
+    frozen = {  # the first run leaves its frozen tower's features on the shared splits
+        **values,
+        "model": {**values["model"], "freeze_image_tower": True},
+        "pretrain": {"steps": 2, "batch_size": 16},
+    }
+    first = resolve_config("infonce", {**frozen, "out_dir": str(tmp_path / "w" / "a")})
+    second = resolve_config("bacl", {**values, "out_dir": str(tmp_path / "w" / "b")})
+    alone = resolve_config("bacl", {**values, "out_dir": str(tmp_path / "alone")})
+    worker = runner._Worker(1, tmp_path / "workers.log")
+    for key, cfg in (("a", first), ("b", second)):
+        worker.give((key, 0), cfg.to_dict())
+        while (ok := worker.poll()) is None:
+            time.sleep(0.2)
+        assert ok, (Path(cfg.out_dir) / "run.log").read_text()[-2000:]
+    worker.close()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run(
+        [sys.executable, "-m", "hardneg.train.run", json.dumps(alone.to_dict())],
+        env=env,
+        check=True,
+    )
+
+    def figures(run):
+        result = json.loads((Path(run) / "metrics.json").read_text())
+        return result["metrics"], result["batch_fn_rate"], result["steps"]
+
+    assert figures(second.out_dir) == figures(alone.out_dir)
+    assert "Traceback" not in (Path(second.out_dir) / "run.log").read_text()
 
 
 def test_refused_resume_leaves_the_run_directory_unchanged(tmp_path, tiny_text_model):
@@ -243,7 +285,7 @@ def test_bench_refuses_a_run_directory_locked_by_a_live_process(
 
     preset = runner.BenchPreset(**_bench_preset(tmp_path, tiny_text_model, steps=3))
     monkeypatch.setitem(runner.PRESETS, "quick", preset)
-    monkeypatch.setattr(runner, "_launch", lambda cfg, t: pytest.fail("launched a run"))
+    monkeypatch.setattr(runner, "_Worker", lambda *a: pytest.fail("launched a run"))
     out = tmp_path / "bench"
     with RunLock(out / "hcl" / "seed0"):  # a trainer of an earlier bench is still running
         with pytest.raises(RunLockedError, match=r"hcl/seed0 is locked by running process \d+"):

@@ -1,10 +1,13 @@
 """``hardneg bench``: every method with identical data, encoders, budget and seeds.
 
-Each (method, seed) trains in its own subprocess (``python -m hardneg.train.run``) so that its
-peak memory is its own; all share one cached DigitScenes build and one cached text bank
-(``data.encode_all``), encoded once up front. A finished run leaves ``metrics.json`` and is
-skipped when the bench is started again; an interrupted run resumes from its checkpoint. The
-report (tables and plots) is rebuilt at the end, or any time with ``hardneg report``.
+The (method, seed) runs train in ``jobs`` worker processes (``python -m hardneg.train.run
+--worker``), one run after another in each, so that MiniLM and the text bank are loaded once
+per worker, not once per run; a run's peak memory is measured from its own start
+(:class:`~hardneg.train.memory.PeakMemory`). All share one cached DigitScenes build and one
+cached text bank (``data.encode_all``), encoded once up front. A finished run leaves
+``metrics.json`` and is skipped when the bench is started again; an interrupted run resumes
+from its checkpoint. The report (tables and plots) is rebuilt at the end, or any time with
+``hardneg report``.
 
 Stopping the bench (SIGTERM, SIGINT/Ctrl-C, SIGHUP) forwards the signal to the running
 trainers and waits for them to exit, so none is left training on its own; a bench refuses to
@@ -193,19 +196,62 @@ def _expected_cost(config: dict[str, Any]) -> float:
     )
 
 
-def _launch(config: dict[str, Any], threads: int) -> subprocess.Popen:
-    """Start one (method, seed) in its own process; its output goes to ``run.log``."""
-    out_dir = Path(config["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "error.log").unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with open(out_dir / "run.log", "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "hardneg.train.run", json.dumps(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+class _Worker:
+    """One ``python -m hardneg.train.run --worker`` process: it trains the runs it is given one
+    after another, sharing MiniLM and the text bank between them; each run writes its own
+    ``run.log``, and a status line on the worker's stdout reports its end."""
+
+    def __init__(self, threads: int, log: Path) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        with open(log, "a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hardneg.train.run", "--worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+            )
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.run: tuple[str, int] | None = None
+        self.started = 0.0
+        self._pending = b""
+
+    def give(self, key: tuple[str, int], config: dict[str, Any]) -> None:
+        """Start training ``config`` (the worker must be idle)."""
+        Path(config["out_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(config["out_dir"]) / "error.log").unlink(missing_ok=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(config) + "\n").encode())
+        self.proc.stdin.flush()
+        self.run, self.started = key, time.perf_counter()
+
+    def poll(self) -> bool | None:
+        """None while the current run trains; then whether it succeeded (False if the worker
+        died). The worker is idle again afterwards (or dead: see :attr:`alive`)."""
+        assert self.proc.stdout is not None
+        try:
+            self._pending += os.read(self.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            pass
+        if b"\n" in self._pending:
+            line, self._pending = self._pending.split(b"\n", 1)
+            self.run = None
+            return bool(json.loads(line)["ok"])
+        if self.proc.poll() is not None:
+            self.run = None
+            return False
+        return None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """Let an idle worker exit (end of its input) and wait for it."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait()
 
 
 def _check_unlocked(run_dirs: list[Path]) -> None:
@@ -345,16 +391,16 @@ def run_bench(
     todo.sort(key=lambda key: -_expected_cost(configs[key]))  # longest first: even tail
     threads = max(1, (os.cpu_count() or 1) // jobs)
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="bench", unit="run")
-    running: dict[tuple[str, int], tuple[subprocess.Popen, float]] = {}
+    workers: list[_Worker] = []
     stop_signal = signal.SIGTERM
     with exit_on_signals() as received:
         try:
-            _train_all(todo, running, configs, jobs, threads, bar)
+            _train_all(todo, workers, configs, jobs, threads, out / "workers.log", bar)
         except KeyboardInterrupt:
             stop_signal = signal.SIGINT
             raise
-        finally:  # interrupted: stop the children (they resume next time) and wait for them
-            _stop([proc for proc, _ in running.values()], received[0] if received else stop_signal)
+        finally:  # interrupted: stop the workers (their runs resume next time) and wait
+            _stop([w.proc for w in workers], received[0] if received else stop_signal)
     bar.close()
     from hardneg.bench.report import write_report
 
@@ -365,33 +411,45 @@ def run_bench(
 
 def _train_all(
     todo: list[tuple[str, int]],
-    running: dict[tuple[str, int], tuple[subprocess.Popen, float]],
+    workers: list[_Worker],
     configs: dict[tuple[str, int], dict[str, Any]],
     jobs: int,
     threads: int,
+    log: Path,
     bar: tqdm,
 ) -> None:
-    """Keep ``jobs`` runs of ``todo`` training until all are done (``running`` is updated in
-    place, so that the caller can stop what still runs)."""
-    while todo or running:
-        while todo and len(running) < jobs:
-            key = todo.pop(0)
-            running[key] = (_launch(configs[key], threads), time.perf_counter())
-        bar.set_postfix_str(", ".join(f"{m} seed {s}" for m, s in running))
+    """Keep ``jobs`` workers training the runs of ``todo`` until all are done (``workers`` is
+    filled in place, so that the caller can stop what still runs); a worker that died is
+    replaced."""
+    while todo or any(w.run for w in workers):
+        workers[:] = [w for w in workers if w.alive or w.run]
+        while len(workers) < jobs:
+            workers.append(_Worker(threads, log))
+        for worker in workers:
+            if worker.run is None and worker.alive and todo:
+                key = todo.pop(0)
+                worker.give(key, configs[key])
+        bar.set_postfix_str(", ".join(f"{w.run[0]} seed {w.run[1]}" for w in workers if w.run))
         time.sleep(0.5)
-        for key, (proc, t0) in list(running.items()):
-            if proc.poll() is None:
+        for worker in workers:
+            key, started = worker.run, worker.started
+            if key is None:
                 continue
-            del running[key]
-            _finish(key, proc.returncode, Path(configs[key]["out_dir"]), t0)
+            ok = worker.poll()
+            if ok is None:
+                continue
+            _finish(key, ok, Path(configs[key]["out_dir"]), started)
             bar.update(1)
+    for worker in workers:
+        worker.close()
 
 
-def _finish(key: tuple[str, int], returncode: int, out_dir: Path, t0: float) -> None:
+def _finish(key: tuple[str, int], ok: bool, out_dir: Path, t0: float) -> None:
     method, seed = key
-    if returncode == 0:
+    if ok:
         tqdm.write(f"  {method} seed {seed} done in {time.perf_counter() - t0:.0f} s")
         return
-    log = (out_dir / "run.log").read_text()
+    log_path = out_dir / "run.log"
+    log = log_path.read_text() if log_path.is_file() else "(no run.log)"
     (out_dir / "error.log").write_text(log)
     tqdm.write(f"  {method} seed {seed} FAILED (see {out_dir / 'error.log'}): {log[-500:]}")

@@ -85,6 +85,12 @@ class DigitScenesConfig:
         scan_fractions: share of each digit's scans in the train / val / test pools.
         novel_combos: (digit, colour index) combinations held out of train/val/test and
             required in test_novel.
+        repeated_configs, repeats: the train split shows ``repeated_configs`` scene
+            configurations (objects, colours, relation) in ``repeats`` scenes each, with new
+            scans, layout, noise and caption templates every time (0, 0: none). Their captions
+            are true of each other's images, so in a random batch a repeated scene meets its
+            false negatives at the rate ``G k (k − 1) / (N (N − 1))`` of the ordered pairs (G
+            configurations, k repeats, N train scenes), like the near-duplicates of web data.
 
     Example:
         >>> DigitScenesConfig(n_train=10, n_val=2, n_test=2, n_test_novel=2).size("val")
@@ -103,6 +109,8 @@ class DigitScenesConfig:
     jitter: int = 3
     scan_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     novel_combos: tuple[tuple[int, int], ...] = DEFAULT_NOVEL_COMBOS
+    repeated_configs: int = 0
+    repeats: int = 0
 
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so the config stays hashable and fingerprints agree
@@ -145,15 +153,32 @@ class DigitScenesConfig:
                 f"and at most {N_COMBOS - 10} so that train keeps enough combinations"
             )
 
+        for name in ("repeated_configs", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int ≥ 0, got {value!r}")
+        if (self.repeated_configs == 0) != (self.repeats == 0):
+            raise ValueError(
+                f"repeated_configs={self.repeated_configs} and repeats={self.repeats}: set both "
+                "(configurations, scenes each) or neither"
+            )
+        if self.repeated_configs * self.repeats > self.n_train:
+            raise ValueError(
+                f"repeated_configs × repeats = {self.repeated_configs * self.repeats} scenes, "
+                f"more than n_train={self.n_train}; lower them or raise n_train"
+            )
+
     def size(self, split: str) -> int:
         """Number of scenes of ``split``."""
         return int(getattr(self, f"n_{_check_split(split)}"))
 
     def fingerprint(self) -> str:
-        """12-hex-digit hash of every field and the generator version (the cache key)."""
-        payload = json.dumps(
-            {"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True
-        )
+        """12-hex-digit hash of every field and the generator version (the cache key). The
+        repeat fields count only when set, so builds without repeats keep their cache."""
+        fields = dataclasses.asdict(self)
+        if not self.repeats:
+            del fields["repeated_configs"], fields["repeats"]
+        payload = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -258,6 +283,22 @@ def _sample_objects(
     return n_objects, combos
 
 
+def _repeat_configurations(
+    config: DigitScenesConfig, n_objects: np.ndarray, combos: np.ndarray, axis: np.ndarray
+) -> None:
+    """Give ``config.repeats`` random train scenes each of ``config.repeated_configs`` new
+    configurations (in place), from a stream of their own: the other scenes keep theirs."""
+    rng = np.random.default_rng([config.seed, SPLITS.index("train"), 2])
+    g, k = config.repeated_configs, config.repeats
+    g_objects, g_combos = _sample_objects(config, "train", g, rng)
+    g_axis = rng.integers(0, len(RELATIONS), size=g)
+    members = rng.permutation(len(axis))[: g * k].reshape(g, k)
+    for group in range(g):
+        n_objects[members[group]] = g_objects[group]
+        combos[members[group]] = g_combos[group]
+        axis[members[group]] = g_axis[group]
+
+
 def generate_split(config: DigitScenesConfig, split: str) -> SceneSplit:
     """Generate one split in memory (deterministic in ``config`` and ``split``).
 
@@ -278,10 +319,12 @@ def generate_split(config: DigitScenesConfig, split: str) -> SceneSplit:
     pool = pools[_SCAN_POOL[split]]
 
     n_objects, combos = _sample_objects(config, split, n, rng)
+    axis = rng.integers(0, len(RELATIONS), size=n)
+    if split == "train" and config.repeats:
+        _repeat_configurations(config, n_objects, combos, axis)
     present = combos >= 0
     digits = np.where(present, combos // len(COLOURS), -1)
     colours = np.where(present, combos % len(COLOURS), -1)
-    axis = rng.integers(0, len(RELATIONS), size=n)
     scan_indices = np.full((n, 3), -1, dtype=np.int64)
     pick = rng.random((n, 3))
     for digit in range(10):

@@ -53,6 +53,9 @@ class CrossModalConfig:
         itm_pool: ``"cls"`` (first token, [CLS]/SOT) or ``"mean"`` (masked mean) for ITM.
         special_token_ids: ids never chosen as MLM targets (the tower's ``special_token_ids``).
         mask_prob: default probability of masking a token for MLM.
+        mlm_vocab: token ids the MLM head scores (its softmax runs over these only, e.g. the
+            word pieces a closed corpus uses); ``()`` = the whole vocabulary. A target outside
+            it is an error.
 
     Example:
         >>> CrossModalConfig(text_dim=384, image_dim=128).d_model
@@ -71,6 +74,7 @@ class CrossModalConfig:
     itm_pool: str = "cls"
     special_token_ids: tuple[int, ...] = ()
     mask_prob: float = 0.15
+    mlm_vocab: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -85,6 +89,13 @@ class CrossModalConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         self.special_token_ids = tuple(int(i) for i in self.special_token_ids)
+        self.mlm_vocab = tuple(int(i) for i in self.mlm_vocab)
+        bad = [i for i in self.mlm_vocab if not 0 <= i < self.vocab_size]
+        if bad or len(set(self.mlm_vocab)) != len(self.mlm_vocab):
+            raise ValueError(
+                f"mlm_vocab must hold distinct token ids in [0, vocab_size={self.vocab_size}), "
+                f"bad: {bad[:5] or 'duplicates'}"
+            )
 
 
 @dataclass
@@ -237,8 +248,17 @@ class CrossModalTransformer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.itm_head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
         self.mlm_head = nn.Sequential(
-            nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, config.vocab_size)
+            nn.Linear(d, d),
+            nn.GELU(),
+            nn.LayerNorm(d),
+            nn.Linear(d, len(config.mlm_vocab) or config.vocab_size),
         )
+        # token id → row of the MLM head's output (identity for the whole vocabulary)
+        rows = torch.arange(config.vocab_size)
+        if config.mlm_vocab:
+            rows = torch.full((config.vocab_size,), -1, dtype=torch.long)
+            rows[list(config.mlm_vocab)] = torch.arange(len(config.mlm_vocab))
+        self.register_buffer("mlm_rows", rows, persistent=False)
         self.register_buffer(
             "special_ids",
             torch.tensor(config.special_token_ids, dtype=torch.long),
@@ -316,7 +336,9 @@ class CrossModalTransformer(nn.Module):
         return text_mask
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:
-        """Vocabulary logits ``(..., vocab_size)`` for hidden states ``(..., d_model)``."""
+        """Logits ``(..., V)`` over the MLM vocabulary (``V = len(mlm_vocab)`` or
+        ``vocab_size``; :attr:`mlm_rows` maps a token id to its column) for hidden states
+        ``(..., d_model)``."""
         return self.mlm_head(hidden)
 
     def choose_mask(
@@ -386,7 +408,14 @@ class CrossModalTransformer(nn.Module):
             chosen = self.choose_mask(text, prob, generator)
         out = self(self.apply_mask(text.tokens, chosen), image, text_mask=text.mask)
         logits = self.mlm_logits(out.hidden[chosen]).float()
-        total = F.cross_entropy(logits, text.input_ids[chosen], reduction="sum")
+        labels = self.mlm_rows[text.input_ids[chosen]]
+        if bool((labels < 0).any()):
+            token = int(text.input_ids[chosen][labels < 0][0])
+            raise ValueError(
+                f"MLM target token id {token} is not in CrossModalConfig.mlm_vocab; build the "
+                "vocabulary from every caption the model will score (or pass mlm_vocab=())"
+            )
+        total = F.cross_entropy(logits, labels, reduction="sum")
         if num_targets is None:
             num_targets = chosen.sum().clamp_min(1)
         return total / num_targets

@@ -109,10 +109,15 @@ def build_optimizer(
 
 
 def build_crossmodal(
-    model: ModelConfig, text_tower: TextTower, image_tower: nn.Module, max_text_len: int
+    model: ModelConfig,
+    text_tower: TextTower,
+    image_tower: nn.Module,
+    max_text_len: int,
+    mlm_vocab: tuple[int, ...] = (),
 ) -> CrossModalTransformer:
     """The cross-modal transformer of ``model`` over the towers' token states: it reads the
-    text tower's input embeddings and the image tower's patch tokens."""
+    text tower's input embeddings and the image tower's patch tokens; its MLM head scores
+    ``mlm_vocab`` (``()``: the tower's whole vocabulary)."""
     return CrossModalTransformer(
         CrossModalConfig(
             text_dim=text_tower.input_embedding_dim,
@@ -124,5 +129,6 @@ def build_crossmodal(
             vocab_size=text_tower.vocab_size,
             max_text_len=max_text_len,
             special_token_ids=text_tower.special_token_ids,
+            mlm_vocab=mlm_vocab,
         )
     )

@@ -67,6 +67,11 @@ class DataConfig:
             holding that object) with the probability that gives this share on the train split
             (:func:`~hardneg.train.data.partial_caption_probability`); 0 = full captions only.
             Positives stay scene-level, so the matching scenes are false negatives.
+        false_negative_source: where those false negatives come from: ``"partial"`` (the
+            partial captions above) or ``"repeats"`` (the train split shows
+            ``repeated_configs`` scene configurations in k scenes each, k chosen for the rate;
+            every caption stays a full one: :func:`~hardneg.train.data.repeat_build`).
+        repeated_configs: number of repeated configurations (``"repeats"`` only).
     """
 
     dataset: str = "digitscenes"
@@ -82,6 +87,8 @@ class DataConfig:
     text_model: str | None = None
     encode_all: bool = False
     false_negative_percent: float = 0.0
+    false_negative_source: str = "partial"
+    repeated_configs: int = 4
     images: str | None = None
     csv_img_key: str = "filepath"
     csv_caption_key: str = "title"
@@ -111,6 +118,9 @@ class ModelConfig:
             downloaded. See ``docs/models.md``.
         pretrained: local weights file of an ``open_clip`` spec (None: random init).
         freeze_text_tower: keep a CLIP text tower fixed (the builtin MiniLM is always frozen).
+        mlm_vocab: ``"full"`` (the MLM head scores the tokenizer's whole vocabulary) or
+            ``"corpus"`` (only the word pieces DigitScenes' captions use, ≈ 100 of MiniLM's
+            30,522: the same targets at a fraction of the cost on CPU; DigitScenes only).
     """
 
     spec: str = "builtin"
@@ -126,6 +136,7 @@ class ModelConfig:
     crossmodal_dim: int = 128
     crossmodal_layers: int = 4
     crossmodal_heads: int = 4
+    mlm_vocab: str = "full"
     dropout: float = 0.1
 
 

@@ -4,14 +4,21 @@ Scenes are small (48×48), so every split lives in memory as uint8 tensors and a
 index lookup — no DataLoader workers needed on a 2-core machine. Captions are rows of a
 :class:`~hardneg.train.textbank.TextBank` of frozen text-tower features.
 
-False negatives at a controlled rate: training draws, per scene and step, one of the scene's
-partial captions ("a red 3") with probability f instead of a full caption. A partial caption
-is true of every scene holding its object, so in a batch it is a false negative of each such
-scene. :func:`partial_caption_probability` derives f from ``data.false_negative_percent``.
+False negatives at a controlled rate (``data.false_negative_percent``), from one of two
+sources (``data.false_negative_source``):
+
+- ``"partial"``: training draws, per scene and step, one of the scene's partial captions
+  ("a red 3") with probability f instead of a full caption. A partial caption is true of
+  every scene holding its object, so in a batch it is a false negative of each such scene.
+  :func:`partial_caption_probability` derives f from the rate.
+- ``"repeats"``: the train split shows a few scene configurations many times (new scans,
+  layout and caption templates each time), like the near-duplicates of web data; every caption
+  stays a full one. :func:`repeat_build` derives the number of repeats from the rate.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -19,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hardneg.data.digitscenes import PRESETS, SceneSplit, load_digitscenes
+from hardneg.data.digitscenes import PRESETS, DigitScenesConfig, SceneSplit, load_digitscenes
 from hardneg.data.scene_captions import COLOURS, N_COMBOS, N_SEMANTIC_IDS, PERTURBATIONS
 from hardneg.models.inputs import Images
 from hardneg.models.outputs import ImageOutput
@@ -29,6 +36,8 @@ from hardneg.train.textbank import TextBank, encode_bank
 
 # meaning ids of captions that describe one object only ("a red 3"): offset + digit·6 + colour
 PARTIAL_MEANING_OFFSET = N_SEMANTIC_IDS
+#: values of ``data.false_negative_source``
+FALSE_NEGATIVE_SOURCES = ("partial", "repeats")
 
 
 @dataclass
@@ -181,6 +190,33 @@ def partial_caption_probability(split: SplitTensors, percent: float) -> float:
     return (percent / 100.0 - p_full) / (p_partial - p_full) if high > low else 0.0
 
 
+def repeat_build(
+    build: DigitScenesConfig, percent: float, configurations: int
+) -> DigitScenesConfig:
+    """``build`` with ``configurations`` repeated scene configurations of k scenes each, k
+    chosen so that ``G k (k − 1) / (N (N − 1))`` (the share of ordered train pairs that share
+    a configuration, G = ``configurations``, N = ``build.n_train``) is nearest ``percent`` %.
+
+    Raises:
+        ValueError: the rate needs more scenes than the train split holds, or fewer than 2
+            per configuration (names ``data.false_negative_percent`` and the reachable range).
+    """
+    if percent == 0:
+        return build
+    n, g = build.n_train, configurations
+    pairs = percent / 100.0 * n * (n - 1) / g  # k (k − 1) per configuration
+    k = round((1.0 + math.sqrt(1.0 + 4.0 * pairs)) / 2.0)
+    if k < 2 or g * k > n:
+        top = 100.0 * g * (n // g) * (n // g - 1) / (n * (n - 1))
+        low = 100.0 * g * 2 / (n * (n - 1))
+        raise ValueError(
+            f"data.false_negative_percent={percent} cannot be reached with "
+            f"data.repeated_configs={g} on {n} train scenes: use a value in "
+            f"[{low:.4f}, {top:.2f}] or change data.repeated_configs"
+        )
+    return replace(build, repeated_configs=g, repeats=k)
+
+
 def draw_captions(
     split: SplitTensors, index: Tensor, partial_probability: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
@@ -293,10 +329,10 @@ def load_run_data(
         )
     if preset not in PRESETS:
         raise ValueError(f"data.preset={preset!r} unknown; choose one of {sorted(PRESETS)}")
-    base = PRESETS[preset]
-    scenes = load_digitscenes(
-        replace(base, seed=config.seed), cache_dir=config.cache_dir, splits=splits
-    )
+    build = replace(PRESETS[preset], seed=config.seed)
+    if config.false_negative_source == "repeats":
+        build = repeat_build(build, config.false_negative_percent, config.repeated_configs)
+    scenes = load_digitscenes(build, cache_dir=config.cache_dir, splits=splits)
     texts: list[str] = []
     for name, split in scenes.items():
         for caps in (*split.captions, *split.partial_captions):

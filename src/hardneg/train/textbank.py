@@ -46,6 +46,11 @@ class TextBank:
         except KeyError as err:
             raise KeyError(f"caption {err.args[0]!r} is not in the text bank") from None
 
+    def vocabulary(self, exclude: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """The sorted token ids the captions use (real tokens only), without ``exclude``."""
+        ids = torch.unique(self.input_ids[self.mask])
+        return tuple(int(i) for i in ids[~torch.isin(ids, torch.tensor(exclude, dtype=ids.dtype))])
+
     def take(self, rows: Tensor, device: torch.device | str = "cpu") -> TextOutput:
         """The :class:`TextOutput` of the given rows (token states back in fp32), trimmed to
         the longest caption among them (padding beyond it carries no information)."""

@@ -32,6 +32,7 @@ from hardneg.models.specs import parse_model_spec
 from hardneg.samplers import CURRICULUM_PRESETS, MODES
 from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
 from hardneg.train.config import TrainConfig, config_from_dict, merge
+from hardneg.train.data import FALSE_NEGATIVE_SOURCES
 from hardneg.train.methods import LOSSES, method_overrides
 
 __all__ = ["INFONCE_FORM_LOSSES", "resolve_config", "validate_config"]
@@ -140,6 +141,7 @@ def _check_model(cfg: TrainConfig) -> None:
             "hf_clip:DIR)"
         )
     _choice("model.head", m.head, _HEADS)
+    _choice("model.mlm_vocab", m.mlm_vocab, ("full", "corpus"))
     for name in (
         "image_width",
         "embed_dim",
@@ -196,14 +198,19 @@ def _check_data(cfg: TrainConfig) -> None:
             f"data.false_negative_percent must be a percentage in [0, 100) (1.0 = 1 % of the "
             f"in-batch pairs), got {fn_percent}"
         )
-    if fn_percent > 0 and d.positives == "semantic":
+    _choice("data.false_negative_source", d.false_negative_source, FALSE_NEGATIVE_SOURCES)
+    if isinstance(d.repeated_configs, bool) or not (
+        isinstance(d.repeated_configs, int) and d.repeated_configs >= 1
+    ):
+        raise ValueError(f"data.repeated_configs must be an int ≥ 1, got {d.repeated_configs!r}")
+    if fn_percent > 0 and d.positives == "semantic" and d.false_negative_source == "partial":
         raise ValueError(
             "data.positives='semantic' cannot mark partial captions' matches as positives; use "
             "data.positives='scene' with data.false_negative_percent > 0"
         )
     if fn_percent > 0 and d.dataset.split(":", 1)[0] != "digitscenes":
         raise ValueError(
-            f"data.false_negative_percent={fn_percent} needs DigitScenes' partial captions, but "
+            f"data.false_negative_percent={fn_percent} needs DigitScenes' exact semantics, but "
             f"data.dataset={d.dataset!r}; use --set data.false_negative_percent=0"
         )
     if d.text_model is not None:
@@ -336,6 +343,11 @@ def _check_specs(cfg: TrainConfig) -> None:
         raise ValueError(
             "data.false_negative_percent needs DigitScenes with model.spec=builtin (exact "
             "semantics); use --set data.false_negative_percent=0"
+        )
+    if cfg.model.mlm_vocab == "corpus":
+        raise ValueError(
+            "model.mlm_vocab='corpus' needs DigitScenes with model.spec=builtin (its captions "
+            "are known before training); use --set model.mlm_vocab=full"
         )
 
 

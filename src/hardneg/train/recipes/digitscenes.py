@@ -73,8 +73,9 @@ class DigitScenesRecipe:
         )
         self.bank, self.splits = data or load_run_data(data_cfg, self.tower, progress=progress)
         self.train_split = self.splits["train"]
+        partial = cfg.data.false_negative_source == "partial"
         self.partial_prob = partial_caption_probability(
-            self.train_split, cfg.data.false_negative_percent
+            self.train_split, cfg.data.false_negative_percent if partial else 0.0
         )
         self.model = self._build_model().to(device)
         self.pretrain_loss = self._pretrain(progress)
@@ -97,7 +98,10 @@ class DigitScenesRecipe:
                 head_layers=m.head_layers,
                 max_tokens=max(64, cfg.data.max_text_len),
             )
-        cross = build_crossmodal(m, self.tower, dual.image_tower, cfg.data.max_text_len)
+        vocab = (
+            self.bank.vocabulary(self.tower.special_token_ids) if m.mlm_vocab == "corpus" else ()
+        )
+        cross = build_crossmodal(m, self.tower, dual.image_tower, cfg.data.max_text_len, vocab)
         # the frozen MiniLM is reloaded from its package, not checkpointed
         return AlignmentModel(dual, cross, reloaded_prefixes=("dual.text_tower.",))
 
@@ -110,10 +114,11 @@ class DigitScenesRecipe:
                 dual, self.train_split, self.bank, cfg.pretrain, cfg.data.cache_dir, progress
             )
             loss = result["loss"]
-        if cfg.model.freeze_image_tower:
+        frozen = cfg.model.freeze_image_tower
+        if frozen:
             dual.image_tower.requires_grad_(False).eval()
-            for split in self.splits.values():
-                split.image_features = self._tower_features(split)
+        for split in self.splits.values():  # (shared data may hold another run's features)
+            split.image_features = self._tower_features(split) if frozen else None
         return loss
 
     @torch.no_grad()
