@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv bench bench-quick test test-fast lint perf clean
+.PHONY: venv bench bench-full bench-quick test test-fast lint perf clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 
 bench: $(STAMP)
 	$(BIN)/hardneg bench --preset compositional --out runs/compositional
+
+bench-full: $(STAMP)
+	$(BIN)/hardneg bench --preset compositional-full --out runs/compositional-full
 
 bench-quick: $(STAMP)
 	$(BIN)/hardneg bench --preset quick --out runs/quick

@@ -147,3 +147,30 @@ def test_a_few_grounded_stage_steps_lower_the_object_loss(tiny):
     tower_keys = [k for k in before if k.startswith("image_tower.")]
     assert any(not torch.equal(before[k], after[k]) for k in tower_keys)
     dual.load_state_dict(before)  # the module-scoped fixture stays untrained
+
+
+def test_batched_patch_masks_equal_the_per_box_masks_of_the_localisation_metric():
+    """Warped boxes are fractional, touch the borders or are clipped to nothing: every mask
+    equals :func:`box_to_patch_mask` of its box (the AEL metric's own cells)."""
+    from hardneg.eval.localisation import box_to_patch_mask
+
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(64, 3, 2, generator=g) * 48
+    hi = (lo + torch.rand(64, 3, 2, generator=g) * 30).clamp(max=48)
+    boxes = torch.cat([lo, hi], -1)[..., [0, 1, 2, 3]]
+    boxes[0, 0] = torch.tensor([10.0, 10.0, 10.0, 20.0])  # clipped to nothing
+    boxes[1, 1] = torch.tensor([0.0, 0.0, 48.0, 48.0])
+    boxes[2, 2] = torch.tensor([8.0, 8.0, 16.0, 16.0])  # exactly one cell, edges touching
+    present = torch.rand(64, 3, generator=g) > 0.2
+    for size, grid in (((48, 48), (6, 6)), ((48, 40), (4, 5))):
+        b = boxes.clone()
+        b[..., 1::2] = b[..., 1::2].clamp(max=size[1])
+        masks = object_patch_masks(b, present, size, grid)
+        for i in range(64):
+            for k in range(3):
+                x0, y0, x1, y1 = b[i, k].tolist()
+                if present[i, k] and x1 > x0 and y1 > y0:
+                    expected = box_to_patch_mask((x0, y0, x1, y1), size, grid)
+                else:
+                    expected = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
+                assert torch.equal(masks[i, k], expected), (i, k, b[i, k])

@@ -122,7 +122,8 @@ def _split_tensors(split: SceneSplit, bank: TextBank) -> SplitTensors:
     caption_rows = torch.stack([bank.rows((caps * n_caps)[:n_caps]) for caps in split.captions])
     partial = torch.full((len(split), split.digits.shape[1]), -1, dtype=torch.long)
     for i, caps in enumerate(split.partial_captions):
-        partial[i, : len(caps)] = bank.rows(caps)
+        for k, caption in enumerate(caps):  # column k = object k; train's are encoded only
+            partial[i, k] = bank.index.get(caption, -1)  # when training draws them
     k = max((len(h) for h in split.hard_negatives), default=0)
     hard = torch.full((len(split), max(k, 1)), -1, dtype=torch.long)
     kinds, sources = hard.clone(), hard.clone()
@@ -316,9 +317,10 @@ def load_run_data(
 ) -> tuple[TextBank, dict[str, SplitTensors]]:
     """Generate (or load) DigitScenes and encode the needed captions once with the frozen tower.
 
-    Encoded: every caption (full and partial) of ``splits``, the hard-negative captions of the
-    evaluation splits, and those of train only when ``config.hard_negative_captions``
-    (NegCLIP) asks for them.
+    Encoded: every caption (full and partial) of ``splits`` — train's partial ones only with
+    ``data.false_negative_source="partial"`` —, the hard-negative captions of the evaluation
+    splits, and those of train only when ``config.hard_negative_captions`` (NegCLIP) or
+    ``config.encode_all`` asks for them.
     """
     kind, _, preset = config.dataset.partition(":")
     preset = preset or config.preset
@@ -335,7 +337,10 @@ def load_run_data(
     scenes = load_digitscenes(build, cache_dir=config.cache_dir, splits=splits)
     texts: list[str] = []
     for name, split in scenes.items():
-        for caps in (*split.captions, *split.partial_captions):
+        # partial captions: retrieval texts of the evaluation splits; of train only when the
+        # false negatives come from them (or may: the default source)
+        partial = name != "train" or config.false_negative_source == "partial"
+        for caps in (*split.captions, *(split.partial_captions if partial else ())):
             texts.extend(caps)
         # hard-negative captions: probes of the evaluation splits, NegCLIP extras of train
         if name != "train" or config.hard_negative_captions or config.encode_all:

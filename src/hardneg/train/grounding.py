@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hardneg.data.scene_captions import COLOURS
-from hardneg.eval.localisation import box_to_patch_mask
 
 __all__ = ["ObjectHeads", "object_loss", "object_patch_masks", "warp_boxes"]
 
@@ -52,15 +51,21 @@ def warp_boxes(boxes: Tensor, theta: Tensor, image_size: tuple[int, int]) -> Ten
 def object_patch_masks(
     boxes: Tensor, present: Tensor, image_size: tuple[int, int], grid: tuple[int, int]
 ) -> Tensor:
-    """(B, K, P) bool: the patches each present object's box overlaps (none for an absent
-    object or a box clipped to nothing), by :func:`~hardneg.eval.localisation.box_to_patch_mask`."""
-    b, k = present.shape
-    masks = torch.zeros(b, k, grid[0] * grid[1], dtype=torch.bool)
-    for i, j in present.nonzero().tolist():
-        x0, y0, x1, y1 = boxes[i, j].tolist()
-        if x1 > x0 and y1 > y0:
-            masks[i, j] = box_to_patch_mask((x0, y0, x1, y1), image_size, grid)
-    return masks
+    """(B, K, P) bool: the patches each present object's box overlaps with positive area
+    (none for an absent object or a box clipped to nothing), with the cells of
+    :func:`~hardneg.eval.localisation.box_to_patch_mask` (patch ``(r, c)`` covers
+    ``[c·W/cols, (c+1)·W/cols) × [r·H/rows, (r+1)·H/rows)``), for the whole batch at once.
+    ``boxes`` (B, K, 4) are pixel ``(x0, y0, x1, y1)`` inside the image, right/bottom
+    exclusive."""
+    (width, height), (rows, cols) = image_size, grid
+    x0, y0, x1, y1 = boxes.double().unbind(-1)  # (B, K) each
+    c = torch.arange(cols, dtype=torch.float64)
+    r = torch.arange(rows, dtype=torch.float64)
+    in_x = (c * width / cols < x1[..., None]) & ((c + 1) * width / cols > x0[..., None])
+    in_y = (r * height / rows < y1[..., None]) & ((r + 1) * height / rows > y0[..., None])
+    masks = in_y[..., :, None] & in_x[..., None, :]  # (B, K, rows, cols)
+    keep = present.cpu() & (x1 > x0) & (y1 > y0)
+    return (masks & keep[..., None, None]).reshape(*present.shape, rows * cols)
 
 
 class ObjectHeads(torch.nn.Module):
