@@ -177,7 +177,24 @@ def test_a_worker_run_after_another_equals_a_run_in_its_own_process(tmp_path, ti
         return result["metrics"], result["batch_fn_rate"], result["steps"]
 
     assert figures(second.out_dir) == figures(alone.out_dir)
-    assert "Traceback" not in (Path(second.out_dir) / "run.log").read_text()
+    log = (Path(second.out_dir) / "run.log").read_text()
+    assert "Traceback" not in log
+    # the second run really reused the first's MiniLM (loading it prints its progress bar)
+    assert "Loading weights" in (Path(first.out_dir) / "run.log").read_text()
+    assert "Loading weights" not in log
+
+
+def test_worker_runs_of_one_bench_share_their_data_key(tmp_path, tiny_text_model):
+    """NegCLIP's switches only widen a bank that encode_all already widens: its runs reuse the
+    other methods' data; another data seed does not."""
+    from hardneg.train.run import SharedData
+
+    values = {**_values(tmp_path, tiny_text_model), "data": {
+        **_values(tmp_path, tiny_text_model)["data"], "encode_all": True}}  # fmt: skip
+    keys = {m: SharedData._key(resolve_config(m, values)) for m in ("infonce", "negclip", "falcon")}
+    assert len(set(keys.values())) == 1
+    other = {**values, "data": {**values["data"], "seed": 1}}
+    assert SharedData._key(resolve_config("infonce", other)) != keys["infonce"]
 
 
 def test_refused_resume_leaves_the_run_directory_unchanged(tmp_path, tiny_text_model):

@@ -70,7 +70,7 @@ class BenchPreset:
 # binding are representable) on the frozen tower's cached features. Composition is left to the
 # methods. Cross-modal terms only where a method is made of them (BACL's CLA, FALCON's MLM
 # reward), on a 1-layer cross-modal transformer whose MLM head scores the corpus's word pieces
-# (CPU budget; heads and cross-modal width 64, see docs/benchmark.md). False negatives: 1 % of
+# (CPU budget; heads and cross-modal width 64, see the diagnosis, §8). False negatives: 1 % of
 # the ordered pairs of random batches, from 4 scene configurations repeated in ≈ 100 train
 # scenes each (every caption stays a full one; partial-caption positives stop swap learning,
 # see the diagnosis, §6).
@@ -234,29 +234,46 @@ class _Worker:
 
     def give(self, key: tuple[str, int], config: dict[str, Any]) -> None:
         """Start training ``config`` (the worker must be idle)."""
-        Path(config["out_dir"]).mkdir(parents=True, exist_ok=True)
-        (Path(config["out_dir"]) / "error.log").unlink(missing_ok=True)
+        out = Path(config["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("error.log", "run.log"):  # a worker that dies now leaves no stale log
+            (out / name).unlink(missing_ok=True)
         assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(config) + "\n").encode())
-        self.proc.stdin.flush()
         self.run, self.started = key, time.perf_counter()
+        try:
+            self.proc.stdin.write((json.dumps(config) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # the worker died: :meth:`poll` reports the run as failed
+            pass
 
     def poll(self) -> bool | None:
         """None while the current run trains; then whether it succeeded (False if the worker
         died). The worker is idle again afterwards (or dead: see :attr:`alive`)."""
-        assert self.proc.stdout is not None
-        try:
-            self._pending += os.read(self.proc.stdout.fileno(), 65536)
-        except BlockingIOError:
-            pass
-        if b"\n" in self._pending:
+        exited = self.proc.poll() is not None  # before reading: a last status line counts
+        self._read()
+        while b"\n" in self._pending:
             line, self._pending = self._pending.split(b"\n", 1)
+            try:
+                status = json.loads(line)
+            except ValueError:  # not a status line
+                continue
             self.run = None
-            return bool(json.loads(line)["ok"])
-        if self.proc.poll() is not None:
+            return bool(status["ok"])
+        if exited:
             self.run = None
             return False
         return None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self._pending += chunk
 
     @property
     def alive(self) -> bool:
@@ -328,7 +345,9 @@ def _check_finished_runs(configs: dict[tuple[str, int], dict[str, Any]]) -> None
         saved_path = run / "config.json"
         if not (run / "metrics.json").is_file() or not saved_path.is_file():
             continue
-        saved, wanted = _leaves(json.loads(saved_path.read_text())), _leaves(cfg)
+        # the saved config with today's defaults for keys added since it was written
+        saved = _leaves(config_from_dict(json.loads(saved_path.read_text())).to_dict())
+        wanted = _leaves(cfg)
         differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         if differ:
             key = differ[0]
@@ -438,7 +457,7 @@ def _train_all(
     replaced."""
     while todo or any(w.run for w in workers):
         workers[:] = [w for w in workers if w.alive or w.run]
-        while len(workers) < jobs:
+        while len(workers) < min(jobs, len(todo) + sum(1 for w in workers if w.run)):
             workers.append(_Worker(threads, log))
         for worker in workers:
             if worker.run is None and worker.alive and todo:
@@ -453,18 +472,24 @@ def _train_all(
             ok = worker.poll()
             if ok is None:
                 continue
-            _finish(key, ok, Path(configs[key]["out_dir"]), started)
+            died = None if worker.alive else worker.proc.returncode
+            _finish(key, ok, Path(configs[key]["out_dir"]), started, died, log)
             bar.update(1)
     for worker in workers:
         worker.close()
 
 
-def _finish(key: tuple[str, int], ok: bool, out_dir: Path, t0: float) -> None:
+def _finish(
+    key: tuple[str, int], ok: bool, out_dir: Path, t0: float, died: int | None, workers_log: Path
+) -> None:
     method, seed = key
     if ok:
         tqdm.write(f"  {method} seed {seed} done in {time.perf_counter() - t0:.0f} s")
         return
     log_path = out_dir / "run.log"
     log = log_path.read_text() if log_path.is_file() else "(no run.log)"
+    if died is not None:  # the worker itself ended: its exit code and last words
+        tail = workers_log.read_text()[-2000:] if workers_log.is_file() else ""
+        log += f"\n[worker exited with code {died}]\n{tail}"
     (out_dir / "error.log").write_text(log)
     tqdm.write(f"  {method} seed {seed} FAILED (see {out_dir / 'error.log'}): {log[-500:]}")

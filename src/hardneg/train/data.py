@@ -117,13 +117,16 @@ class SplitTensors:
 
 
 def _split_tensors(split: SceneSplit, bank: TextBank) -> SplitTensors:
+    # train's partial captions are encoded only when training draws them; every other caption
+    # must be in the bank (a KeyError names the missing one)
+    lenient = split.name == "train"
     images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).contiguous()
     n_caps = max(len(c) for c in split.captions)
     caption_rows = torch.stack([bank.rows((caps * n_caps)[:n_caps]) for caps in split.captions])
     partial = torch.full((len(split), split.digits.shape[1]), -1, dtype=torch.long)
     for i, caps in enumerate(split.partial_captions):
-        for k, caption in enumerate(caps):  # column k = object k; train's are encoded only
-            partial[i, k] = bank.index.get(caption, -1)  # when training draws them
+        for k, caption in enumerate(caps):  # column k = object k
+            partial[i, k] = bank.index.get(caption, -1) if lenient else bank.rows([caption])[0]
     k = max((len(h) for h in split.hard_negatives), default=0)
     hard = torch.full((len(split), max(k, 1)), -1, dtype=torch.long)
     kinds, sources = hard.clone(), hard.clone()

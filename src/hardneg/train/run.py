@@ -140,7 +140,12 @@ class SharedData:
 
         if not uses_digitscenes_recipe(config):
             return None
-        return json.dumps([config.to_dict()["data"], bool(config.pretrain.negative_kinds)])
+        data = dict(config.to_dict()["data"])
+        # what load_run_data reads: NegCLIP's switches only widen the bank, like encode_all
+        extras = data.pop("hard_negative_captions") or bool(config.pretrain.negative_kinds)
+        data.pop("hard_negative_kinds")
+        data["encode_all"] = data["encode_all"] or extras
+        return json.dumps(data, sort_keys=True)
 
     def trainer(self, config: TrainConfig) -> Trainer:
         """A :class:`Trainer` of ``config``, built on the shared tower and data when they fit."""
@@ -167,19 +172,34 @@ def serve(lines: Any, status: Any) -> None:
     for line in lines:
         if not line.strip():
             continue
-        config = config_from_dict(json.loads(line))
-        out = Path(config.out_dir)
+        out = Path(json.loads(line)["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
         ok = True
         with open(out / "run.log", "w") as log, _redirected(log):
             try:
+                config = config_from_dict(json.loads(line))
                 validate_config(config)
                 train_and_evaluate(config, trainer=shared.trainer(config))
             except Exception:  # reported in the run's log and status; the next run goes on
                 traceback.print_exc()
                 ok = False
+        _release_freed_memory()  # the next run's peak memory is its own growth
         status.write(json.dumps({"out_dir": str(out), "ok": ok}) + "\n")
         status.flush()
+
+
+def _release_freed_memory() -> None:
+    """Return the heap an ended run freed to the OS (glibc keeps it otherwise), so that the next
+    run's :class:`~hardneg.train.memory.PeakMemory` grows from the same resident set as in a
+    fresh process instead of reusing freed pages. A no-op off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @contextlib.contextmanager
@@ -210,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     with exit_on_signals():  # SIGTERM/SIGHUP from the bench: release the lock and stop
         if argv[0] == "--worker":
             status = os.fdopen(os.dup(1), "w")  # the bench reads it; runs write to their logs
+            os.dup2(2, 1)  # stray output between runs goes to the worker's log, not the status
             serve(sys.stdin, status)
         else:
             train_and_evaluate(config_from_dict(json.loads(argv[0])))
