@@ -348,7 +348,12 @@ def _check_finished_runs(configs: dict[tuple[str, int], dict[str, Any]]) -> None
         # the saved config with today's defaults for keys added since it was written
         saved = _leaves(config_from_dict(json.loads(saved_path.read_text())).to_dict())
         wanted = _leaves(cfg)
-        differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        # a bench directory may be moved or copied: where a run lives is not what it trained
+        differ = sorted(
+            k
+            for k in saved.keys() | wanted.keys()
+            if k != "out_dir" and saved.get(k) != wanted.get(k)
+        )
         if differ:
             key = differ[0]
             raise ValueError(
