@@ -73,9 +73,9 @@ def _markdown(
         *results_table(tree, aggregate, MAIN_COLUMNS),
         "",
         "FN rate: share of the negatives a sampler selected (BNS) that are false negatives, else "
-        f"of in-batch negatives. Mem ×: peak memory relative to {ref} (mean over its seeds). "
-        "Step time is not compared here: the bench trains several runs at once, so each shared "
-        "the CPU with different neighbours; `benchmarks/bench_steps.py` measures it.",
+        "of in-batch negatives. Step time and peak memory are not compared here: the bench "
+        "trains several runs at once in shared worker processes, so each shared the CPU and "
+        "the allocator with different neighbours; `benchmarks/bench_steps.py` measures them.",
         "",
         "## Test (novel digit–colour combinations)",
         "",
