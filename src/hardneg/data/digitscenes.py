@@ -290,14 +290,11 @@ def _repeat_configurations(
     configurations (in place), from a stream of their own: the other scenes keep theirs."""
     rng = np.random.default_rng([config.seed, SPLITS.index("train"), 2])
     g, k = config.repeated_configs, config.repeats
-    g_objects, g_combos = _sample_objects(config, "train", g, rng)
-    g_axis = rng.integers(0, len(RELATIONS), size=g)
     while True:  # G distinct configurations (two equal ones would double the rate)
-        keys = {(int(a), *c.tolist()) for a, c in zip(g_axis, g_combos)}
-        if len(keys) == g:
-            break
         g_objects, g_combos = _sample_objects(config, "train", g, rng)
         g_axis = rng.integers(0, len(RELATIONS), size=g)
+        if len({(int(a), *c.tolist()) for a, c in zip(g_axis, g_combos)}) == g:
+            break
     members = rng.permutation(len(axis))[: g * k].reshape(g, k)
     for group in range(g):
         n_objects[members[group]] = g_objects[group]

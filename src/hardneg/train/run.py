@@ -172,12 +172,13 @@ def serve(lines: Any, status: Any) -> None:
     for line in lines:
         if not line.strip():
             continue
-        out = Path(json.loads(line)["out_dir"])
+        values = json.loads(line)
+        out = Path(values["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
         ok = True
         with open(out / "run.log", "w") as log, _redirected(log):
             try:
-                config = config_from_dict(json.loads(line))
+                config = config_from_dict(values)
                 validate_config(config)
                 train_and_evaluate(config, trainer=shared.trainer(config))
             except Exception:  # reported in the run's log and status; the next run goes on
