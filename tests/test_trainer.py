@@ -197,6 +197,22 @@ def test_worker_runs_of_one_bench_share_their_data_key(tmp_path, tiny_text_model
     assert SharedData._key(resolve_config("infonce", other)) != keys["infonce"]
 
 
+def test_runs_share_data_only_when_they_need_the_same_text_bank(tmp_path, tiny_text_model):
+    """Without encode_all, InfoNCE encodes no training hard negatives and NegCLIP must: their
+    data differ. The pre-training stage's negatives widen InfoNCE's bank to NegCLIP's."""
+    from hardneg.train.data import run_data_config
+    from hardneg.train.run import SharedData
+
+    values = _values(tmp_path, tiny_text_model)
+    infonce, negclip = (resolve_config(m, values) for m in ("infonce", "negclip"))
+    assert not run_data_config(infonce).encode_all and run_data_config(negclip).encode_all
+    assert SharedData._key(infonce) != SharedData._key(negclip)
+    staged = {**values, "pretrain": {"steps": 1, "negative_kinds": ["replace_digit"]}}
+    assert SharedData._key(resolve_config("infonce", staged)) == SharedData._key(
+        resolve_config("negclip", staged)
+    )
+
+
 def test_refused_resume_leaves_the_run_directory_unchanged(tmp_path, tiny_text_model):
     from hardneg.train.run import train_and_evaluate
 

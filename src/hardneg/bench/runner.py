@@ -108,11 +108,13 @@ PRESETS = {
         methods=["infonce", "negclip", "ega", "bacl", "grit", "falcon"],
         overrides=_COMPOSITIONAL_RUN,
     ),
-    # every claim of the claims table (BACL's parts, FALCON's batch-level variant, MNRL)
+    # every claim of the claims table (BACL's parts and curricula, FALCON's batch-level
+    # variant and search-space sizes, MNRL)
     "compositional-full": BenchPreset(
         "small", steps=600, batch_size=64, seeds=3,
-        methods=["infonce", "negclip", "ega", "mnrl_hardness", "bns", "cla", "bacl", "grit",
-                 "falcon", "falcon_batch"],
+        methods=["infonce", "negclip", "ega", "mnrl_hardness", "bns", "cla", "bacl",
+                 "bacl_aggressive", "bacl_shallow", "grit", "falcon", "falcon_batch",
+                 "falcon_space2", "falcon_space32"],
         overrides=_COMPOSITIONAL_RUN,
     ),
     # towers from scratch, 8 methods, one seed: the smoke run (`make bench-quick`)

@@ -31,7 +31,7 @@ from hardneg.data.scene_captions import COLOURS, N_COMBOS, N_SEMANTIC_IDS, PERTU
 from hardneg.models.inputs import Images
 from hardneg.models.outputs import ImageOutput
 from hardneg.models.text import TextTower
-from hardneg.train.config import DataConfig
+from hardneg.train.config import DataConfig, TrainConfig
 from hardneg.train.textbank import TextBank, encode_bank
 
 # meaning ids of captions that describe one object only ("a red 3"): offset + digit·6 + colour
@@ -310,6 +310,26 @@ def in_batch_fn_rate(split: SplitTensors, index: Tensor, meanings: Tensor) -> fl
     rel = split.relevance(index, meanings)
     n = len(index)
     return 100.0 * float(rel.sum() - rel.diagonal().sum()) / (n * (n - 1))
+
+
+def run_data_config(cfg: TrainConfig) -> DataConfig:
+    """The data config a run of ``cfg`` loads with :func:`load_run_data`, in a normal form.
+
+    The training split's hard-negative captions are encoded (``encode_all``) when NegCLIP's
+    extras (``data.hard_negative_captions``) or the pre-training stage's negatives
+    (``pretrain.negative_kinds``) need them; the fields that only the step's draws read are
+    reset to their defaults. So two runs that need the same text bank and scenes get equal
+    configs (the bench's workers share the data of such runs).
+    """
+    data = cfg.data
+    needs_negatives = data.hard_negative_captions or bool(cfg.pretrain.negative_kinds)
+    defaults = DataConfig()
+    return replace(
+        data,
+        encode_all=data.encode_all or needs_negatives,
+        hard_negative_captions=defaults.hard_negative_captions,
+        hard_negative_kinds=defaults.hard_negative_kinds,
+    )
 
 
 def load_run_data(

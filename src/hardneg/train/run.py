@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,16 +136,12 @@ class SharedData:
 
     @staticmethod
     def _key(config: TrainConfig) -> str | None:
+        from hardneg.train.data import run_data_config
         from hardneg.train.trainer import uses_digitscenes_recipe
 
         if not uses_digitscenes_recipe(config):
             return None
-        data = dict(config.to_dict()["data"])
-        # what load_run_data reads: NegCLIP's switches only widen the bank, like encode_all
-        extras = data.pop("hard_negative_captions") or bool(config.pretrain.negative_kinds)
-        data.pop("hard_negative_kinds")
-        data["encode_all"] = data["encode_all"] or extras
-        return json.dumps(data, sort_keys=True)
+        return json.dumps(asdict(run_data_config(config)), sort_keys=True)
 
     def trainer(self, config: TrainConfig) -> Trainer:
         """A :class:`Trainer` of ``config``, built on the shared tower and data when they fit."""

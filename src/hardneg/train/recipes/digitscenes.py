@@ -9,7 +9,6 @@ controlled false negatives; see :mod:`hardneg.train.data`), a hard-negative capt
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,6 +34,7 @@ from hardneg.train.data import (
     load_run_data,
     outside_captions,
     partial_caption_probability,
+    run_data_config,
 )
 from hardneg.train.finite import non_finite_message
 from hardneg.train.pretrain import pretrain_dual_encoder
@@ -67,11 +67,9 @@ class DigitScenesRecipe:
     ) -> None:
         self.cfg, self.device = cfg, device
         self.tower = tower or MiniLMTextTower(cfg.data.text_model, max_length=cfg.data.max_text_len)
-        # the pre-training stage's hard negatives are train captions too
-        data_cfg = replace(
-            cfg.data, encode_all=cfg.data.encode_all or bool(cfg.pretrain.negative_kinds)
+        self.bank, self.splits = data or load_run_data(
+            run_data_config(cfg), self.tower, progress=progress
         )
-        self.bank, self.splits = data or load_run_data(data_cfg, self.tower, progress=progress)
         self.train_split = self.splits["train"]
         partial = cfg.data.false_negative_source == "partial"
         self.partial_prob = partial_caption_probability(
