@@ -240,3 +240,12 @@ def test_command_fails_within_seconds():
         "hardneg: error: steps must be ≥ 1, got 0; e.g. --set steps=300"
     ]
     assert elapsed < 10.0, elapsed
+
+
+def test_bench_accepts_every_preset_the_runner_defines():
+    """``make bench-full`` names ``compositional-full``: the CLI's choices are the runner's
+    presets, not a list of its own."""
+    from hardneg.bench.runner import PRESETS
+
+    for name in PRESETS:
+        assert build_parser().parse_args(["bench", "--preset", name]).preset == name

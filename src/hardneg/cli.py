@@ -119,6 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hardneg.bench.runner import PRESETS as BENCH_PRESETS
     from hardneg.train.methods import METHODS
 
     parser = argparse.ArgumentParser(
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="every method side by side, with tables and plots")
-    p.add_argument("--preset", default="quick", choices=["quick", "compositional", "full"])
+    p.add_argument("--preset", default="quick", choices=sorted(BENCH_PRESETS))
     p.add_argument("--methods", nargs="*", help="subset of methods (default: the preset's)")
     p.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     p.add_argument(
