@@ -1,20 +1,23 @@
 """Per-method training-step overhead on DigitScenes, relative to InfoNCE.
 
-Every method trains with the ``quick`` bench settings (``small`` DigitScenes, batch 64, same
-seed, encoders and cached text bank) for ``--steps`` steps in its own fresh subprocess, without
-evaluation. The first epoch (31 steps, random batches for every method while the embedding
-store fills) is not timed; over the rest, reported per method: median step time (after 3
-steps), wall time per step including what happens between steps (GRIT/FALCON search-space
-refresh at the epoch boundary, FALCON's reward forwards) and the growth of the process's peak
-memory (CUDA: max allocated). The methods run in interleaved rounds (every method once per
+Every method trains with a bench preset's settings (``--preset``, default ``quick``: ``small``
+DigitScenes, batch 64; ``compositional``: the same data from the cached pre-training stage,
+frozen image tower; same seed, encoders and cached text bank; ``--set KEY=VALUE`` on top) for
+``--steps`` steps in its own fresh subprocess, without evaluation. The first epoch (31 steps,
+random batches for every method while the embedding store fills) is not timed; over the rest,
+reported per method: median step time (after 3 steps), wall time per step including what
+happens between steps (GRIT/FALCON search-space refresh at the epoch boundary, FALCON's reward
+forwards) and the growth of the process's peak memory (CUDA: max allocated). The methods run in interleaved rounds (every method once per
 round, the order rotated between rounds), and each ratio is taken against ``infonce`` *of the
 same round*, then summarised by the median (and range) over rounds: a slow phase of this noisy
 VM then affects both sides of a ratio instead of one method.
 
     python benchmarks/bench_steps.py                       # ≈ 30 min on 2 idle cores
     python benchmarks/bench_steps.py --methods infonce bacl --steps 40 --rounds 2
+    python benchmarks/bench_steps.py --preset compositional --methods infonce negclip ega bacl \
+        grit falcon
 
-Writes ``benchmarks/results/steps.md``.
+Writes ``benchmarks/results/steps.md`` (``steps_<preset>.md`` for another preset).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from report_table import write_table  # a sibling module (benchmarks/ is on sys.path)
 
 from hardneg.bench.runner import PRESETS, prepare_data, run_config
+from hardneg.train.config import parse_overrides
 
 RESULTS = Path(__file__).parent / "results" / "steps.md"
 DEFAULT_METHODS = [
@@ -60,8 +64,8 @@ print(json.dumps({
 """
 
 
-def run_cell(method: str, steps: int, workdir: Path) -> dict:
-    config = run_config(PRESETS["quick"], method, 0, workdir)
+def run_cell(method: str, steps: int, workdir: Path, preset: str, overrides: dict) -> dict:
+    config = run_config(PRESETS[preset], method, 0, workdir, overrides)
     config.update(steps=steps, checkpoint_every=0, log_every=steps)
     out = subprocess.run(
         [sys.executable, "-c", CELL, json.dumps(config)], check=True, capture_output=True, text=True
@@ -74,20 +78,29 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     parser.add_argument("--steps", type=int, default=55, help="31 untimed + the timed rest")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides")
+    parser.add_argument("--out", type=Path, help="default: results/steps[_PRESET].md")
     args = parser.parse_args()
+    overrides = parse_overrides(args.overrides)
+    out = args.out or RESULTS.with_name(
+        "steps.md" if args.preset == "quick" else f"steps_{args.preset}.md"
+    )
     if args.steps < 40:
         parser.error("--steps must be ≥ 40 (31 untimed steps of epoch 1, then ≥ 9 timed)")
     methods = args.methods if "infonce" in args.methods else ["infonce", *args.methods]
 
     with tempfile.TemporaryDirectory() as tmp:
-        prepare_data(run_config(PRESETS["quick"], "infonce", 0, Path(tmp)))  # shared cache
+        # the shared cache (and the preset's pre-training stage)
+        prepare_data(run_config(PRESETS[args.preset], "infonce", 0, Path(tmp), overrides))
         rounds: list[dict[str, dict]] = []
         for r in range(args.rounds):
             order = methods[r % len(methods) :] + methods[: r % len(methods)]
             cells = {}
             for method in order:
-                cells[method] = cell = run_cell(method, args.steps, Path(tmp))
+                cells[method] = cell = run_cell(
+                    method, args.steps, Path(tmp), args.preset, overrides
+                )
                 print(
                     f"round {r + 1}: {method:18s} step {cell['step']:.3f} s  wall/step "
                     f"{cell['wall']:.3f} s  peak {cell['peak_mib']:.0f} MiB",
@@ -104,7 +117,9 @@ def main() -> None:
         "# Training-step overhead per method",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {device} "
-        f"({platform.processor() or 'cpu'}), quick bench settings, {args.steps} steps per method, "
+        f"({platform.processor() or 'cpu'}), {args.preset} bench settings"
+        + (f" with --set {' '.join(args.overrides)}" if args.overrides else "")
+        + f", {args.steps} steps per method, "
         f"each in a fresh process, the first epoch untimed; {args.rounds} interleaved rounds. "
         "Step = median time of one optimisation step; wall/step also counts the work between "
         "steps (search-space refresh at the epoch boundary, FALCON reward forwards); peak = "
@@ -121,7 +136,7 @@ def main() -> None:
             f"| {method} | {step:.3f} | {ratio(method, 'step')} | {ratio(method, 'wall')} | "
             f"{peak:.0f} | {ratio(method, 'peak_mib')} |"
         )
-    write_table(lines, args.out)
+    write_table(lines, out)
 
 
 if __name__ == "__main__":
