@@ -7,10 +7,11 @@ frozen image tower; same seed, encoders and cached text bank; ``--set KEY=VALUE`
 random batches for every method while the embedding store fills) is not timed; over the rest,
 reported per method: median step time (after 3 steps), wall time per step including what
 happens between steps (GRIT/FALCON search-space refresh at the epoch boundary, FALCON's reward
-forwards) and the growth of the process's peak memory (CUDA: max allocated). The methods run in interleaved rounds (every method once per
-round, the order rotated between rounds), and each ratio is taken against ``infonce`` *of the
-same round*, then summarised by the median (and range) over rounds: a slow phase of this noisy
-VM then affects both sides of a ratio instead of one method.
+forwards) and the growth of the process's peak memory (CUDA: max allocated). The methods run
+in interleaved rounds (every method once per round, the order rotated between rounds), and each
+ratio is taken against ``infonce`` *of the same round*, then summarised by the median (and
+range) over rounds: a slow phase of this noisy VM then affects both sides of a ratio instead of
+one method. Set ``OMP_NUM_THREADS=1`` to time what a bench worker runs.
 
     python benchmarks/bench_steps.py                       # ≈ 30 min on 2 idle cores
     python benchmarks/bench_steps.py --methods infonce bacl --steps 40 --rounds 2
@@ -45,6 +46,7 @@ DEFAULT_METHODS = [
 
 CELL = r"""
 import json, statistics, sys, time
+import torch
 from hardneg.train.config import config_from_dict
 from hardneg.train.memory import PeakMemory
 from hardneg.train.trainer import Trainer
@@ -60,6 +62,7 @@ print(json.dumps({
     "wall": wall / len(history),
     "peak_mib": peak.mib,
     "device": trainer.device.type,
+    "threads": torch.get_num_threads(),
 }))
 """
 
@@ -113,11 +116,13 @@ def main() -> None:
         return f"{statistics.median(values):.2f} ({values[0]:.2f}–{values[-1]:.2f})"
 
     device = rounds[0]["infonce"]["device"]
+    threads = rounds[0]["infonce"].get("threads", "?")
     lines = [
         "# Training-step overhead per method",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {device} "
-        f"({platform.processor() or 'cpu'}), {args.preset} bench settings"
+        f"({platform.processor() or 'cpu'}, {threads} thread(s) per process), {args.preset} "
+        "bench settings"
         + (f" with --set {' '.join(args.overrides)}" if args.overrides else "")
         + f", {args.steps} steps per method, "
         f"each in a fresh process, the first epoch untimed; {args.rounds} interleaved rounds. "
