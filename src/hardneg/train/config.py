@@ -69,8 +69,9 @@ class DataConfig:
             Positives stay scene-level, so the matching scenes are false negatives.
         false_negative_source: where those false negatives come from: ``"partial"`` (the
             partial captions above) or ``"repeats"`` (the train split shows
-            ``repeated_configs`` scene configurations in k scenes each, k chosen for the rate;
-            every caption stays a full one: :func:`~hardneg.train.data.repeat_build`).
+            ``repeated_configs`` scene configurations in k scenes each, k the fewest that
+            reach the rate; every caption stays a full one:
+            :func:`~hardneg.train.data.repeat_build`).
         repeated_configs: number of repeated configurations (``"repeats"`` only).
     """
 

@@ -197,26 +197,28 @@ def partial_caption_probability(split: SplitTensors, percent: float) -> float:
 def repeat_build(
     build: DigitScenesConfig, percent: float, configurations: int
 ) -> DigitScenesConfig:
-    """``build`` with ``configurations`` repeated scene configurations of k scenes each, k
-    chosen so that ``G k (k − 1) / (N (N − 1))`` (the share of ordered train pairs that share
-    a configuration, G = ``configurations``, N = ``build.n_train``) is nearest ``percent`` %.
+    """``build`` with ``configurations`` repeated scene configurations of k scenes each, k the
+    fewest scenes for which ``G k (k − 1) / (N (N − 1))`` (the share of ordered train pairs
+    that share a configuration, G = ``configurations``, N = ``build.n_train``) reaches
+    ``percent`` %: the configured rate is a floor (1 % on 2000 scenes: k = 101, 1.01 %).
 
     Raises:
-        ValueError: the rate needs more scenes than the train split holds, or fewer than 2
-            per configuration (names ``data.false_negative_percent`` and the reachable range).
+        ValueError: the rate needs more scenes than the train split holds (names
+            ``data.false_negative_percent`` and the largest reachable value).
     """
     if percent == 0:
         return build
     n, g = build.n_train, configurations
     pairs = percent / 100.0 * n * (n - 1) / g  # k (k − 1) per configuration
-    k = round((1.0 + math.sqrt(1.0 + 4.0 * pairs)) / 2.0)
-    if k < 2 or g * k > n:
+    k = max(2, math.ceil((1.0 + math.sqrt(1.0 + 4.0 * pairs)) / 2.0) - 1)
+    while k * (k - 1) < pairs:  # the root's rounding: the fewest k that reach the rate
+        k += 1
+    if g * k > n:
         top = 100.0 * g * (n // g) * (n // g - 1) / (n * (n - 1))
-        low = 100.0 * g * 2 / (n * (n - 1))
         raise ValueError(
             f"data.false_negative_percent={percent} cannot be reached with "
-            f"data.repeated_configs={g} on {n} train scenes: use a value in "
-            f"[{low:.4f}, {top:.2f}] or change data.repeated_configs"
+            f"data.repeated_configs={g} on {n} train scenes: use a value ≤ {top:.2f} or change "
+            "data.repeated_configs"
         )
     return replace(build, repeated_configs=g, repeats=k)
 
