@@ -116,7 +116,7 @@ def main() -> None:
         return f"{statistics.median(values):.2f} ({values[0]:.2f}–{values[-1]:.2f})"
 
     device = rounds[0]["infonce"]["device"]
-    threads = rounds[0]["infonce"].get("threads", "?")
+    threads = rounds[0]["infonce"]["threads"]
     lines = [
         "# Training-step overhead per method",
         "",

@@ -200,7 +200,8 @@ def repeat_build(
     """``build`` with ``configurations`` repeated scene configurations of k scenes each, k the
     fewest scenes for which ``G k (k − 1) / (N (N − 1))`` (the share of ordered train pairs
     that share a configuration, G = ``configurations``, N = ``build.n_train``) reaches
-    ``percent`` %: the configured rate is a floor (1 % on 2000 scenes: k = 101, 1.01 %).
+    ``percent`` %: the configured rate is a floor (1 % with 4 configurations of 2000 scenes:
+    k = 101, 1.01 %).
 
     Raises:
         ValueError: the rate needs more scenes than the train split holds (names
