@@ -20,10 +20,9 @@ import torch
 from datasets import Dataset
 from transformers import CLIPConfig, CLIPModel, TrainingArguments
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
 from hardneg.integrations.hf_trainer import HardnegCLIPTrainer, RetrievalMetrics
 from hardneg.losses import EGALoss
-from hardneg.samplers import BNSConfig
+from hardneg.miners import BNSConfig, BoundaryAwareMiner
 
 
 def tiny_clip_config() -> CLIPConfig:
@@ -75,7 +74,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     loss = EGALoss(alpha=1.0, **({"renormalize": False} if args.ega_literal else {}))
-    selector = BNSNegativeSelector(BNSConfig(k=args.bns)) if args.bns else None
+    miner = BoundaryAwareMiner(BNSConfig(k=args.bns)) if args.bns else None
     with tempfile.TemporaryDirectory() as tmp:
         trainer = HardnegCLIPTrainer(
             model=CLIPModel(tiny_clip_config()),
@@ -92,7 +91,7 @@ def main() -> None:
             ),
             train_dataset=random_pairs(32),
             loss=loss,
-            selector=selector,
+            miner=miner,
             compute_metrics=RetrievalMetrics(ks=(1, 5)),
         )
         scale_before = float(loss.scale())

@@ -1,7 +1,7 @@
 """Train an open_clip model with hardneg's EGA loss and BACL-selected negatives.
 
 The loss is a drop-in for open_clip's ``ClipLoss`` (same call, the model's ``logit_scale``);
-``--bns K`` adds the boundary-aware negative selector hook. A tiny randomly initialised CLIP
+``--bns K`` adds the boundary-aware negative miner hook. A tiny randomly initialised CLIP
 learns to match 32 random images to 32 random token sequences.
 
     python examples/open_clip_ega.py --max-steps 20
@@ -16,8 +16,8 @@ import math
 import open_clip
 import torch
 
-from hardneg.integrations.open_clip import BNSNegativeSelector, HardnegClipLoss
-from hardneg.samplers import BNSConfig
+from hardneg.integrations.open_clip import BoundaryAwareMiner, HardnegClipLoss
+from hardneg.miners import BNSConfig
 
 
 def tiny_clip() -> open_clip.model.CLIP:
@@ -51,7 +51,7 @@ def main() -> None:
     images, texts = torch.randn(32, 3, 32, 32), torch.randint(0, 1000, (32, 16))
     ega_form = {"renormalize": False} if args.ega_literal else {}
     loss_fn = HardnegClipLoss("ega", alpha=1.0, **ega_form)  # open_clip: ClipLoss()
-    selector = BNSNegativeSelector(BNSConfig(k=args.bns)) if args.bns else None
+    miner = BoundaryAwareMiner(BNSConfig(k=args.bns)) if args.bns else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     steps_per_epoch = len(images) // args.batch_size
 
@@ -64,8 +64,8 @@ def main() -> None:
         batch = torch.randperm(len(images))[: args.batch_size]
         out = model(images[batch], texts[batch])  # image_features, text_features, logit_scale
         negatives = None
-        if selector is not None:
-            negatives = selector(
+        if miner is not None:
+            negatives = miner.mine_features(
                 out["image_features"],
                 out["text_features"],
                 progress=step / steps_per_epoch,

@@ -33,7 +33,7 @@ from sentence_transformers import (
 from hardneg.integrations.callbacks import BNSProgressCallback
 from hardneg.integrations.sentence_transformers import EGARankingLoss
 from hardneg.integrations.st_evaluator import RetrievalEvaluator
-from hardneg.samplers import BNSConfig
+from hardneg.miners import BNSConfig
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white"]
 ANIMALS = ["cat", "dog", "horse", "bird"]
@@ -82,7 +82,7 @@ def main() -> None:
     )
     dev = triplets(4 * args.batch_size + 16)[4 * args.batch_size :]
     evaluator = RetrievalEvaluator(dev["anchor"], dev["positive"], ks=(1, 5), name="dev")
-    callbacks = [BNSProgressCallback(loss.selector)] if loss.selector is not None else []
+    callbacks = [BNSProgressCallback(loss.miner)] if loss.miner is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         output = args.output or os.path.join(tmp, "minilm-ega")
         training_args = SentenceTransformerTrainingArguments(

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from hardneg.losses import InfoNCELoss
-from hardneg.samplers import (
+from hardneg.miners import (
     CURRICULUM_PRESETS,
     BNSConfig,
-    BoundaryAwareSampler,
+    BoundaryAwareMiner,
     LogisticCurriculum,
     boundary_scores,
     gumbel_topk,
     hardest_negative,
 )
-from hardneg.samplers.selection import rank_percentile
+from hardneg.miners.result import rank_percentile
 
 
 def sigmoid_via_tanh(x: float) -> float:
@@ -172,11 +172,11 @@ def test_rank_percentile_matches_brute_force_rank_among_allowed():
 
 
 def test_hardest_negative_is_the_selected_candidate_with_largest_similarity():
-    sampler = BoundaryAwareSampler(BNSConfig(k=3))
+    sampler = BoundaryAwareMiner(BNSConfig(k=3))
     sim = unit_sims(6, 6, 8, seed=1)
     pos = torch.eye(6, dtype=torch.bool)
-    sel = sampler(sim, pos, sim.diagonal(), 0.0, 4.0)
-    hardest = hardest_negative(sel, sim)
+    sel = sampler.pick(sim, pos, sim.diagonal(), 0.0, 4.0)
+    hardest = hardest_negative(sel.indices, sim)
     for i in range(6):
         chosen = sel.indices[i].tolist()
         assert hardest[i].item() == max(chosen, key=lambda j: sim[i, j].item())
@@ -188,51 +188,52 @@ def test_sampler_never_selects_positives_with_extra_hard_negative_candidates():
     sim = unit_sims(b, b + k_extra * b, 8, seed=2)  # in-batch captions then 2 extra per anchor
     positive = torch.zeros(b, b + k_extra * b, dtype=torch.bool)
     positive[torch.arange(b), torch.arange(b)] = True
-    sel = BoundaryAwareSampler(BNSConfig(k=4))(sim, positive, sim.diagonal(), 1.0, 2.0)
+    sel = BoundaryAwareMiner(BNSConfig(k=4)).pick(sim, positive, sim.diagonal(), 1.0, 2.0)
     assert sel.indices.shape == (b, 4)
-    assert not bool((sel.hard.bool() & positive).any())
-    assert torch.equal(sel.hard.sum(dim=1), torch.full((b,), 4.0))
+    assert not bool((sel.keep & positive).any())
+    assert torch.equal(sel.keep.sum(dim=1), torch.full((b,), 4))
 
 
 def test_sampler_k_larger_than_candidates_raises():
     sim = unit_sims(4, 4, 8, seed=3)
-    sampler = BoundaryAwareSampler(BNSConfig(k=4))  # only 3 negatives per row
+    sampler = BoundaryAwareMiner(BNSConfig(k=4))  # only 3 negatives per row
     with pytest.raises(ValueError, match=r"k=4.*only 3 allowed"):
-        sampler(sim, torch.eye(4, dtype=torch.bool), sim.diagonal(), 0.0, 1.0)
+        sampler.pick(sim, torch.eye(4, dtype=torch.bool), sim.diagonal(), 0.0, 1.0)
 
 
 def test_policy_loss_gradient_reaches_every_policy_parameter_and_nothing_else():
-    sampler = BoundaryAwareSampler(BNSConfig(k=2))
+    sampler = BoundaryAwareMiner(BNSConfig(k=2))
     sim = unit_sims(6, 6, 8, seed=4).requires_grad_(True)
-    sel = sampler(sim, torch.eye(6, dtype=torch.bool), sim.diagonal(), 1.0, 3.0)
+    sel = sampler.pick(sim, torch.eye(6, dtype=torch.bool), sim.diagonal(), 1.0, 3.0)
     sel.policy_loss.backward()
     for name, p in sampler.policy.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert sim.grad is None  # similarities are detached: the policy loss does not train encoders
-    assert not sel.hard.requires_grad and not sel.soft.requires_grad
+    assert not sel.keep.requires_grad and not sel.weights.requires_grad
 
 
 def test_policy_loss_equals_reward_formula_without_entropy():
-    sampler = BoundaryAwareSampler(BNSConfig(k=3, entropy_weight=0.0))
+    sampler = BoundaryAwareMiner(BNSConfig(k=3, entropy_weight=0.0))
     sim = unit_sims(5, 5, 8, seed=5)
-    sel = sampler(sim, torch.eye(5, dtype=torch.bool), sim.diagonal(), 7.0, 10.0)
+    sel = sampler.pick(sim, torch.eye(5, dtype=torch.bool), sim.diagonal(), 7.0, 10.0)
     bs = sim - sim.diagonal().unsqueeze(1)
-    reward = -sel.alpha * bs * (1 - torch.eye(5))
-    expected = -(sel.soft * reward).sum(dim=1).mean()
+    alpha = sampler.curriculum(7.0, 10.0)
+    reward = -alpha * bs * (1 - torch.eye(5))
+    expected = -(sel.weights * reward).sum(dim=1).mean()
     torch.testing.assert_close(sel.policy_loss.detach(), expected)
-    assert sel.alpha == pytest.approx(LogisticCurriculum()(7.0, 10.0))
-    assert sel.tau == pytest.approx(1.0 * (0.1 / 1.0) ** 0.7)
+    assert alpha == pytest.approx(LogisticCurriculum()(7.0, 10.0))
+    assert sampler.temperature(7.0, 10.0) == pytest.approx(1.0 * (0.1 / 1.0) ** 0.7)
 
 
 def _mean_selected_bs(progress: float) -> tuple[float, float]:
     """Mean BS of picked negatives vs the uniform-selection mean (exact expectation)."""
     torch.manual_seed(0)
-    sampler = BoundaryAwareSampler(BNSConfig(k=8, init_output_scale=0.0, seed=11))
+    sampler = BoundaryAwareMiner(BNSConfig(k=8, init_output_scale=0.0, seed=11))
     n = 128
     sim = unit_sims(n, n, 6, seed=6)
     positive = torch.eye(n, dtype=torch.bool)
     bs = sim - sim.diagonal().unsqueeze(1)
-    sel = sampler(sim, positive, sim.diagonal(), progress, 10.0)
+    sel = sampler.pick(sim, positive, sim.diagonal(), progress, 10.0)
     picked = bs.gather(1, sel.indices).mean().item()
     uniform = bs[~positive].mean().item()  # every row has n−1 negatives: the uniform mean
     return picked, uniform
@@ -250,7 +251,7 @@ def test_late_curriculum_selects_higher_boundary_scores_than_uniform():
 
 def test_policy_training_raises_the_curriculum_reward():
     # late (α<0): reward −α·BS favours large BS; a few policy steps should raise E_π[BS]
-    sampler = BoundaryAwareSampler(BNSConfig(k=4, lr=1e-2, entropy_weight=0.0, seed=1))
+    sampler = BoundaryAwareMiner(BNSConfig(k=4, lr=1e-2, entropy_weight=0.0, seed=1))
     sim = unit_sims(32, 32, 6, seed=7)
     positive = torch.eye(32, dtype=torch.bool)
     bs = sim - sim.diagonal().unsqueeze(1)
@@ -265,7 +266,7 @@ def test_policy_training_raises_the_curriculum_reward():
 
     before = expected_bs()
     for _ in range(30):
-        sampler(sim, positive, sim.diagonal(), 10.0, 10.0).policy_loss.backward()
+        sampler.pick(sim, positive, sim.diagonal(), 10.0, 10.0).policy_loss.backward()
         sampler.step_policy()
     assert expected_bs() > before + 0.01
 
@@ -273,14 +274,14 @@ def test_policy_training_raises_the_curriculum_reward():
 def test_state_dict_roundtrip_reproduces_the_next_selection():
     sim = unit_sims(8, 8, 8, seed=8)
     positive = torch.eye(8, dtype=torch.bool)
-    a = BoundaryAwareSampler(BNSConfig(k=3, seed=3))
-    a(sim, positive, sim.diagonal(), 0.5, 2.0).policy_loss.backward()
+    a = BoundaryAwareMiner(BNSConfig(k=3, seed=3))
+    a.pick(sim, positive, sim.diagonal(), 0.5, 2.0).policy_loss.backward()
     a.step_policy()
     state = a.state_dict()
-    b = BoundaryAwareSampler(BNSConfig(k=3, seed=99))
+    b = BoundaryAwareMiner(BNSConfig(k=3, seed=99))
     b.load_state_dict(state)
-    sel_a = a(sim, positive, sim.diagonal(), 1.0, 2.0)
-    sel_b = b(sim, positive, sim.diagonal(), 1.0, 2.0)
+    sel_a = a.pick(sim, positive, sim.diagonal(), 1.0, 2.0)
+    sel_b = b.pick(sim, positive, sim.diagonal(), 1.0, 2.0)
     assert torch.equal(sel_a.indices, sel_b.indices)
     torch.testing.assert_close(sel_a.policy_loss, sel_b.policy_loss)
     assert b.optimizer.state_dict()["state"]  # Adam moments restored
@@ -290,27 +291,27 @@ def test_same_seed_gives_same_selection():
     sim = unit_sims(8, 8, 8, seed=9)
     positive = torch.eye(8, dtype=torch.bool)
     torch.manual_seed(0)
-    s1 = BoundaryAwareSampler(BNSConfig(k=3, seed=5))
+    s1 = BoundaryAwareMiner(BNSConfig(k=3, seed=5))
     torch.manual_seed(0)
-    s2 = BoundaryAwareSampler(BNSConfig(k=3, seed=5))
-    i1 = s1(sim, positive, sim.diagonal(), 0.0, 1.0).indices
-    i2 = s2(sim, positive, sim.diagonal(), 0.0, 1.0).indices
+    s2 = BoundaryAwareMiner(BNSConfig(k=3, seed=5))
+    i1 = s1.pick(sim, positive, sim.diagonal(), 0.0, 1.0).indices
+    i2 = s2.pick(sim, positive, sim.diagonal(), 0.0, 1.0).indices
     assert torch.equal(i1, i2)
 
 
 def test_sampler_rejects_bad_inputs():
-    sampler = BoundaryAwareSampler(BNSConfig(k=1))
+    sampler = BoundaryAwareMiner(BNSConfig(k=1))
     sim = unit_sims(3, 3, 4, seed=10)
     with pytest.raises(ValueError, match="positive_mask"):
-        sampler(sim, torch.eye(3), sim.diagonal(), 0.0, 1.0)
+        sampler.pick(sim, torch.eye(3), sim.diagonal(), 0.0, 1.0)
     with pytest.raises(ValueError, match="pos_sim"):
-        sampler(sim, torch.eye(3, dtype=torch.bool), sim[:2, 0], 0.0, 1.0)
+        sampler.pick(sim, torch.eye(3, dtype=torch.bool), sim[:2, 0], 0.0, 1.0)
     with pytest.raises(ValueError, match="NaN"):
-        sampler(sim * float("nan"), torch.eye(3, dtype=torch.bool), sim.diagonal(), 0.0, 1.0)
+        sampler.pick(sim * float("nan"), torch.eye(3, dtype=torch.bool), sim.diagonal(), 0.0, 1.0)
     with pytest.raises(ValueError, match="curriculum"):
         BNSConfig(curriculum="fast")
     with pytest.raises(ValueError, match="logit_scale"):
-        sampler(sim, torch.eye(3, dtype=torch.bool), sim.diagonal(), 0.0, 1.0, logit_scale=0.0)
+        sampler.pick(sim, torch.eye(3, dtype=torch.bool), sim.diagonal(), 0.0, 1.0, logit_scale=0.0)
     with pytest.raises(ValueError, match="logit_scale"):
         BNSConfig(logit_scale=float("inf"))
 
@@ -333,7 +334,7 @@ def pick_statistics(sampler, sim, positive, progress) -> dict[str, float]:
     """Mean BS of the picks and, per row, of the uniform / easiest-k / hardest-k choice."""
     bs = boundary_scores(sim, torch.arange(CUR_B))
     with torch.no_grad():
-        sel = sampler(sim, positive, sim.diagonal(), progress, CUR_TOTAL)
+        sel = sampler.pick(sim, positive, sim.diagonal(), progress, CUR_TOTAL)
     neg = bs.masked_fill(positive, float("nan"))
     ordered = neg.sort(dim=1).values[:, : CUR_B - 1]  # NaN (the positive) sorts last
     return {
@@ -346,14 +347,14 @@ def pick_statistics(sampler, sim, positive, progress) -> dict[str, float]:
 
 def test_fresh_sampler_at_the_start_picks_clearly_easier_than_uniform():
     sim, positive = curriculum_sims(0)
-    stats = pick_statistics(BoundaryAwareSampler(BNSConfig(k=CUR_K)), sim, positive, 0.0)
+    stats = pick_statistics(BoundaryAwareMiner(BNSConfig(k=CUR_K)), sim, positive, 0.0)
     bound = stats["uniform"] - 0.25 * (stats["uniform"] - stats["easiest"])
     assert stats["picked"] <= bound, stats
 
 
 def test_fresh_sampler_at_the_end_picks_clearly_harder_than_uniform():
     sim, positive = curriculum_sims(1)
-    stats = pick_statistics(BoundaryAwareSampler(BNSConfig(k=CUR_K)), sim, positive, CUR_TOTAL)
+    stats = pick_statistics(BoundaryAwareMiner(BNSConfig(k=CUR_K)), sim, positive, CUR_TOTAL)
     bound = stats["uniform"] + 0.25 * (stats["hardest"] - stats["uniform"])
     assert stats["picked"] >= bound, stats
 
@@ -362,8 +363,8 @@ def test_trained_policy_follows_the_sign_flip_of_the_curriculum():
     # train the policy through the schedule on fresh batches; just after α(η) turns negative
     # (η = 5.5 of 10: α ≈ −0.25) the picks must already be harder than uniform, and a policy
     # trained to the end must pick harder than the untrained (curriculum-only) sampler
-    sampler = BoundaryAwareSampler(BNSConfig(k=CUR_K, seed=3))
-    fresh = BoundaryAwareSampler(BNSConfig(k=CUR_K, seed=3))
+    sampler = BoundaryAwareMiner(BNSConfig(k=CUR_K, seed=3))
+    fresh = BoundaryAwareMiner(BNSConfig(k=CUR_K, seed=3))
     steps, check_step = 200, 110
     for step in range(steps + 1):
         eta = CUR_TOTAL * step / steps
@@ -372,7 +373,7 @@ def test_trained_policy_follows_the_sign_flip_of_the_curriculum():
             assert sampler.curriculum(eta, CUR_TOTAL) < 0
             stats = pick_statistics(sampler, *curriculum_sims(7), eta)
             assert stats["picked"] > stats["uniform"] + 0.01, stats
-        sampler(sim, positive, sim.diagonal(), eta, CUR_TOTAL).policy_loss.backward()
+        sampler.pick(sim, positive, sim.diagonal(), eta, CUR_TOTAL).policy_loss.backward()
         sampler.step_policy()
     end = pick_statistics(sampler, *curriculum_sims(8), CUR_TOTAL)
     untrained = pick_statistics(fresh, *curriculum_sims(8), CUR_TOTAL)
@@ -383,13 +384,13 @@ def test_trained_policy_follows_the_sign_flip_of_the_curriculum():
 def test_policy_update_moves_priorities_toward_the_reward(progress):
     # R = −α(η)·BS: at α > 0 the update must raise the priority of easy (low-BS) negatives,
     # at α < 0 that of hard ones. Δp over a few Adam steps must correlate with R.
-    sampler = BoundaryAwareSampler(BNSConfig(k=CUR_K, entropy_weight=0.0, seed=4))
+    sampler = BoundaryAwareMiner(BNSConfig(k=CUR_K, entropy_weight=0.0, seed=4))
     sim, positive = curriculum_sims(5)
     alpha = sampler.curriculum(progress, CUR_TOTAL)
     reward = (-alpha * boundary_scores(sim, torch.arange(CUR_B)))[~positive]
     before = sampler.priorities(sim, positive, sim.diagonal(), progress, CUR_TOTAL)[~positive]
     for _ in range(5):
-        sampler(sim, positive, sim.diagonal(), progress, CUR_TOTAL).policy_loss.backward()
+        sampler.pick(sim, positive, sim.diagonal(), progress, CUR_TOTAL).policy_loss.backward()
         sampler.step_policy()
     after = sampler.priorities(sim, positive, sim.diagonal(), progress, CUR_TOTAL)[~positive]
     delta = after - before
@@ -404,17 +405,17 @@ def _selected_pairs(seed: int, b: int = 8, k: int = 3):
     txt = torch.randn(b, 6, generator=g).requires_grad_(True)
     loss_fn = InfoNCELoss(temperature=0.2, learn_temperature=False)
     pairs = loss_fn.prepare(img, txt)
-    sampler = BoundaryAwareSampler(BNSConfig(k=k, seed=100 + seed))
+    sampler = BoundaryAwareMiner(BNSConfig(k=k, seed=100 + seed))
     sim = (pairs.all_image @ pairs.all_text.T).detach()
     eye = torch.eye(b, dtype=torch.bool)
-    sel_i2t = sampler(sim, eye, sim.diagonal(), 1.0, 4.0, logit_scale=5.0)
-    sel_t2i = sampler(sim.T, eye, sim.diagonal(), 1.0, 4.0, logit_scale=5.0)
+    sel_i2t = sampler.pick(sim, eye, sim.diagonal(), 1.0, 4.0, logit_scale=5.0)
+    sel_t2i = sampler.pick(sim.T, eye, sim.diagonal(), 1.0, 4.0, logit_scale=5.0)
     return img, txt, loss_fn, pairs, sampler, sel_i2t, sel_t2i
 
 
 def test_weighted_denominator_matches_the_weighted_cross_entropy_written_out():
     img, txt, loss_fn, pairs, _, sel_i2t, sel_t2i = _selected_pairs(0)
-    got = loss_fn.loss(pairs.reweight(sel_i2t.soft, sel_t2i.soft))
+    got = loss_fn.loss(pairs.reweight(sel_i2t.weights, sel_t2i.weights))
     u, v = F.normalize(img, dim=1), F.normalize(txt, dim=1)
     z = (u @ v.T / 0.2).detach().double()
 
@@ -426,14 +427,14 @@ def test_weighted_denominator_matches_the_weighted_cross_entropy_written_out():
             total += -z[i, i].item() + math.log(denom)
         return torch.tensor(total / z.shape[0])
 
-    expected = 0.5 * (direction(z, sel_i2t.soft) + direction(z.T, sel_t2i.soft))
+    expected = 0.5 * (direction(z, sel_i2t.weights) + direction(z.T, sel_t2i.weights))
     assert got.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_weighted_denominator_with_the_hard_k_hot_equals_the_restricted_loss():
     _, _, loss_fn, pairs, _, sel_i2t, sel_t2i = _selected_pairs(1)
-    weighted = loss_fn.loss(pairs.reweight(sel_i2t.hard, sel_t2i.hard))
-    restricted = loss_fn.loss(pairs.restrict(sel_i2t.hard.bool(), sel_t2i.hard.bool()))
+    weighted = loss_fn.loss(pairs.reweight(sel_i2t.keep.float(), sel_t2i.keep.float()))
+    restricted = loss_fn.loss(pairs.restrict(sel_i2t.keep, sel_t2i.keep))
     torch.testing.assert_close(weighted, restricted)
 
 
@@ -441,9 +442,9 @@ def test_weighted_denominator_with_the_hard_k_hot_equals_the_restricted_loss():
 def test_policy_gets_the_gumbel_gradient_of_its_reward_in_both_denominators(denominator):
     img, txt, loss_fn, pairs, sampler, sel_i2t, sel_t2i = _selected_pairs(2)
     if denominator == "weighted":
-        scored = pairs.reweight(sel_i2t.soft, sel_t2i.soft)
+        scored = pairs.reweight(sel_i2t.weights, sel_t2i.weights)
     else:
-        scored = pairs.restrict(sel_i2t.hard.bool(), sel_t2i.hard.bool())
+        scored = pairs.restrict(sel_i2t.keep, sel_t2i.keep)
     policy_loss = sel_i2t.policy_loss + sel_t2i.policy_loss
     (loss_fn.loss(scored) + policy_loss).backward(retain_graph=True)
     with_loss = [p.grad.clone() for p in sampler.policy_parameters()]
@@ -460,4 +461,4 @@ def test_policy_gets_the_gumbel_gradient_of_its_reward_in_both_denominators(deno
 def test_reweight_rejects_negative_weights():
     _, _, _, pairs, _, sel_i2t, sel_t2i = _selected_pairs(3)
     with pytest.raises(ValueError, match="weights must be ≥ 0"):
-        pairs.reweight(-sel_i2t.soft, sel_t2i.soft)
+        pairs.reweight(-sel_i2t.weights, sel_t2i.weights)

@@ -12,10 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
-from hardneg.integrations.selected_loss import SelectedNegativesLoss
 from hardneg.losses import LOSSES, InfoNCELoss
-from hardneg.samplers import BNSConfig
+from hardneg.miners import BNSConfig, BoundaryAwareMiner, MinedLoss
 from hardneg.train.gradcache import Chunk, RandomReplay, chunk_slices, gradcache_backward
 from tests.ddp import run_distributed
 
@@ -64,10 +62,10 @@ def make_loss(case: str):
     """(loss module, callable on the embeddings, uses extra negatives)."""
     torch.manual_seed(5)  # BNS policy init
     if case == "bns":
-        selector = BNSNegativeSelector(BNSConfig(k=3, seed=0))
-        selector.set_progress(1.0, 4.0)
-        selector.defer_policy_step = True  # keep the policy gradient for the comparison
-        crit = SelectedNegativesLoss(InfoNCELoss(), selector)
+        miner = BoundaryAwareMiner(BNSConfig(k=3, seed=0))
+        miner.set_progress(1.0, 4.0)
+        miner.defer_policy_step = True  # keep the policy gradient for the comparison
+        crit = MinedLoss(InfoNCELoss(), miner)
         return crit, crit, False
     if case == "negclip":
         loss = LOSSES["negclip"]()

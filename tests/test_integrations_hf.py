@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import CLIPConfig, CLIPModel, TrainerState, TrainingArguments
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
 from hardneg.integrations.callbacks import BNSProgressCallback
 from hardneg.integrations.hf_trainer import LOSS_STATE_FILE, HardnegCLIPTrainer, RetrievalMetrics
 from hardneg.losses import EGALoss, InfoNCELoss
-from hardneg.samplers import BNSConfig
+from hardneg.miners import BNSConfig, BoundaryAwareMiner
 from tests.bns_record import adam_steps, assert_same_state, record_selections
 from tests.examples import run_example
 
@@ -211,34 +210,34 @@ def test_missing_pixel_values_raise_a_key_error_naming_the_column(tmp_path):
         trainer.compute_loss(model, {"input_ids": torch.ones(2, 4, dtype=torch.long)})
 
 
-def test_trainer_with_bns_selector_trains_the_policy_and_follows_progress(tmp_path):
-    selector = BNSNegativeSelector(BNSConfig(k=3, lr=1e-2))
-    policy_before = [p.detach().clone() for p in selector.sampler.policy_parameters()]
+def test_trainer_with_bns_miner_trains_the_policy_and_follows_progress(tmp_path):
+    miner = BoundaryAwareMiner(BNSConfig(k=3, lr=1e-2))
+    policy_before = [p.detach().clone() for p in miner.policy_parameters()]
     trainer = HardnegCLIPTrainer(
         model=_tiny_clip(),
         args=_args(tmp_path, max_steps=3),
         train_dataset=_pairs(16),
         loss=EGALoss(),
-        selector=selector,
+        miner=miner,
     )
     assert any(isinstance(cb, BNSProgressCallback) for cb in trainer.callback_handler.callbacks)
     trainer.train()
     # 16 rows / batch 8 = 2 steps per epoch; the last of 3 steps starts at step 2 = epoch 1
-    assert (selector.progress, selector.total) == (1.0, 1.5)
-    policy_after = selector.sampler.policy_parameters()
+    assert (miner.progress, miner.total) == (1.0, 1.5)
+    policy_after = miner.policy_parameters()
     assert any(not torch.equal(a, b) for a, b in zip(policy_before, policy_after))
 
 
 def test_progress_callback_counts_epochs_in_optimizer_steps():
-    selector = BNSNegativeSelector(BNSConfig(k=2))
-    callback = BNSProgressCallback(selector)
+    miner = BoundaryAwareMiner(BNSConfig(k=2))
+    callback = BNSProgressCallback(miner)
     state = TrainerState(global_step=3, max_steps=10)
     args = SimpleNamespace(gradient_accumulation_steps=2)
     callback.on_step_begin(args, state, None, train_dataloader=list(range(8)))
-    assert (selector.progress, selector.total) == (0.75, 2.5)  # 4 optimiser steps per epoch
+    assert (miner.progress, miner.total) == (0.75, 2.5)  # 4 optimiser steps per epoch
     callback.on_step_begin(args, state, None, train_dataloader=iter(range(8)))
-    assert (selector.progress, selector.total) == (0.3, 1.0)  # unsized: the run is one epoch
-    with pytest.raises(ValueError, match="BNSNegativeSelector"):
+    assert (miner.progress, miner.total) == (0.3, 1.0)  # unsized: the run is one epoch
+    with pytest.raises(ValueError, match="BoundaryAwareMiner"):
         BNSProgressCallback(EGALoss())
 
 
@@ -258,7 +257,7 @@ def _bns_trainer(tmp_path: Path, rows: int = 16, k: int = 3, **overrides) -> Har
         args=_args(tmp_path, **overrides),
         train_dataset=_pairs(rows),
         loss=EGALoss(),
-        selector=BNSNegativeSelector(BNSConfig(k=k, lr=1e-2)),
+        miner=BoundaryAwareMiner(BNSConfig(k=k, lr=1e-2)),
     )
 
 
@@ -287,20 +286,20 @@ def test_gradient_accumulation_steps_the_policy_once_per_optimizer_step(tmp_path
     assert [r["progress"] for r in record] == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     # Adam of the policy has stepped once per optimiser step before each micro-batch
     assert [r["adam"][:1] for r in record] == [[], [], [1.0], [1.0], [2.0], [2.0]]
-    assert adam_steps(trainer.criterion.selector) == [3.0] * 4
+    assert adam_steps(trainer.criterion.miner) == [3.0] * 4
 
 
 def test_short_last_batch_clips_k_with_a_logged_warning(tmp_path, caplog):
     """20 rows, batch 8, k=6: the last batch of 4 rows has 3 candidates per row → k=3 there."""
     trainer = _bns_trainer(tmp_path, rows=20, k=6, num_train_epochs=1, max_steps=-1)
-    with caplog.at_level("WARNING", logger="hardneg.integrations.bns_selector"):
+    with caplog.at_level("WARNING", logger="hardneg.miners.bns"):
         trainer.train()
     assert trainer.state.global_step == 3
     assert any("picking k=3 instead of k=6" in r.getMessage() for r in caplog.records)
 
 
 def test_resume_mid_training_continues_the_selector_exactly(tmp_path, monkeypatch):
-    """Resume at step 2 of 4: the selector state at step 3 equals the uninterrupted run's, and
+    """Resume at step 2 of 4: the miner state at step 3 equals the uninterrupted run's, and
     so do the negatives it picks."""
     record = record_selections(monkeypatch)
     _bns_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2).train()
@@ -311,9 +310,9 @@ def test_resume_mid_training_continues_the_selector_exactly(tmp_path, monkeypatc
     assert record[0]["adam"] == [2.0] * 4  # restored after 2 policy steps, not a fresh policy
     for resumed, original in zip(record, uninterrupted[2:]):
         assert_same_state(resumed, original)
-    picked = [r["selection"].i2t_indices for r in record]
+    picked = [r["selection"].i2t.indices for r in record]
     assert all(
-        torch.equal(a, b["selection"].i2t_indices) for a, b in zip(picked, uninterrupted[2:])
+        torch.equal(a, b["selection"].i2t.indices) for a, b in zip(picked, uninterrupted[2:])
     )
 
 

@@ -1,4 +1,4 @@
-"""open_clip integration: drop-in loss adapter (caller's scale/bias) and the BNS selector hook."""
+"""open_clip integration: drop-in loss adapter (caller's scale/bias) and the BNS miner hook."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
 from hardneg.integrations.open_clip import (
-    BNSNegativeSelector,
+    BoundaryAwareMiner,
     HardnegClipLoss,
     HardnegSigLipLoss,
     OpenCLIPLossAdapter,
 )
-from hardneg.samplers import BNSConfig
+from hardneg.miners import BNSConfig
 from tests.examples import run_example
 
 
@@ -166,8 +166,8 @@ def _restricted_clip_reference(img, txt, scale, keep_i2t, keep_t2i):
 
 def test_bns_hook_restricts_the_loss_to_the_selected_negatives():
     img, txt = _features(b=8, seed=4)
-    selector = BNSNegativeSelector(BNSConfig(k=3))
-    negatives = selector(img, txt, progress=1.0, total=4.0)
+    miner = BoundaryAwareMiner(BNSConfig(k=3))
+    negatives = miner.mine_features(img, txt, progress=1.0, total=4.0)
     value = HardnegClipLoss("infonce")(img, txt, torch.tensor(12.0), negatives=negatives)
     ref = _restricted_clip_reference(img, txt, 12.0, negatives.i2t_keep, negatives.t2i_keep)
     assert value.item() == pytest.approx(ref, rel=1e-9)
@@ -177,9 +177,10 @@ def test_bns_hook_picks_k_distinct_negatives_and_never_a_positive():
     img, txt = _features(b=8, seed=5)
     ids = torch.tensor([0, 1, 1, 2, 3, 4, 4, 5])
     extra = F.normalize(torch.randn(8, 2, 16, dtype=torch.float64), dim=-1)
-    sel = BNSNegativeSelector(BNSConfig(k=4))(img, txt, ids, extra, progress=0.0, total=1.0)
+    miner = BoundaryAwareMiner(BNSConfig(k=4))
+    sel = miner.mine_features(img, txt, ids, extra, progress=0.0, total=1.0)
     assert sel.i2t_keep.shape == (8, 8 + 16) and sel.t2i_keep.shape == (8, 8)
-    for keep, indices in ((sel.i2t_keep, sel.i2t_indices), (sel.t2i_keep, sel.t2i_indices)):
+    for keep, indices in ((sel.i2t_keep, sel.i2t.indices), (sel.t2i_keep, sel.t2i.indices)):
         assert (keep.sum(dim=1) == 4).all()
         for i in range(8):
             picked = indices[i].tolist()
@@ -187,35 +188,35 @@ def test_bns_hook_picks_k_distinct_negatives_and_never_a_positive():
             # no picked column is a caption/image with the anchor's id
             assert all(j >= 8 or ids[j] != ids[i] for j in picked)
     candidates = torch.cat([txt, extra.reshape(-1, 16)])
-    torch.testing.assert_close(sel.hard_negative_texts(candidates), candidates[sel.i2t_indices])
+    torch.testing.assert_close(sel.hard_negative_texts(candidates), candidates[sel.i2t.indices])
 
 
 def test_bns_hook_trains_its_policy_only_in_training_with_grad():
     img, txt = _features(b=8, seed=6)
     img.requires_grad_()
-    selector = BNSNegativeSelector(BNSConfig(k=2, lr=1e-2))
-    weights = [p.detach().clone() for p in selector.sampler.policy_parameters()]
+    miner = BoundaryAwareMiner(BNSConfig(k=2, lr=1e-2))
+    weights = [p.detach().clone() for p in miner.policy_parameters()]
     with torch.no_grad():
-        selector(img, txt, progress=0.0, total=1.0)
-    assert all(torch.equal(w, p) for w, p in zip(weights, selector.sampler.policy_parameters()))
-    selector(img, txt, progress=0.0, total=1.0)
-    changed = [not torch.equal(w, p) for w, p in zip(weights, selector.sampler.policy_parameters())]
+        miner.mine_features(img, txt, progress=0.0, total=1.0)
+    assert all(torch.equal(w, p) for w, p in zip(weights, miner.policy_parameters()))
+    miner.mine_features(img, txt, progress=0.0, total=1.0)
+    changed = [not torch.equal(w, p) for w, p in zip(weights, miner.policy_parameters())]
     assert any(changed)
     assert img.grad is None  # the selection never back-propagates into the features
 
 
 def test_bns_hook_warns_when_the_curriculum_gets_no_progress():
     img, txt = _features()
-    selector = BNSNegativeSelector(BNSConfig(k=2))
+    miner = BoundaryAwareMiner(BNSConfig(k=2))
     with pytest.warns(UserWarning, match="without progress"):
-        selector(img, txt)
+        miner.mine_features(img, txt)
     with pytest.raises(ValueError, match="together"):
-        selector(img, txt, progress=1.0)
+        miner.mine_features(img, txt, progress=1.0)
 
 
 def test_negatives_selected_on_another_batch_are_refused():
     img, txt = _features(b=8)
-    negatives = BNSNegativeSelector(BNSConfig(k=2))(img, txt, progress=0.0, total=1.0)
+    negatives = BoundaryAwareMiner(BNSConfig(k=2)).mine_features(img, txt, progress=0.0, total=1.0)
     with pytest.raises(ValueError, match="same features"):
         HardnegClipLoss()(img[:6], txt[:6], torch.tensor(10.0), negatives=negatives)
 
@@ -243,7 +244,7 @@ def test_tiny_open_clip_trains_with_the_adapter(with_bns):
     model = _tiny_open_clip()
     images, texts = torch.randn(8, 3, 32, 32), torch.randint(0, 1000, (8, 16))
     loss_fn = HardnegClipLoss("ega", alpha=1.0)
-    selector = BNSNegativeSelector(BNSConfig(k=3)) if with_bns else None
+    miner = BoundaryAwareMiner(BNSConfig(k=3)) if with_bns else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     def fixed_loss() -> float:
@@ -254,8 +255,8 @@ def test_tiny_open_clip_trains_with_the_adapter(with_bns):
     for step in range(12):
         out = model(images, texts)
         negatives = None
-        if selector is not None:
-            negatives = selector(
+        if miner is not None:
+            negatives = miner.mine_features(
                 out["image_features"], out["text_features"], progress=step, total=12
             )
         loss = loss_fn(**out, negatives=negatives)

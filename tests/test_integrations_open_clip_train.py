@@ -96,17 +96,17 @@ def test_accum_freq_selects_once_per_optimizer_step_on_the_accumulated_batch(
     assert len(recorded["loss"]) == 4
     assert all(a is b for a, b in zip(recorded["loss"], [s for s in selections for _ in "ab"]))
     assert all(s.i2t_keep.shape == (8, 8) for s in selections)
-    assert adam_steps(loss.selector) == [2.0] * 4  # the policy's Adam stepped twice
+    assert adam_steps(loss.miner) == [2.0] * 4  # the policy's Adam stepped twice
 
 
 def test_resume_restores_the_selector_state_from_open_clips_checkpoint(data, tmp_path, recorded):
     first = _run(data, tmp_path, "a", "--epochs", "1", "--save-frequency", "1")
-    saved = {k: v.clone() for k, v in first.selector.sampler.policy.state_dict().items()}
-    generator = first.selector.sampler.generator.get_state().clone()
-    assert adam_steps(first.selector) == [4.0] * 4  # 16 rows / batch 4 = 4 steps
+    saved = {k: v.clone() for k, v in first.miner.policy.state_dict().items()}
+    generator = first.miner.generator.get_state().clone()
+    assert adam_steps(first.miner) == [4.0] * 4  # 16 rows / batch 4 = 4 steps
     checkpoint_path = tmp_path / "a" / "checkpoints" / "epoch_1.pt"
     stored = torch.load(checkpoint_path, weights_only=False)["optimizer"][CHECKPOINT_KEY]
-    assert torch.equal(stored["sampler._extra_state"]["generator"], generator)
+    assert torch.equal(stored["_extra_state"]["generator"], generator)
 
     recorded["select"].clear()
     second = _run(
@@ -114,7 +114,7 @@ def test_resume_restores_the_selector_state_from_open_clips_checkpoint(data, tmp
     )  # fmt: skip
     after_epoch_1 = {"progress": 1.0, "adam": [4.0] * 4, "generator": generator, "policy": saved}
     assert_same_state(recorded["select"][0], after_epoch_1)  # η = 1 at epoch 2, not 0
-    assert adam_steps(second.selector) == [8.0] * 4
+    assert adam_steps(second.miner) == [8.0] * 4
 
 
 def test_resuming_a_training_checkpoint_without_selector_state_is_refused(tmp_path):
@@ -128,7 +128,7 @@ def test_resuming_a_training_checkpoint_without_selector_state_is_refused(tmp_pa
             accum_freq=1, device="cpu",
         )
     )  # fmt: skip
-    with pytest.raises(ValueError, match="no BNS selector state"):
+    with pytest.raises(ValueError, match="no BNS miner state"):
         hooks._restore(loss, argparse.Namespace(resume=str(path)))
 
 

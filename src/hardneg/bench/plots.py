@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hardneg.bench.tree import BenchRun, BenchTree, MetricStats
-from hardneg.samplers.curriculum import CURRICULUM_PRESETS, LogisticCurriculum
+from hardneg.miners.curriculum import CURRICULUM_PRESETS, LogisticCurriculum
 
 __all__ = [
     "curriculum_curves",

@@ -16,10 +16,9 @@ Each submodule imports its framework only when imported itself:
   ``CLIPModel`` that also optimises the loss's temperature, and ``RetrievalMetrics``
   (``compute_metrics``).
 
-Shared pieces: :mod:`~hardneg.integrations.bns_selector` (``BNSNegativeSelector``, the BNS hook
-that trains its own policy), :mod:`~hardneg.integrations.selected_loss`
-(``SelectedNegativesLoss``: a loss on all or on selected negatives) and
-:mod:`~hardneg.integrations.callbacks` (``BNSProgressCallback``: progress, one policy step per
-optimiser step and checkpoints of the selector in any ``transformers.Trainer``). See
-docs/integrations.md.
+Shared pieces: the miner of :mod:`hardneg.miners` (``BoundaryAwareMiner``, which trains its
+own policy, and ``MinedLoss``: a loss on all or on the mined negatives), the same the hardneg
+trainer uses, and :mod:`~hardneg.integrations.callbacks` (``BNSProgressCallback``: progress,
+one policy step per optimiser step and checkpoints of the miner in any
+``transformers.Trainer``). See docs/integrations.md.
 """

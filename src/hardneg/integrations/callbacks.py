@@ -1,4 +1,4 @@
-"""``transformers.TrainerCallback`` that runs a BNS selector inside any ``transformers.Trainer``.
+"""``transformers.TrainerCallback`` that runs a BNS miner inside any ``transformers.Trainer``.
 
 BACL's curriculum α(η) and the Gumbel temperature are functions of the training progress η in
 (fractional) epochs (BACL, arXiv:2511.08399 §3). A ``transformers.Trainer`` (and so
@@ -17,10 +17,10 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
+from hardneg.miners import BoundaryAwareMiner
 
-#: File holding the selector state in each ``checkpoint-N`` directory.
-SELECTOR_STATE_FILE = "hardneg_bns.pt"
+#: File holding the miner state in each ``checkpoint-N`` directory.
+MINER_STATE_FILE = "hardneg_bns.pt"
 
 
 def updates_per_epoch(train_dataloader: Any, accumulation_steps: int) -> int | None:
@@ -31,7 +31,7 @@ def updates_per_epoch(train_dataloader: Any, accumulation_steps: int) -> int | N
 
 
 class BNSProgressCallback(TrainerCallback):
-    r"""Progress, one policy step per optimiser step, and checkpoints for a BNS selector.
+    r"""Progress, one policy step per optimiser step, and checkpoints for a BNS miner.
 
     - progress: ``η = global_step / steps_per_epoch`` at each step begin; the run lasts
       ``state.max_steps / steps_per_epoch`` epochs (fractional, so ``max_steps`` runs and
@@ -41,49 +41,49 @@ class BNSProgressCallback(TrainerCallback):
       can only use its own candidates), but the policy steps once per optimiser step, on the
       mean policy gradient of the step's micro-batches (``on_pre_optimizer_step``, before the
       Trainer's optimiser, which therefore never sees a policy gradient).
-    - checkpoints (``checkpoint=True``): the selector's ``state_dict()`` (policy, its Adam
+    - checkpoints (``checkpoint=True``): the miner's ``state_dict()`` (policy, its Adam
       state, noise generator) is saved as ``hardneg_bns.pt`` in every ``checkpoint-N`` and
       restored on ``train(resume_from_checkpoint=...)`` from
       ``output_dir/checkpoint-<resumed global_step>``.
 
     Args:
-        selector: the :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector` of the
-            loss (e.g. ``loss.selector`` of a sentence-transformers hardneg loss).
-        checkpoint: save/restore the selector with the Trainer's checkpoints (False when the
+        miner: the :class:`~hardneg.miners.BoundaryAwareMiner` of the
+            loss (e.g. ``loss.miner`` of a sentence-transformers hardneg loss).
+        checkpoint: save/restore the miner with the Trainer's checkpoints (False when the
             host saves it otherwise, as ``HardnegCLIPTrainer`` does in ``hardneg_loss.pt``).
 
     Example:
-        >>> from hardneg.samplers import BNSConfig
-        >>> selector = BNSNegativeSelector(BNSConfig(k=2))
-        >>> callback = BNSProgressCallback(selector)  # Trainer(..., callbacks=[callback])
+        >>> from hardneg.miners import BNSConfig
+        >>> miner = BoundaryAwareMiner(BNSConfig(k=2))
+        >>> callback = BNSProgressCallback(miner)  # Trainer(..., callbacks=[callback])
     """
 
-    def __init__(self, selector: BNSNegativeSelector, checkpoint: bool = True) -> None:
-        if not isinstance(selector, BNSNegativeSelector):
+    def __init__(self, miner: BoundaryAwareMiner, checkpoint: bool = True) -> None:
+        if not isinstance(miner, BoundaryAwareMiner):
             raise ValueError(
-                f"selector must be a BNSNegativeSelector (e.g. loss.selector), got "
-                f"{type(selector).__name__}; build the loss with bns=BNSConfig(...)"
+                f"miner must be a BoundaryAwareMiner (e.g. loss.miner), got "
+                f"{type(miner).__name__}; build the loss with bns=BNSConfig(...)"
             )
-        self.selector = selector
+        self.miner = miner
         self.checkpoint = checkpoint
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.selector.defer_policy_step = True
+        self.miner.defer_policy_step = True
         if self.checkpoint and state.global_step > 0:  # resumed from checkpoint-<global_step>
             directory = os.path.join(
                 args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             )
-            path = os.path.join(directory, SELECTOR_STATE_FILE)
+            path = os.path.join(directory, MINER_STATE_FILE)
             if not os.path.isfile(path):
                 raise FileNotFoundError(
                     f"resuming at step {state.global_step} but {path} does not exist: the BNS "
                     "policy would silently restart. Resume from a checkpoint of this output_dir "
                     "written with BNSProgressCallback (or copy its hardneg_bns.pt there)"
                 )
-            device = next(self.selector.parameters()).device
-            self.selector.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            device = next(self.miner.parameters()).device
+            self.miner.load_state_dict(torch.load(path, map_location=device, weights_only=True))
 
     def on_step_begin(
         self,
@@ -95,14 +95,14 @@ class BNSProgressCallback(TrainerCallback):
     ) -> None:
         per_epoch = updates_per_epoch(train_dataloader, args.gradient_accumulation_steps)
         per_epoch = per_epoch or max(state.max_steps, 1)
-        self.selector.set_progress(
+        self.miner.set_progress(
             state.global_step / per_epoch, max(state.max_steps, 1) / per_epoch
         )
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.selector.step_policy()
+        self.miner.step_policy()
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -112,10 +112,10 @@ class BNSProgressCallback(TrainerCallback):
                 args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             )
             os.makedirs(directory, exist_ok=True)
-            torch.save(self.selector.state_dict(), os.path.join(directory, SELECTOR_STATE_FILE))
+            torch.save(self.miner.state_dict(), os.path.join(directory, MINER_STATE_FILE))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.selector.step_policy()  # nothing pending after a normal run
-        self.selector.defer_policy_step = False
+        self.miner.step_policy()  # nothing pending after a normal run
+        self.miner.defer_policy_step = False

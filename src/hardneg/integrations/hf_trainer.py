@@ -12,16 +12,16 @@ the optimiser the Trainer builds for the model — the model stays a plain ``CLI
 (``save_pretrained``/``from_pretrained`` unchanged), the scheduler sees the group because it
 is created after the optimiser. The loss state is saved next to each checkpoint
 (``hardneg_loss.pt``) and restored by ``train(resume_from_checkpoint=...)``, so a resumed run
-continues with the learned temperature; with a BNS selector the same file holds its policy,
+continues with the learned temperature; with a BNS miner the same file holds its policy,
 Adam state and noise generator, so a resumed run draws the same negatives as an uninterrupted
 one. The model's own ``logit_scale`` is not used (it gets no gradient; the Trainer's AdamW
 skips it).
 
-With a selector: negatives are selected per micro-batch and the policy steps once per
+With a miner: negatives are selected per micro-batch and the policy steps once per
 optimiser step under gradient accumulation; ``evaluate()`` scores every negative
 (deterministic); a short last batch gets ``k`` clipped with a logged warning (see
 :class:`~hardneg.integrations.callbacks.BNSProgressCallback` and
-:class:`~hardneg.integrations.selected_loss.SelectedNegativesLoss`). For retrieval metrics
+:class:`~hardneg.miners.MinedLoss`). For retrieval metrics
 pass ``compute_metrics=RetrievalMetrics()``: ``compute_loss`` returns the embeddings as the
 outputs the Trainer gathers.
 """
@@ -36,15 +36,14 @@ from torch import Tensor
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
 from hardneg.integrations.callbacks import BNSProgressCallback
 from hardneg.integrations.retrieval import RetrievalMetrics
-from hardneg.integrations.selected_loss import SelectedNegativesLoss
 from hardneg.losses.base import ContrastiveLoss
+from hardneg.miners import BoundaryAwareMiner, MinedLoss
 
 __all__ = ["LOSS_STATE_FILE", "HardnegCLIPTrainer", "RetrievalMetrics"]
 
-#: File holding the loss (and selector) state in an output or checkpoint directory.
+#: File holding the loss (and miner) state in an output or checkpoint directory.
 LOSS_STATE_FILE = "hardneg_loss.pt"
 
 
@@ -54,14 +53,14 @@ class HardnegCLIPTrainer(Trainer):
 
     Per step: ``out = model(pixel_values, input_ids, attention_mask, return_loss=False)``,
     ``loss = L(out.image_embeds, out.text_embeds, positive_ids=inputs.get("labels"))`` with
-    ``L`` the hardneg loss, scored on every in-batch negative or, with ``selector``, on the
+    ``L`` the hardneg loss, scored on every in-batch negative or, with ``miner``, on the
     ``k`` negatives BACL's boundary-aware sampler picks per anchor (arXiv:2511.08399 §3).
 
     Args:
         *args: as ``transformers.Trainer`` (``model``, ``args``, ``train_dataset``, ...).
         loss: the :class:`~hardneg.losses.ContrastiveLoss` (e.g. ``EGALoss()``); its trainable
             parameters are optimised with the model (see module docstring).
-        selector: optional :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector`;
+        miner: optional :class:`~hardneg.miners.BoundaryAwareMiner`;
             a :class:`BNSProgressCallback` added here keeps its progress up to date and steps
             its policy once per optimiser step; its state is saved in ``hardneg_loss.pt``.
         **kwargs: as ``transformers.Trainer``.
@@ -88,7 +87,7 @@ class HardnegCLIPTrainer(Trainer):
         self,
         *args: Any,
         loss: ContrastiveLoss,
-        selector: BNSNegativeSelector | None = None,
+        miner: BoundaryAwareMiner | None = None,
         **kwargs: Any,
     ) -> None:
         custom = kwargs.get("optimizers", (None, None))[0]
@@ -103,9 +102,9 @@ class HardnegCLIPTrainer(Trainer):
         super().__init__(*args, **kwargs)
         # CLIPModel's return_loss defaults to None, so the Trainer would skip the eval loss
         self.can_return_loss = True
-        self.criterion = SelectedNegativesLoss(loss, selector).to(self.args.device)
-        if selector is not None:
-            self.add_callback(BNSProgressCallback(selector, checkpoint=False))
+        self.criterion = MinedLoss(loss, miner).to(self.args.device)
+        if miner is not None:
+            self.add_callback(BNSProgressCallback(miner, checkpoint=False))
 
     def compute_loss(
         self,
@@ -160,7 +159,7 @@ class HardnegCLIPTrainer(Trainer):
             torch.save(self.criterion.state_dict(), os.path.join(output_dir, LOSS_STATE_FILE))
 
     def load_loss_state(self, directory: str) -> None:
-        """Restore the loss (and selector) state saved in ``directory``."""
+        """Restore the loss (and miner) state saved in ``directory``."""
         path = os.path.join(directory, LOSS_STATE_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(

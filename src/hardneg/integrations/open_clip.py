@@ -16,13 +16,13 @@ Switching an open_clip training script takes one import::
     from hardneg.integrations.open_clip import HardnegClipLoss as ClipLoss   # EGA by default
     # or any loss: ClipLoss = functools.partial(HardnegClipLoss, "hcl", beta=1.0)
 
-BACL's negative selection is a separate hook (:class:`BNSNegativeSelector`): call it on the
+BACL's negative selection is a separate hook (:class:`BoundaryAwareMiner`): call it on the
 features, pass its result as ``negatives=`` and the loss scores only the picked negatives::
 
-    selector = BNSNegativeSelector(BNSConfig(k=8)).to(device)
+    miner = BoundaryAwareMiner(BNSConfig(k=8)).to(device)
     out = model(images, texts)                               # open_clip, output_dict=True
-    negatives = selector(out["image_features"], out["text_features"],
-                         progress=epoch + i / steps_per_epoch, total=epochs)
+    negatives = miner.mine_features(out["image_features"], out["text_features"],
+                                     progress=epoch + i / steps_per_epoch, total=epochs)
     losses = loss(**out, negatives=negatives, output_dict=True)
 
 Distributed training: hardneg reads rank and world size from ``torch.distributed`` and always
@@ -40,8 +40,6 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector, NegativeSelection
-from hardneg.integrations.selected_loss import SelectedNegativesLoss
 from hardneg.losses import (
     LOSSES,
     ContrastiveLoss,
@@ -50,13 +48,14 @@ from hardneg.losses import (
     SigLIPLoss,
 )
 from hardneg.losses.distributed import world_info
+from hardneg.miners import BoundaryAwareMiner, MinedLoss, MinedNegatives
 
 __all__ = [
     "LOSSES",
-    "BNSNegativeSelector",
+    "BoundaryAwareMiner",
     "HardnegClipLoss",
     "HardnegSigLipLoss",
-    "NegativeSelection",
+    "MinedNegatives",
     "OpenCLIPLossAdapter",
 ]
 
@@ -143,7 +142,7 @@ class OpenCLIPLossAdapter(torch.nn.Module):
         loss_kwargs.setdefault("normalize", False)
         # caller's scale used verbatim: no clamp (open_clip clamps its own logit_scale)
         inner = loss_cls(learn_temperature=False, max_logit_scale=math.inf, **loss_kwargs)
-        self.criterion = SelectedNegativesLoss(inner).requires_grad_(False)
+        self.criterion = MinedLoss(inner).requires_grad_(False)
         self.rank, self.world_size = rank, world_size
 
     @property
@@ -161,7 +160,7 @@ class OpenCLIPLossAdapter(torch.nn.Module):
         *,
         positive_ids: Tensor | None = None,
         extra_text_features: Tensor | None = None,
-        negatives: NegativeSelection | None = None,
+        negatives: MinedNegatives | None = None,
     ) -> Tensor | dict[str, Tensor]:
         """Loss of a batch at the caller's temperature.
 
@@ -174,7 +173,7 @@ class OpenCLIPLossAdapter(torch.nn.Module):
             output_dict: return ``{"contrastive_loss": loss}``.
             positive_ids: optional (B,) semantic ids (pairs sharing one are not negatives).
             extra_text_features: optional (B, K, d) or (M, d) hard-negative captions (NegCLIP).
-            negatives: a :class:`NegativeSelection` of the same features (BNS hook).
+            negatives: a :class:`MinedNegatives` of the same features (BNS hook).
         """
         self._check_world()
         replaced = {"loss.logit_scale": self._log_scale(logit_scale, image_features.device)}

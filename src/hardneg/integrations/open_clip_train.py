@@ -15,7 +15,7 @@ Usage — hardneg's options first, then open_clip_train's own arguments, unchang
   scored at the model's ``logit_scale``/``logit_bias`` by
   :class:`~hardneg.integrations.open_clip.OpenCLIPLossAdapter`;
 - the miner: ``--hardneg-miner bns`` (``--hardneg-bns-arg KEY=VALUE`` for
-  :class:`~hardneg.samplers.BNSConfig` fields) selects ``k`` negatives per anchor with BACL's
+  :class:`~hardneg.miners.BNSConfig` fields) selects ``k`` negatives per anchor with BACL's
   boundary-aware sampler (arXiv:2511.08399 §3) and trains its policy;
 - progress: η = ``epoch + step / steps_per_epoch`` in optimiser steps, with open_clip's
   ``steps_per_epoch = num_batches // accum_freq``;
@@ -23,7 +23,7 @@ Usage — hardneg's options first, then open_clip_train's own arguments, unchang
   optimiser step on the same accumulated batch (cached features, one micro-batch re-run with
   gradient). The negatives are selected once per optimiser step, on that accumulated batch,
   at its first call, and reused for the other ``A − 1``; the policy steps once;
-- checkpoints: the selector state (policy, its Adam state, noise generator) is stored in
+- checkpoints: the miner state (policy, its Adam state, noise generator) is stored in
   open_clip's checkpoint under ``checkpoint["optimizer"]["hardneg_selector"]`` (a state-dict
   hook of the optimizer) and restored on ``--resume``;
 - ``--hardneg-model-config PATH.json`` registers a model config file with
@@ -33,7 +33,7 @@ Hook points: ``open_clip_train`` has no plug-in interface, so for the duration o
 (restored afterwards) this module replaces two names in ``open_clip_train.main``:
 ``create_loss`` (returns the hardneg loss) and ``train_one_epoch`` (wraps the original one to
 pass the epoch geometry to the loss and, at the first epoch, to attach the checkpoint hook to
-the optimizer and restore the selector). Not supported: distillation, CoCa, Horovod.
+the optimizer and restore the miner). Not supported: distillation, CoCa, Horovod.
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector, NegativeSelection
 from hardneg.integrations.open_clip import OpenCLIPLossAdapter
 from hardneg.losses import LOSSES
-from hardneg.samplers.bns import BNSConfig
+from hardneg.miners import BNSConfig, BoundaryAwareMiner, MinedNegatives
 
 logger = logging.getLogger(__name__)
 
-#: Key of the selector state inside open_clip's ``checkpoint["optimizer"]``.
+#: Key of the miner state inside open_clip's ``checkpoint["optimizer"]``.
 CHECKPOINT_KEY = "hardneg_selector"
 
 
@@ -72,25 +71,25 @@ class OpenClipTrainLoss(nn.Module):
 
     Args:
         loss: the :class:`~hardneg.integrations.open_clip.OpenCLIPLossAdapter`.
-        selector: optional :class:`~hardneg.integrations.bns_selector.BNSNegativeSelector`.
+        miner: optional :class:`~hardneg.miners.BoundaryAwareMiner`.
         accum_freq: open_clip's ``--accum-freq`` (loss calls per optimiser step).
     """
 
     def __init__(
         self,
         loss: OpenCLIPLossAdapter,
-        selector: BNSNegativeSelector | None = None,
+        miner: BoundaryAwareMiner | None = None,
         accum_freq: int = 1,
     ) -> None:
         super().__init__()
         if accum_freq < 1:
             raise ValueError(f"accum_freq must be ≥ 1 (open_clip's --accum-freq), got {accum_freq}")
         self.loss = loss
-        self.selector = selector
+        self.miner = miner
         self.accum_freq = accum_freq
         self.epoch, self.steps_per_epoch, self.epochs = 0, 1, 1
         self.calls = 0
-        self.negatives: NegativeSelection | None = None
+        self.negatives: MinedNegatives | None = None
 
     def begin_epoch(self, epoch: int, steps_per_epoch: int, epochs: int) -> None:
         """Begin epoch ``epoch`` (0-based) of ``epochs``, of ``steps_per_epoch`` optimiser steps."""
@@ -117,9 +116,9 @@ class OpenClipTrainLoss(nn.Module):
     ) -> Tensor | dict[str, Tensor]:
         """Loss of one call of open_clip's training loop (see class docstring)."""
         negatives = None
-        if self.selector is not None and torch.is_grad_enabled():
+        if self.miner is not None and torch.is_grad_enabled():
             if self.calls % self.accum_freq == 0:  # first call of an optimiser step
-                self.negatives = self.selector(
+                self.negatives = self.miner.mine_features(
                     image_features,
                     text_features,
                     progress=self.progress,
@@ -133,9 +132,9 @@ class OpenClipTrainLoss(nn.Module):
         )
 
     def state_dict_hook(self, optimizer: torch.optim.Optimizer, state: dict) -> dict:
-        """Optimizer state-dict post-hook: add the selector state under :data:`CHECKPOINT_KEY`."""
-        if self.selector is not None:
-            state[CHECKPOINT_KEY] = self.selector.state_dict()
+        """Optimizer state-dict post-hook: add the miner state under :data:`CHECKPOINT_KEY`."""
+        if self.miner is not None:
+            state[CHECKPOINT_KEY] = self.miner.state_dict()
         return state
 
 
@@ -194,10 +193,10 @@ class _Hooks:
             world_size=args.world_size,
             **dict(self.options.hardneg_loss_arg),
         )
-        selector = None
+        miner = None
         if self.options.hardneg_miner == "bns":
-            selector = BNSNegativeSelector(BNSConfig(**dict(self.options.hardneg_bns_arg)))
-        self.loss = OpenClipTrainLoss(adapter, selector, args.accum_freq).to(args.device)
+            miner = BoundaryAwareMiner(BNSConfig(**dict(self.options.hardneg_bns_arg)))
+        self.loss = OpenClipTrainLoss(adapter, miner, args.accum_freq).to(args.device)
         return self.loss
 
     def train_one_epoch(
@@ -216,22 +215,22 @@ class _Hooks:
 
     @staticmethod
     def _restore(loss: OpenClipTrainLoss, args: argparse.Namespace) -> None:
-        if loss.selector is None or args.resume is None:
+        if loss.miner is None or args.resume is None:
             return
         from open_clip_train.file_utils import pt_load
 
         checkpoint = pt_load(args.resume, map_location="cpu")
         if "epoch" not in checkpoint:
-            return  # a bare model checkpoint: fine-tuning starts a fresh selector
+            return  # a bare model checkpoint: fine-tuning starts a fresh miner
         state = checkpoint.get("optimizer", {}).get(CHECKPOINT_KEY)
         if state is None:
             raise ValueError(
-                f"--resume {args.resume} holds no BNS selector state (trained without "
+                f"--resume {args.resume} holds no BNS miner state (trained without "
                 "--hardneg-miner bns?): resuming would silently restart the policy; resume a "
                 "checkpoint of a BNS run, or start from it as a bare model checkpoint"
             )
-        loss.selector.load_state_dict(state)
-        logger.info("hardneg: restored the BNS selector state from %s", args.resume)
+        loss.miner.load_state_dict(state)
+        logger.info("hardneg: restored the BNS miner state from %s", args.resume)
 
 
 @contextlib.contextmanager

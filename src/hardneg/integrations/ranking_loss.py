@@ -14,11 +14,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
-from hardneg.integrations.bns_selector import BNSNegativeSelector
 from hardneg.integrations.citations import BACL_CITATION, CITATIONS
-from hardneg.integrations.selected_loss import SelectedNegativesLoss
 from hardneg.losses import ContrastiveLoss, SigLIPLoss, SoftInfoNCELoss
-from hardneg.samplers.bns import BNSConfig
+from hardneg.miners import BNSConfig, BoundaryAwareMiner, MinedLoss
 
 #: ``directions`` accepted by the losses (MNRL's names); the first is MNRL's default.
 QUERY_TO_DOC = ("query_to_doc",)
@@ -53,9 +51,9 @@ class HardnegRankingLoss(nn.Module):
         model: the ``SentenceTransformer`` to train.
         loss: a :class:`~hardneg.losses.ContrastiveLoss`; its temperature is used as is (a
             learnable one is trained by ``SentenceTransformerTrainer`` with the model).
-        bns: optional :class:`~hardneg.samplers.BNSConfig`: select ``bns.k`` negatives per
+        bns: optional :class:`~hardneg.miners.BNSConfig`: select ``bns.k`` negatives per
             anchor (``k ≤ batch_size − 1``). Add
-            ``BNSProgressCallback(loss.selector)`` to the trainer's callbacks so that the
+            ``BNSProgressCallback(loss.miner)`` to the trainer's callbacks so that the
             curriculum follows the training progress.
         labels_as_ids: treat the dataset's ``label`` column as integer semantic ids: rows
             sharing a label are positives of each other, never negatives (duplicates).
@@ -122,16 +120,16 @@ class HardnegRankingLoss(nn.Module):
                 f"{type(loss).__name__} has no one-directional form; use directions={SYMMETRIC}"
             )
         self.model = model
-        selector = BNSNegativeSelector(bns) if bns is not None else None
-        self.criterion = SelectedNegativesLoss(loss, selector)
+        miner = BoundaryAwareMiner(bns) if bns is not None else None
+        self.criterion = MinedLoss(loss, miner)
         self.bns = bns
         self.labels_as_ids = labels_as_ids
         self.directions = directions
 
     @property
-    def selector(self) -> BNSNegativeSelector | None:
-        """The BNS selector (None without ``bns``); give it to ``BNSProgressCallback``."""
-        return self.criterion.selector
+    def miner(self) -> BoundaryAwareMiner | None:
+        """The BNS miner (None without ``bns``); give it to ``BNSProgressCallback``."""
+        return self.criterion.miner
 
     @property
     def scale(self) -> float:
@@ -206,6 +204,6 @@ class HardnegRankingLoss(nn.Module):
         """BibTeX of the wrapped loss (and of BACL when negatives are selected by BNS)."""
         mro = type(self.criterion.loss).__mro__
         parts = [next((CITATIONS[cls] for cls in mro if cls in CITATIONS), "")]
-        if self.selector is not None:
+        if self.miner is not None:
             parts.append(BACL_CITATION)
         return "".join(parts)

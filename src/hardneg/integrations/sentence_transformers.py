@@ -25,8 +25,8 @@ For :class:`InfoNCERankingLoss` both equalities are tested.
 
 Each loss has ``compute_loss_from_embeddings(embeddings, labels)`` (as MNRL), so wrappers that
 compute the embeddings themselves (e.g. ``MatryoshkaLoss``) can nest it. With
-``bns=BNSConfig(...)`` add ``BNSProgressCallback(loss.selector)`` to the trainer: it drives the
-curriculum, steps the policy once per optimiser step and stores the selector in the checkpoints;
+``bns=BNSConfig(...)`` add ``BNSProgressCallback(loss.miner)`` to the trainer: it drives the
+curriculum, steps the policy once per optimiser step and stores the miner in the checkpoints;
 evaluation scores every negative (deterministic), and a short last batch gets ``k`` clipped
 with a logged warning.
 """
@@ -45,7 +45,7 @@ from hardneg.integrations.ranking_loss import (
     fixed_temperature,
 )
 from hardneg.losses import DCLLoss, EGALoss, HCLLoss, InfoNCELoss, SoftInfoNCELoss
-from hardneg.samplers.bns import BNSConfig
+from hardneg.miners import BNSConfig
 
 __all__ = [
     "QUERY_TO_DOC",

@@ -154,7 +154,7 @@ class ContrastiveLocalAttentionLoss(nn.Module):
 
     Relations: the auxiliary loss of BACL; add ``λ_local · CLA`` (λ_local = 0.3, trainer config)
     to any contrastive loss, with ``A⁻`` from the hardest negative of
-    :class:`~hardneg.samplers.BoundaryAwareSampler` (:func:`~hardneg.samplers.hardest_negative`).
+    :class:`~hardneg.miners.BoundaryAwareMiner` (:func:`~hardneg.miners.hardest_negative`).
 
     Example:
         >>> loss_fn = ContrastiveLocalAttentionLoss(rho=0.2)

@@ -9,11 +9,10 @@ import math
 import torch
 from torch import nn
 
+from hardneg.miners import BNSConfig, BoundaryAwareMiner
 from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
 from hardneg.models.text import TextTower
 from hardneg.samplers import (
-    BNSConfig,
-    BoundaryAwareSampler,
     FalconConfig,
     FalconScheduler,
     HardnessBatchSampler,
@@ -35,12 +34,12 @@ def build_loss(cfg: TrainConfig, logit_scale: float | None = None) -> nn.Module:
     return cls(**kwargs)
 
 
-def build_selector(cfg: TrainConfig) -> BoundaryAwareSampler | None:
-    """BACL's boundary-aware sampler when ``selector.name == "bns"``, else None."""
+def build_miner(cfg: TrainConfig) -> BoundaryAwareMiner | None:
+    """BACL's boundary-aware miner when ``selector.name == "bns"``, else None."""
     s = cfg.selector
     if s.name != "bns":
         return None
-    return BoundaryAwareSampler(
+    return BoundaryAwareMiner(
         BNSConfig(
             k=s.k,
             curriculum=s.curriculum,

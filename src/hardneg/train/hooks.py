@@ -3,7 +3,7 @@
 - :class:`StoreRefresh`: GRIT / FALCON's embedding store gets the features the training forward
   computed (detached, as GRIT-VLP keeps its queue: no extra forward), and at an epoch's end the
   items ``drop_last`` left out are embedded once so the next epoch's search spaces cover them;
-- :class:`MinerPolicyStep`: BACL's sampler takes its policy step after the model's;
+- :class:`MinerPolicyStep`: BACL's miner takes its policy step after the model's;
 - :class:`FalconReward`: FALCON's reward, the MLM-loss gain of the step's update on the step's
   own draw (the loss before the update minus the loss after it, both in eval mode), and the
   scheduler's REINFORCE update;
@@ -66,14 +66,13 @@ class StoreRefresh(Hook):
 
 
 class MinerPolicyStep(Hook):
-    """The BNS policy's optimizer step, after the model's (its gradient came from the same
-    backward, through the Gumbel relaxation only)."""
+    """The BNS policy's optimizer step, after the model's, on the mean policy gradient of the
+    step's micro-batches (the miner back-propagated each one's policy loss itself)."""
 
     def after_update(self, engine: Engine, draw, batches, logs) -> None:
-        selector = engine.objective.selector
-        assert selector is not None
-        selector.step_policy()
-        selector.optimizer.zero_grad(set_to_none=True)
+        miner = engine.objective.miner
+        assert miner is not None
+        miner.step_policy()
 
 
 class FalconReward(Hook):

@@ -30,8 +30,8 @@ from hardneg.train.batch import Batch, StepDraw, micro_slices
 from hardneg.train.builders import (
     build_batch_sampler,
     build_loss,
+    build_miner,
     build_optimizer,
-    build_selector,
 )
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.finite import non_finite_message
@@ -64,11 +64,11 @@ class Engine:
         self.rank, self.world, self.device = rank, world, device
         self.model = recipe.model
         self.loss_fn = build_loss(cfg, recipe.logit_scale).to(device)
-        selector = build_selector(cfg)
+        miner = build_miner(cfg)
         self.objective = Objective(
             self.loss_fn,
             cfg.aux,
-            None if selector is None else selector.to(device),
+            None if miner is None else miner.to(device),
             cfg.selector.denominator,
         )
         # a stream brings its own batches; map-style data is indexed by the batch sampler
@@ -79,7 +79,7 @@ class Engine:
         self.hooks: list[Hook] = [Diagnostics()]
         if self.sampler.config.mode != "random":
             self.hooks.append(StoreRefresh())
-        if selector is not None:
+        if miner is not None:
             self.hooks.append(MinerPolicyStep())
         if self.sampler.scheduler is not None:
             self.hooks.append(FalconReward())
@@ -106,9 +106,9 @@ class Engine:
         self.overflow = GradNormOverflow()
 
     @property
-    def selector(self):
+    def miner(self):
         """The negative miner (BNS), or None."""
-        return self.objective.selector
+        return self.objective.miner
 
     def _lr_factor(self, step: int) -> float:
         return warmup_cosine(step, self.cfg.optim.warmup_steps, self.cfg.steps)
@@ -161,7 +161,7 @@ class Engine:
                 out = self.objective(self.model, batch, self.progress, self.autocast)
             for hook in self.hooks:
                 hook.after_forward(self, batch, out)
-            loss = out.loss + out.policy_loss
+            loss = out.loss
             if not torch.isfinite(loss):
                 params = dict(self.model.named_parameters()) | dict(self.loss_fn.named_parameters())
                 cause = non_finite_message(params) or "inputs and parameters are finite"
@@ -187,8 +187,7 @@ class Engine:
     def _update(self, logs: dict[str, float]) -> None:
         """Average gradients over ranks, clip, step (skipping non-finite AMP steps), schedule."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        policy = self.selector.policy_parameters() if self.selector is not None else []
-        self._sync_grads(params + policy)
+        self._sync_grads(params)
         self.grad_scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
         logs["grad_norm"] = float(norm)
@@ -273,7 +272,7 @@ class Engine:
             "epoch": self.epoch,
             "model": self.model.trainable_state_dict(),
             "loss_fn": self.loss_fn.state_dict(),
-            "selector": None if self.selector is None else self.selector.state_dict(),
+            "miner": None if self.miner is None else self.miner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
@@ -302,8 +301,8 @@ class Engine:
         if bad:
             raise ValueError(f"checkpoint does not match the model: {bad[:5]}")
         self.loss_fn.load_state_dict(state["loss_fn"])
-        if self.selector is not None:
-            self.selector.load_state_dict(state["selector"])
+        if self.miner is not None:
+            self.miner.load_state_dict(state["miner"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])

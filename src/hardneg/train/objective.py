@@ -1,12 +1,12 @@
 """The training objective: a contrastive loss × an optional negative miner × cross-modal terms.
 
 ``loss = L_contrastive(pairs restricted by the miner) + w_itm·ITM + λ_local·CLA + w_mlm·MLM``
-(+ the miner's own policy loss, which only reaches the miner's parameters).
+(the miner trains its own policy: :class:`~hardneg.miners.BoundaryAwareMiner`).
 
 - the contrastive loss (``hardneg.losses``) gathers features from every rank with gradient;
-- the miner is BACL's boundary-aware sampler (:class:`~hardneg.samplers.BoundaryAwareSampler`,
-  arXiv:2511.08399 §3.2), run on the *global* similarity matrices, so every rank makes the same
-  choice a single process would;
+- the miner is BACL's boundary-aware miner (:class:`~hardneg.miners.BoundaryAwareMiner`,
+  arXiv:2511.08399 §3.2): each rank mines its anchors among every rank's candidates and picks
+  exactly what a single process would;
 - ITM scores each caption with its image against its hardest negative image (restricted to the
   miner's picks when there is a miner); CLA (BACL §3.3) compares the cross-attention maps of
   those two pairs; MLM predicts masked words given the image (the step's drawn targets).
@@ -28,11 +28,11 @@ from torch import Tensor
 from hardneg.losses.cla import ContrastiveLocalAttentionLoss
 from hardneg.losses.distributed import gather_with_grad
 from hardneg.losses.pairs import positives_from_ids
+from hardneg.miners import BoundaryAwareMiner, MinedNegatives
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.crossmodal import last_layer_attention
 from hardneg.models.inputs import Texts
 from hardneg.models.outputs import TextOutput
-from hardneg.samplers import BoundaryAwareSampler, boundary_scores
 from hardneg.train.batch import Batch
 from hardneg.train.config import AuxConfig
 from hardneg.train.gradcache import Chunk, chunk_slices, gradcache_backward
@@ -49,14 +49,12 @@ class ObjectiveOutput:
 
     Attributes:
         loss: the model's loss (contrastive + cross-modal terms).
-        policy_loss: the miner's policy loss (0 without a miner); backpropagated with ``loss``.
         logs: figures of this micro-batch (this rank's view).
         pairs: the loss's prepared pairs (global features, detached copies feed the store).
         selected_bs: boundary scores of a sample of the miner's picks (for histograms).
     """
 
     loss: Tensor
-    policy_loss: Tensor
     logs: dict[str, float]
     pairs: object
     selected_bs: Tensor | None = None
@@ -70,20 +68,23 @@ class Objective:
         loss_fn: a hardneg contrastive loss (``prepare`` / ``loss`` / ``scale``).
         aux: the cross-modal terms' weights (``itm_weight``, ``cla_weight``, ``mlm_weight``)
             and CLA's ρ, β.
-        selector: BACL's boundary-aware sampler, or None.
-        denominator: with a selector, ``"selected"`` (the loss scores the positive + k picks)
+        miner: BACL's boundary-aware miner, or None (its policy steps once per optimiser step:
+            ``defer_policy_step`` is set here, the loop's callback steps it).
+        denominator: with a miner, ``"selected"`` (the loss scores the positive + k picks)
             or ``"weighted"`` (every negative weighted by its relaxed selection weight).
         bs_samples: how many selected boundary scores a step keeps for the histograms.
     """
 
     loss_fn: torch.nn.Module
     aux: AuxConfig
-    selector: BoundaryAwareSampler | None = None
+    miner: BoundaryAwareMiner | None = None
     denominator: str = "selected"
     bs_samples: int = 64
     cla: ContrastiveLocalAttentionLoss = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.miner is not None:
+            self.miner.defer_policy_step = True
         self.cla = ContrastiveLocalAttentionLoss(
             self.aux.cla_rho, self.aux.cla_beta, detach_delta=self.aux.cla_detach_delta
         )
@@ -107,13 +108,14 @@ class Objective:
         """The contrastive loss (restricted by the miner) of a micro-batch's embeddings."""
         extra = embeddings[2] if len(embeddings) > 2 else None
         pairs = self.loss_fn.prepare(embeddings[0], embeddings[1], batch.ids, extra)
-        out = _Contrastive(pairs, embeddings[0].new_zeros(()))
-        if self.selector is not None:
-            pairs, out.keep_t2i, out.policy_loss, sel_logs, out.selected_bs = self._select(
-                pairs, batch, progress
-            )
+        out = _Contrastive(pairs)
+        if self.miner is not None:
+            mined = self.miner(pairs, *progress, logit_scale=self.loss_fn.scale())
+            out.keep_t2i = mined.t2i_keep
+            out.selected_bs = self._mining_logs(mined, pairs, batch, out.logs)
+            weighted = self.denominator == "weighted"
+            pairs = mined.reweight(pairs) if weighted else mined.restrict(pairs)
             out.pairs = pairs
-            out.logs.update(sel_logs)
         out.loss = self.loss_fn.loss(pairs)
         out.logs["contrastive"] = float(out.loss.detach())
         return out
@@ -136,7 +138,7 @@ class Objective:
                     model, c.pairs, text, img_out.tokens, c.keep_t2i, batch, c.logs
                 )
         c.logs["loss"] = float(total.detach())
-        return ObjectiveOutput(total, c.policy_loss, c.logs, c.pairs, c.selected_bs)
+        return ObjectiveOutput(total, c.logs, c.pairs, c.selected_bs)
 
     def gradcache(
         self,
@@ -168,7 +170,7 @@ class Objective:
 
         def loss_from_embeddings(*embeddings: Tensor):
             c = self._contrastive(embeddings, batch, progress)
-            return weight * (c.loss + c.policy_loss), c
+            return weight * c.loss, c
 
         chunk_logs: dict[str, float] = {}
 
@@ -202,51 +204,25 @@ class Objective:
         logs = c.logs | chunk_logs
         total = c.loss.detach() + sum(v / weight for v in result.chunk_losses)
         logs["loss"] = float(total)
-        return ObjectiveOutput(total, c.policy_loss.detach(), logs, c.pairs, c.selected_bs)
+        return ObjectiveOutput(total, logs, c.pairs, c.selected_bs)
 
-    def _select(self, pairs, batch: Batch, progress: tuple[float, float]):
-        """BNS on the global similarity matrices (identical on every rank), local rows kept.
-
-        The boundary score enters the selection on the loss's logit scale (BS/τ with the
-        loss's current temperature). ``denominator`` decides what the loss scores (see
-        :class:`~hardneg.train.config.SelectorConfig`).
-        """
-        assert self.selector is not None
-        eta, total = progress
-        logit_scale = float(self.loss_fn.scale().detach())
-        r, off = pairs.image.shape[0], pairs.offset
-        g = pairs.all_image.shape[0]
-        cands = pairs.text_candidates.detach()
-        all_img, all_txt = pairs.all_image.detach(), pairs.all_text.detach()
-        results = []
-        for anchors, cand in ((all_img, cands), (all_txt, all_img)):
-            sim = anchors @ cand.T
-            pos = positives_from_ids(
-                pairs.all_ids, pairs.all_ids, 0, g, cand.shape[0], sim.device
-            ).as_mask(cand.shape[0])
-            sel = self.selector(sim, pos, sim.diagonal(), eta, total, logit_scale=logit_scale)
-            results.append((sel, sim))
-        (sel_i2t, _), (sel_t2i, sim_t2i) = results
-        keep_i2t = sel_i2t.hard[off : off + r].bool()
-        keep_t2i = sel_t2i.hard[off : off + r].bool()
-        picked = sel_t2i.hard.bool()
-        bs = boundary_scores(sim_t2i, torch.arange(g, device=sim_t2i.device))[picked]
-        logs = {
-            "alpha": sel_i2t.alpha,
-            "gumbel_tau": sel_i2t.tau,
-            "selected_bs_mean": float(bs.mean()),
-            "policy_entropy": float(sel_i2t.entropy),
-        }
+    def _mining_logs(
+        self, mined: MinedNegatives, pairs, batch: Batch, logs: dict[str, float]
+    ) -> Tensor:
+        """The miner's figures into ``logs``; returns a sample of the picked negatives'
+        boundary scores (caption anchors) for the histograms."""
+        r, off = pairs.text.shape[0], pairs.offset
+        picked = mined.t2i_keep
+        bs = mined.t2i.boundary[picked]
+        logs["alpha"] = mined.alpha
+        logs["gumbel_tau"] = mined.tau
+        logs["selected_bs_mean"] = float(bs.mean())
+        logs["policy_entropy"] = float(mined.i2t.entropy)
         if batch.relevance is not None:
             # false negative: caption i (a text anchor) is true of the picked image j
-            true_of = batch.relevance.T.to(picked.device)
+            true_of = batch.relevance.T[off : off + r].to(picked.device)
             logs["selected_fn_rate"] = 100.0 * float(true_of[picked].float().mean())
-        sample = bs.detach().cpu()[: self.bs_samples]
-        policy_loss = sel_i2t.policy_loss + sel_t2i.policy_loss
-        if self.denominator == "weighted":
-            weights = (sel_i2t.soft[off : off + r], sel_t2i.soft[off : off + r])
-            return pairs.reweight(*weights), keep_t2i, policy_loss, logs, sample
-        return pairs.restrict(keep_i2t, keep_t2i), keep_t2i, policy_loss, logs, sample
+        return bs.detach().cpu()[: self.bs_samples]
 
     def mlm(
         self, model: AlignmentModel, text: TextOutput | Texts, image_tokens: Tensor, batch: Batch
@@ -305,7 +281,6 @@ class _Contrastive:
     """The contrastive part of a micro-batch's objective (see :meth:`Objective._contrastive`)."""
 
     pairs: Any
-    policy_loss: Tensor
     loss: Tensor | None = None
     keep_t2i: Tensor | None = None
     selected_bs: Tensor | None = None

@@ -25,11 +25,12 @@ from hardneg.data.digitscenes import PRESETS
 from hardneg.data.scene_captions import PERTURBATIONS
 from hardneg.data.sources import check_data_config
 from hardneg.losses.infonce import InfoNCELoss
+from hardneg.miners import CURRICULUM_PRESETS
 from hardneg.models.heads import AttentionPoolHead
 from hardneg.models.image import _ARCHS as IMAGE_ARCHS
 from hardneg.models.image import ImageTowerConfig
 from hardneg.models.specs import parse_model_spec
-from hardneg.samplers import CURRICULUM_PRESETS, MODES
+from hardneg.samplers import MODES
 from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
 from hardneg.train.config import TrainConfig, config_from_dict, merge
 from hardneg.train.data import FALSE_NEGATIVE_SOURCES

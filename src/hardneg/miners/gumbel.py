@@ -33,6 +33,7 @@ def gumbel_topk(
     tau: float = 1.0,
     mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise_rows: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Sample k distinct allowed candidates per row; straight-through relaxed k-hot.
 
@@ -54,6 +55,10 @@ def gumbel_topk(
         tau: relaxation temperature τ > 0 of ``soft``.
         mask: optional (B, C) bool, True where a candidate MAY be picked (e.g. ``~positives``).
         generator: optional ``torch.Generator`` for the Gumbel noise (seeded, deterministic).
+        noise_rows: ``(offset, total)``: the rows are rows ``offset … offset + B`` of a batch of
+            ``total`` rows; the noise of all ``total`` rows is drawn and these rows' slice used
+            (a DDP shard with the same generator on every rank then picks exactly what a single
+            process picks for these rows). None: ``(0, B)``.
 
     Returns:
         ``(hard, soft, indices)``: (B, C) straight-through k-hot, (B, C) relaxed weights in
@@ -91,7 +96,15 @@ def gumbel_topk(
             "candidates (a larger batch or extra hard negatives)"
         )
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    noise = gumbel_noise(logits.shape, logits.device, generator).to(dtype)
+    offset, total = noise_rows or (0, logits.shape[0])
+    if not 0 <= offset <= total - logits.shape[0]:
+        raise ValueError(
+            f"noise_rows={noise_rows} cannot hold {logits.shape[0]} rows; pass (offset, total) "
+            "with offset + rows ≤ total"
+        )
+    shape = torch.Size((total, logits.shape[1]))
+    noise = gumbel_noise(shape, logits.device, generator)[offset : offset + logits.shape[0]]
+    noise = noise.to(dtype)
     neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=logits.device)
     scores = torch.where(mask, logits.to(dtype) + noise, neg_inf)
 

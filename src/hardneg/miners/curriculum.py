@@ -8,7 +8,7 @@ Alignment" (BACL, NeurIPS 2025, arXiv:2511.08399), §3 "Difficulty scheduling".
     \sigma\big(-\kappa\,(\eta - \eta_0)\big)
 
 η is the training progress in (fractional) epochs and η₀ the midpoint of the transition. The
-selection logit is ``ℓ = −α(η)·(BS/τ − g)`` (:class:`~hardneg.samplers.BoundaryAwareSampler`):
+selection logit is ``ℓ = −α(η)·(BS/τ − g)`` (:class:`~hardneg.miners.BoundaryAwareMiner`):
 α > 0 suppresses near-boundary (hard) negatives, α < 0 favours them, α = 0 picks uniformly.
 """
 
