@@ -61,12 +61,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     The config is resolved and validated in full before anything is built or read.
     """
+    from hardneg.errors import user_errors
     from hardneg.train.validate import resolve_config
 
-    try:
-        config = resolve_config(args.method, _train_values(args))
-    except TypeError as err:  # a config value a check could not handle: still a usage error
-        raise ValueError(str(err)) from None
+    with user_errors():
+        try:
+            config = resolve_config(args.method, _train_values(args))
+        except TypeError as err:  # a config value a check could not handle: still a usage error
+            raise ValueError(str(err)) from None
 
     from hardneg.train.run import train_and_evaluate
     from hardneg.train.run_lock import exit_on_signals
@@ -137,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--method", default="infonce", choices=sorted(METHODS))
     p.add_argument("--config", help="YAML file of TrainConfig fields (see configs/)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="override, e.g. optim.lr=3e-4 (may be repeated: all apply, the last wins per key)",
+    )
     p.add_argument("--data", metavar="SPEC", help="data spec (below; default digitscenes)")
     p.add_argument("--model", metavar="SPEC", help="model spec (below; default builtin)")
     p.add_argument("--pretrained", metavar="PATH", help="local weights of an open_clip spec")
@@ -184,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         metavar="KEY=VALUE",
-        help="override applied to every run, e.g. data.seed=3 (recorded in bench.json)",
+        help="override applied to every run, e.g. data.seed=3 (recorded in bench.json; may be "
+        "repeated)",
     )
     p.add_argument("--out", default="runs/quick")
     p.add_argument(
@@ -203,13 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``hardneg`` command. A :class:`~hardneg.errors.UserError` (a bad config, data
+    spec, file or path) prints one line and returns 2; any other exception is a bug and keeps
+    its traceback."""
+    from hardneg.errors import UserError, one_line
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # KeyError's str() quotes its message; any message is printed on one line
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"hardneg: error: {' '.join(str(message).split())}", file=sys.stderr)
+    except UserError as err:
+        print(f"hardneg: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 
