@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bns", type=int, default=0, help="select K negatives with BNS (0: all)")
-    parser.add_argument("--output", default=None, help="where to save the model (default: temp)")
+    parser.add_argument(
+        "--output", default=None, help="save the fine-tuned model here (default: not saved)"
+    )
     parser.add_argument(
         "--ega-literal",
         action="store_true",
@@ -83,10 +85,9 @@ def main() -> None:
     dev = triplets(4 * args.batch_size + 16)[4 * args.batch_size :]
     evaluator = RetrievalEvaluator(dev["anchor"], dev["positive"], ks=(1, 5), name="dev")
     callbacks = [BNSProgressCallback(loss.miner)] if loss.miner is not None else []
-    with tempfile.TemporaryDirectory() as tmp:
-        output = args.output or os.path.join(tmp, "minilm-ega")
+    with tempfile.TemporaryDirectory() as tmp:  # the trainer's scratch dir, deleted on exit
         training_args = SentenceTransformerTrainingArguments(
-            output_dir=output,
+            output_dir=tmp,
             max_steps=args.max_steps,
             per_device_train_batch_size=args.batch_size,
             learning_rate=1e-4,
@@ -109,8 +110,11 @@ def main() -> None:
         print(f"dev anchor→positive R@1: {evaluator(model)['dev_i2t_R@1']:.1f}%")
         history = [log["loss"] for log in trainer.state.log_history if "loss" in log]
         print(f"training loss: first {history[0]:.4f}  last {history[-1]:.4f}")
-        model.save(output)
-        print(f"saved to {output}")
+    if args.output:
+        model.save(args.output)
+        print(f"saved to {args.output}")
+    else:
+        print("model not saved (pass --output DIR to keep it)")
 
 
 if __name__ == "__main__":
