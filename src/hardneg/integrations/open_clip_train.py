@@ -24,7 +24,7 @@ Usage — hardneg's options first, then open_clip_train's own arguments, unchang
   gradient). The negatives are selected once per optimiser step, on that accumulated batch,
   at its first call, and reused for the other ``A − 1``; the policy steps once;
 - checkpoints: the miner state (policy, its Adam state, noise generator) is stored in
-  open_clip's checkpoint under ``checkpoint["optimizer"]["hardneg_selector"]`` (a state-dict
+  open_clip's checkpoint under ``checkpoint["optimizer"]["hardneg_miner"]`` (a state-dict
   hook of the optimizer) and restored on ``--resume``;
 - ``--hardneg-model-config PATH.json`` registers a model config file with
   ``open_clip.add_model_config`` (``--model`` is then its file name without ``.json``).
@@ -58,7 +58,7 @@ from hardneg.miners import BNSConfig, BoundaryAwareMiner, MinedNegatives
 logger = logging.getLogger(__name__)
 
 #: Key of the miner state inside open_clip's ``checkpoint["optimizer"]``.
-CHECKPOINT_KEY = "hardneg_selector"
+CHECKPOINT_KEY = "hardneg_miner"
 
 
 class OpenClipTrainLoss(nn.Module):
