@@ -32,7 +32,8 @@ def test_a_latin1_file_names_the_file_and_the_fix_through_the_cli(tmp_path, caps
     path = write_csv(tmp_path, n=3, captions_per_image=1)
     text = path.read_text().replace("a ", "é ", 1)
     path.write_bytes(text.encode("latin-1"))
-    code = cli.main(["train", "--data", f"csv:{path}", "--steps", "1", "--out", str(tmp_path / "r")])
+    out = str(tmp_path / "run")
+    code = cli.main(["train", "--data", f"csv:{path}", "--steps", "1", "--out", out])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert str(path) in err and "not UTF-8" in err and "iconv" in err
