@@ -22,6 +22,9 @@ _TRAIN_KEYS = {
     "images": ("data", "images"),
     "csv_img_key": ("data", "csv_img_key"),
     "csv_caption_key": ("data", "csv_caption_key"),
+    "hf_image_key": ("data", "hf_image_key"),
+    "hf_caption_key": ("data", "hf_caption_key"),
+    "negatives": ("data", "negatives"),
 }
 
 _TRAIN_EPILOG = """\
@@ -91,11 +94,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from hardneg.data import commands
+    from hardneg.errors import user_errors
 
-    if args.action == "generate":
-        commands.generate(args.out, preset=args.preset, seed=args.seed)
-    else:
-        commands.inspect(args.path, split=args.split, n=args.n)
+    with user_errors():  # a preset, a folder to read or write: the user's
+        if args.action == "generate":
+            commands.generate(args.out, preset=args.preset, seed=args.seed)
+        else:
+            commands.inspect(args.path, split=args.split, n=args.n)
     return 0
 
 
@@ -115,7 +120,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hardneg.bench.report import write_report
+    from hardneg.errors import UserError
 
+    if not Path(args.run).is_dir():
+        raise UserError(f"{args.run} is not a directory; pass the --out folder of hardneg bench")
     write_report(Path(args.run))
     return 0
 
@@ -152,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
     p.add_argument("--csv-img-key", metavar="COL", help="image-path column of a csv source")
     p.add_argument("--csv-caption-key", metavar="COL", help="caption column of a csv source")
+    p.add_argument("--hf-image-key", metavar="COL", help="image column of an hf source")
+    p.add_argument(
+        "--hf-caption-key",
+        metavar="COL",
+        help="caption column of an hf source (default: the first of caption, captions, text, "
+        "sentence, sentences, title, alt_text)",
+    )
+    p.add_argument(
+        "--negatives",
+        metavar="SPEC",
+        help="hard-negative captions on real data: perturb | column:NAME | none",
+    )
     p.add_argument("--out", help="run directory (default: config out_dir)")
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
