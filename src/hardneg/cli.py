@@ -65,11 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     The config is resolved and validated in full before anything is built or read.
     """
     from hardneg.errors import user_errors
+    from hardneg.train.paths import absolute_paths
     from hardneg.train.validate import resolve_config
 
     with user_errors():
         try:
-            config = resolve_config(args.method, _train_values(args))
+            config = absolute_paths(resolve_config(args.method, _train_values(args)))
         except TypeError as err:  # a config value a check could not handle: still a usage error
             raise ValueError(str(err)) from None
 
