@@ -100,9 +100,26 @@ def cmd_data(args: argparse.Namespace) -> int:
     with user_errors():  # a preset, a folder to read or write: the user's
         if args.action == "generate":
             commands.generate(args.out, preset=args.preset, seed=args.seed)
-        else:
+        elif args.action == "inspect":
             commands.inspect(args.path, split=args.split, n=args.n)
+        else:
+            return _data_check(args)
     return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    """``hardneg data check``: 0 when every image decodes, 1 otherwise (the report says which)."""
+    from hardneg.data.check import check_source
+    from hardneg.train.config import DataConfig
+
+    options = {
+        key: getattr(args, option)
+        for option, (_, key) in _TRAIN_KEYS.items()
+        if hasattr(args, option) and getattr(args, option) is not None and option != "data"
+    }
+    report = check_source(DataConfig(dataset=args.spec, **options), progress=not args.quiet)
+    print(report.format())
+    return 1 if report.bad else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -127,6 +144,25 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run} is not a directory; pass the --out folder of hardneg bench")
     write_report(Path(args.run))
     return 0
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    """The options that say how to read a data source (train, data check)."""
+    p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
+    p.add_argument("--csv-img-key", metavar="COL", help="image-path column of a csv source")
+    p.add_argument("--csv-caption-key", metavar="COL", help="caption column of a csv source")
+    p.add_argument("--hf-image-key", metavar="COL", help="image column of an hf source")
+    p.add_argument(
+        "--hf-caption-key",
+        metavar="COL",
+        help="caption column of an hf source (default: the first of caption, captions, text, "
+        "sentence, sentences, title, alt_text)",
+    )
+    p.add_argument(
+        "--negatives",
+        metavar="SPEC",
+        help="hard-negative captions on real data: perturb | column:NAME | none",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,21 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="SPEC", help="data spec (below; default digitscenes)")
     p.add_argument("--model", metavar="SPEC", help="model spec (below; default builtin)")
     p.add_argument("--pretrained", metavar="PATH", help="local weights of an open_clip spec")
-    p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
-    p.add_argument("--csv-img-key", metavar="COL", help="image-path column of a csv source")
-    p.add_argument("--csv-caption-key", metavar="COL", help="caption column of a csv source")
-    p.add_argument("--hf-image-key", metavar="COL", help="image column of an hf source")
-    p.add_argument(
-        "--hf-caption-key",
-        metavar="COL",
-        help="caption column of an hf source (default: the first of caption, captions, text, "
-        "sentence, sentences, title, alt_text)",
-    )
-    p.add_argument(
-        "--negatives",
-        metavar="SPEC",
-        help="hard-negative captions on real data: perturb | column:NAME | none",
-    )
+    _data_options(p)
     p.add_argument("--out", help="run directory (default: config out_dir)")
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -194,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("data", help="generate or inspect DigitScenes")
+    p = sub.add_parser("data", help="generate or inspect DigitScenes; check a data source")
     dsub = p.add_subparsers(dest="action", required=True)
     g = dsub.add_parser("generate", help="generate, cache and draw a contact sheet")
     g.add_argument("--out", default="runs/data")
@@ -204,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.add_argument("--split", default="train")
     i.add_argument("-n", type=int, default=16)
+    c = dsub.add_parser(
+        "check",
+        help="decode every image of a karpathy / csv / hf source; report bad rows, captions, "
+        "splits (exit 1 if an image fails)",
+    )
+    c.add_argument("spec", metavar="SPEC", help="data spec, as hardneg train --data")
+    _data_options(c)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="every method side by side, with tables and plots")
