@@ -146,6 +146,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hardneg")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def _data_options(p: argparse.ArgumentParser) -> None:
     """The options that say how to read a data source (train, data check)."""
     p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
@@ -172,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hardneg", description="Hard-negative contrastive learning for image-text alignment."
     )
+    parser.add_argument("--version", action="version", version=f"hardneg {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
