@@ -54,3 +54,5 @@ def test_a_run_trained_with_relative_paths_evaluates_from_another_directory(
     capsys.readouterr()
     assert cli.main(["eval", "work/runs/x"]) == 0
     assert "i2t_R@1" in json.dumps(json.loads(capsys.readouterr().out))
+    written = json.loads((tmp_path / "work" / "runs" / "x" / "eval.json").read_text())
+    assert "i2t_R@1" in json.dumps(written["metrics"])

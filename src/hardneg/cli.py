@@ -89,7 +89,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hardneg.train.run import evaluate_run
 
     metrics = evaluate_run(Path(args.run), data=args.data, compositional=args.compositional)
-    print(json.dumps(metrics, indent=2))
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    record = {"data": args.data, "compositional": args.compositional, "metrics": metrics}
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"hardneg: wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -224,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compositional probes: a JSON list of {image, caption, negative[, kind]} rows "
         "(the ARO / SugarCrepe layout), images relative to the run's data.images",
     )
+    p.add_argument("--out", metavar="FILE", help="write the metrics here (default RUN/eval.json)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="generate or inspect DigitScenes; check a data source")
