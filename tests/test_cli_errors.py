@@ -50,3 +50,10 @@ def test_user_errors_turns_input_errors_into_one_line_user_errors():
 def test_one_line_keeps_the_file_name_of_an_os_error():
     err = PermissionError(13, "Permission denied", "/ro/run")
     assert one_line(err) == "Permission denied: /ro/run"
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("hardneg 0.")

@@ -201,7 +201,7 @@ def test_hf_splits_and_missing_column(tmp_path):
     with pytest.raises(ValueError, match=r"split 'val'.*train, test"):
         open_source(cfg, 8, spec=f"hf:{folder}:val")
     with pytest.raises(KeyError, match=r"no column 'text'.*--hf-caption-key"):
-        HFImageCaptions(folder, image_key="picture")
+        HFImageCaptions(folder, image_key="picture", caption_key="text")
 
 
 # --- Karpathy -----------------------------------------------------------------------------

@@ -86,3 +86,13 @@ def test_gradcache_under_two_ranks_equals_one_process(tmp_path, tiny_text_model,
     for params in run_distributed(_ddp_worker, 2, single.cfg.to_dict()):
         for key, value in expected.items():
             assert torch.allclose(params[key], value, atol=1e-5), key
+
+
+def test_gradcache_with_a_batchnorm_tower_is_refused_naming_the_fix(tmp_path, tiny_text_model):
+    """Chunks would normalise with their own batch statistics and update the running ones
+    once per chunk: not the plain step. Refused before any step, naming BatchNorm and the fix."""
+    values = trainer_values(tmp_path, tiny_text_model)
+    values["model"] = {**values["model"], "image_tower": "conv"}
+    values["optim"] = {**values["optim"], "gradcache_chunk": 4}
+    with pytest.raises(ValueError, match=r"BatchNorm.*model.image_tower=vit"):
+        Trainer(resolve_config("infonce", values)).train_step(list(range(16)))

@@ -22,6 +22,9 @@ _TRAIN_KEYS = {
     "images": ("data", "images"),
     "csv_img_key": ("data", "csv_img_key"),
     "csv_caption_key": ("data", "csv_caption_key"),
+    "hf_image_key": ("data", "hf_image_key"),
+    "hf_caption_key": ("data", "hf_caption_key"),
+    "negatives": ("data", "negatives"),
 }
 
 _TRAIN_EPILOG = """\
@@ -62,11 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     The config is resolved and validated in full before anything is built or read.
     """
     from hardneg.errors import user_errors
+    from hardneg.train.paths import absolute_paths
     from hardneg.train.validate import resolve_config
 
     with user_errors():
         try:
-            config = resolve_config(args.method, _train_values(args))
+            config = absolute_paths(resolve_config(args.method, _train_values(args)))
         except TypeError as err:  # a config value a check could not handle: still a usage error
             raise ValueError(str(err)) from None
 
@@ -85,18 +89,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hardneg.train.run import evaluate_run
 
     metrics = evaluate_run(Path(args.run), data=args.data, compositional=args.compositional)
-    print(json.dumps(metrics, indent=2))
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    record = {"data": args.data, "compositional": args.compositional, "metrics": metrics}
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"hardneg: wrote {out}", file=sys.stderr)
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from hardneg.data import commands
+    from hardneg.errors import user_errors
 
-    if args.action == "generate":
-        commands.generate(args.out, preset=args.preset, seed=args.seed)
-    else:
-        commands.inspect(args.path, split=args.split, n=args.n)
+    with user_errors():  # a preset, a folder to read or write: the user's
+        if args.action == "generate":
+            commands.generate(args.out, preset=args.preset, seed=args.seed)
+        elif args.action == "inspect":
+            commands.inspect(args.path, split=args.split, n=args.n)
+        else:
+            return _data_check(args)
     return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    """``hardneg data check``: 0 when every image decodes, 1 otherwise (the report says which)."""
+    from hardneg.data.check import check_source
+    from hardneg.train.config import DataConfig
+
+    options = {
+        key: getattr(args, option)
+        for option, (_, key) in _TRAIN_KEYS.items()
+        if hasattr(args, option) and getattr(args, option) is not None and option != "data"
+    }
+    report = check_source(DataConfig(dataset=args.spec, **options), progress=not args.quiet)
+    print(report.format())
+    return 1 if report.bad else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -115,9 +143,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hardneg.bench.report import write_report
+    from hardneg.errors import UserError
 
+    if not Path(args.run).is_dir():
+        raise UserError(f"{args.run} is not a directory; pass the --out folder of hardneg bench")
     write_report(Path(args.run))
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hardneg")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    """The options that say how to read a data source (train, data check)."""
+    p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
+    p.add_argument("--csv-img-key", metavar="COL", help="image-path column of a csv source")
+    p.add_argument("--csv-caption-key", metavar="COL", help="caption column of a csv source")
+    p.add_argument("--hf-image-key", metavar="COL", help="image column of an hf source")
+    p.add_argument(
+        "--hf-caption-key",
+        metavar="COL",
+        help="caption column of an hf source (default: the first of caption, captions, text, "
+        "sentence, sentences, title, alt_text)",
+    )
+    p.add_argument(
+        "--negatives",
+        metavar="SPEC",
+        help="hard-negative captions on real data: perturb | column:NAME | none",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hardneg", description="Hard-negative contrastive learning for image-text alignment."
     )
+    parser.add_argument("--version", action="version", version=f"hardneg {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -149,9 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="SPEC", help="data spec (below; default digitscenes)")
     p.add_argument("--model", metavar="SPEC", help="model spec (below; default builtin)")
     p.add_argument("--pretrained", metavar="PATH", help="local weights of an open_clip spec")
-    p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
-    p.add_argument("--csv-img-key", metavar="COL", help="image-path column of a csv source")
-    p.add_argument("--csv-caption-key", metavar="COL", help="caption column of a csv source")
+    _data_options(p)
     p.add_argument("--out", help="run directory (default: config out_dir)")
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -171,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="compositional probes: a JSON list of {image, caption, negative[, kind]} rows "
         "(the ARO / SugarCrepe layout), images relative to the run's data.images",
     )
+    p.add_argument("--out", metavar="FILE", help="write the metrics here (default RUN/eval.json)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("data", help="generate or inspect DigitScenes")
+    p = sub.add_parser("data", help="generate or inspect DigitScenes; check a data source")
     dsub = p.add_subparsers(dest="action", required=True)
     g = dsub.add_parser("generate", help="generate, cache and draw a contact sheet")
     g.add_argument("--out", default="runs/data")
@@ -183,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.add_argument("--split", default="train")
     i.add_argument("-n", type=int, default=16)
+    c = dsub.add_parser(
+        "check",
+        help="decode every image of a karpathy / csv / hf source; report bad rows, captions, "
+        "splits (exit 1 if an image fails)",
+    )
+    c.add_argument("spec", metavar="SPEC", help="data spec, as hardneg train --data")
+    _data_options(c)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="every method side by side, with tables and plots")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,48 @@ def csv_separator(path: str | os.PathLike) -> str:
     return "\t" if suffix == ".tsv" else ","
 
 
+@contextmanager
+def _open_text(path: Path) -> Iterator:
+    """``path`` opened as UTF-8 text (a BOM is skipped); a file in another encoding or a quote
+    left open is a ``ValueError`` naming the file and the fix."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            yield handle
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    except csv.Error as err:
+        raise ValueError(f"{path} is not valid csv ({err}); check its quotes") from None
+
+
+def _rows(reader: csv.DictReader, path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(where, row)`` of each data row; a field spanning lines (a quote left open, which
+    swallows the following rows into one cell) is a ``ValueError`` naming its first line."""
+    _ = reader.fieldnames  # reads the header
+    start = reader.line_num + 1
+    rows = iter(reader)
+    while True:
+        where = f"{path} line {start}"
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise ValueError(
+                f"{where}: not valid csv from here ({err}): a quote left open?; close the "
+                'quote, or write a quote inside a field as ""'
+            ) from None
+        if reader.line_num != start:
+            raise ValueError(
+                f"{where}: a quoted field runs over lines {start}–{reader.line_num} (a quote "
+                'left open?); close the quote, or write a quote inside a field as ""'
+            )
+        start = reader.line_num + 1
+        yield where, row
+
+
 _FIXES = {
     "img": "pass the image-path column with --csv-img-key COLUMN (data.csv_img_key)",
     "caption": "pass the caption column with --csv-caption-key COLUMN (data.csv_caption_key)",
@@ -58,8 +102,8 @@ def check_csv_columns(
     The message names the missing column, the columns there are and the flag that sets it.
     """
     separator = csv_separator(path) if separator is None else separator
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        columns = next(csv.reader(handle, delimiter=separator), [])
+    with _open_text(Path(path)) as handle:
+        columns = next(csv.reader(handle, delimiter=separator, strict=True), [])
     for key, role in ((img_key, "img"), (caption_key, "caption"), (negative_key, "negative")):
         if key is not None and key not in columns:
             raise KeyError(
@@ -84,7 +128,8 @@ class CSVImageCaptions(ImageCaptionDataset):
     Raises:
         FileNotFoundError: the file, ``image_root`` or an image (message names row and path).
         KeyError: a column is missing (message names it and the flags that set it).
-        ValueError: bad suffix / size, an empty caption or image path (names the line).
+        ValueError: bad suffix / size, an empty caption or image path, a quote left open (names
+            the line), a file that is not UTF-8.
 
     Example:
         >>> ds = CSVImageCaptions("train.csv", image_size=224)  # doctest: +SKIP
@@ -116,11 +161,10 @@ class CSVImageCaptions(ImageCaptionDataset):
                 "are relative to (--images DIR, data.images)"
             )
         check_csv_columns(path, img_key, caption_key, negative_key, separator)
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter=separator)
+        with _open_text(path) as handle:
+            reader = csv.DictReader(handle, delimiter=separator, strict=True)
             keys, captions, negatives = [], [], [] if negative_key else None
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
+            for where, row in _rows(reader, path):
                 image = (row[img_key] or "").strip()
                 if not image:
                     raise ValueError(f"{where}: column {img_key!r} is empty; give an image path")

@@ -18,6 +18,7 @@ in :meth:`HFImageCaptions.load_image`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,21 @@ from hardneg.data.columns import caption_cell, group_rows, negatives_cell
 from hardneg.data.dataset import ImageCaptionDataset
 from hardneg.data.images import read_image
 
-__all__ = ["PATH_COLUMNS", "HFImageCaptions", "hf_layout"]
+__all__ = ["CAPTION_COLUMNS", "PATH_COLUMNS", "HFImageCaptions", "hf_layout"]
+
+logger = logging.getLogger(__name__)
 
 PATH_COLUMNS: tuple[str, ...] = ("file_name", "filename", "filepath", "image_path", "path")
+#: caption column names tried, in this order, when none is given
+CAPTION_COLUMNS: tuple[str, ...] = (
+    "caption",
+    "captions",
+    "text",
+    "sentence",
+    "sentences",
+    "title",
+    "alt_text",
+)
 _SAVED_MARKERS = ("dataset_dict.json", "state.json")
 _METADATA = ("metadata.csv", "metadata.jsonl")
 
@@ -90,6 +103,19 @@ def _pick_split(table: Any, split: str | None, path: Path) -> Any:
     return table[split]
 
 
+def _caption_column(table: Any, path: Path) -> str:
+    """The first of :data:`CAPTION_COLUMNS` in ``table`` (logged); KeyError naming the fix."""
+    found = next((name for name in CAPTION_COLUMNS if name in table.column_names), None)
+    if found is None:
+        raise KeyError(
+            f"hf source {path} has none of the usual caption columns {list(CAPTION_COLUMNS)} "
+            f"(columns: {', '.join(table.column_names)}); name it with --hf-caption-key COLUMN "
+            "(data.hf_caption_key)"
+        )
+    logger.warning("hf source %s: captions from column %r (set data.hf_caption_key)", path, found)
+    return found
+
+
 def _pylist(table: Any, key: str) -> list[Any]:
     """One column as a Python list (through Arrow: images are not decoded)."""
     return table.select_columns([key]).with_format("arrow")[:].column(key).to_pylist()
@@ -102,7 +128,8 @@ class HFImageCaptions(ImageCaptionDataset):
         path: a ``save_to_disk`` directory or an ``imagefolder`` directory.
         image_key: image column (``datasets.Image`` or file-path strings, relative ones
             resolved against ``path``).
-        caption_key: caption column (a string or a list of strings per row).
+        caption_key: caption column (a string or a list of strings per row); None: the first
+            of :data:`CAPTION_COLUMNS` the table has (logged).
         image_size: output side (short side resized, then center crop).
         negative_key: optional column of hard negatives (``|``-separated string or a list);
             sets :attr:`negatives` (None without it).
@@ -123,7 +150,7 @@ class HFImageCaptions(ImageCaptionDataset):
         self,
         path: str | os.PathLike,
         image_key: str = "image",
-        caption_key: str = "text",
+        caption_key: str | None = None,
         image_size: int = 224,
         negative_key: str | None = None,
         split: str | None = None,
@@ -139,6 +166,7 @@ class HFImageCaptions(ImageCaptionDataset):
         else:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         table = _pick_split(loaded, split, path)
+        caption_key = caption_key or _caption_column(table, path)
         self._check_columns(table, path, image_key, caption_key, negative_key)
         feature = table.features[image_key]
         self._embedded = isinstance(feature, datasets.Image)

@@ -67,6 +67,7 @@ class HFCLIPTextTower(HFTextTower):
                 f"the tokenizer has {len(tokenizer)} ids but the text model only "
                 f"{config.vocab_size} embeddings; use the checkpoint's own tokenizer"
             )
+        _check_eos(tokenizer, config.eos_token_id)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.padding = padding
@@ -83,6 +84,25 @@ class HFCLIPTextTower(HFTextTower):
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
         pooled = self.projection(out.pooler_output)
         return TextOutput(out.last_hidden_state, attention_mask.bool(), pooled, input_ids)
+
+
+def _check_eos(tokenizer: Any, eos_token_id: int | None) -> None:
+    """ValueError unless the tokenizer ends a caption with the model's EOS id.
+
+    CLIP's text model pools the first ``eos_token_id`` position (``transformers`` reads the
+    legacy id 2 as "the largest id" instead); a tokenizer that never writes that id makes it
+    pool position 0 for every caption: identical features, a loss stuck at ln B.
+    """
+    if eos_token_id is None or eos_token_id == 2:
+        return
+    ids = tokenizer("a photo of a cat")["input_ids"]
+    if eos_token_id not in ids:
+        raise ValueError(
+            f"the text model pools its EOS token (text_config.eos_token_id={eos_token_id}) but "
+            f"the tokenizer never writes it (a caption tokenizes to {ids}): every caption would "
+            "get the same feature. Use the checkpoint's own tokenizer, or set "
+            f"text_config.eos_token_id to the id the tokenizer ends captions with ({ids[-1]})"
+        )
 
 
 class HFCLIPImageTower(FreezableModule):

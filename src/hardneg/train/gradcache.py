@@ -265,6 +265,26 @@ def gradcache_backward(
     )
 
 
+def check_chunkable(model: torch.nn.Module) -> None:
+    """ValueError if ``model`` has a BatchNorm layer in training mode.
+
+    GradCache's exactness needs each row's embedding to depend on that row only: a BatchNorm
+    layer normalises a chunk with the chunk's statistics (not the micro-batch's) and updates its
+    running statistics once per chunk and pass, so the step would differ from the plain one.
+    """
+    norms = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training
+    ]
+    if norms:
+        raise ValueError(
+            f"optim.gradcache_chunk needs encoders whose rows are independent, but {norms[0]} is "
+            "a BatchNorm layer in training (chunks would be normalised with their own batch "
+            "statistics); use a LayerNorm tower (model.image_tower=vit) or optim.gradcache_chunk=0"
+        )
+
+
 def chunk_slices(batch_size: int, chunk_size: int) -> list[slice]:
     """Row slices of ``ceil(batch_size / chunk_size)`` chunks (the last may be shorter).
 

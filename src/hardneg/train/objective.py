@@ -35,7 +35,7 @@ from hardneg.models.inputs import Texts
 from hardneg.models.outputs import TextOutput
 from hardneg.train.batch import Batch
 from hardneg.train.config import AuxConfig
-from hardneg.train.gradcache import Chunk, chunk_slices, gradcache_backward
+from hardneg.train.gradcache import Chunk, check_chunkable, chunk_slices, gradcache_backward
 
 
 def has_crossmodal_terms(aux: AuxConfig) -> bool:
@@ -161,6 +161,7 @@ class Objective:
         MLM is exact (its normaliser is the micro-batch's token count). With one chunk the step
         equals the plain one, dropout masks included.
         """
+        check_chunkable(model)
         slices = chunk_slices(len(batch.local), chunk_size)
 
         def encode(i: int) -> Chunk:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from hardneg.data.atomic_files import atomic_write, remove_stale_temps
+from hardneg.errors import user_errors
 from hardneg.eval.items import pack_items
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.memory import PeakMemory
@@ -66,9 +67,10 @@ def _train_and_evaluate(
     config: TrainConfig, resume: bool, trainer: Trainer | None
 ) -> dict[str, Any] | None:
     out = Path(config.out_dir)
-    trainer = trainer or Trainer(config)
-    if resume:
-        trainer.resume()  # raises on a checkpoint of another configuration
+    with user_errors():  # the data, the model spec, the run directory: the user's to fix
+        trainer = trainer or Trainer(config)
+        if resume:
+            trainer.resume()  # raises on a checkpoint of another configuration
     if trainer.rank == 0:
         # we hold the lock, so no one else writes here: every temp file is a killed write's
         remove_stale_temps(out, locked=True)
@@ -110,16 +112,19 @@ def evaluate_run(
     spec ``data`` (multi-positive retrieval), with compositional accuracy on the probes JSON
     ``compositional`` (files recipe)."""
     path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; train first with `hardneg train --out`")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = config_from_dict(state["config"])
-    if data is not None:
-        from hardneg.data.sources import parse_data_spec
+    with user_errors():  # the run directory, its checkpoint, the data spec: the user's
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist; train first with `hardneg train --out`"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        config = config_from_dict(state["config"])
+        if data is not None:
+            from hardneg.data.sources import parse_data_spec
 
-        parse_data_spec(data, key="--data")
-    trainer = Trainer(replace(config, progress=False))
-    trainer.load_state_dict(state)
+            parse_data_spec(data, key="--data")
+        trainer = Trainer(replace(config, progress=False))
+        trainer.load_state_dict(state)
     evaluations = trainer.recipe.evaluate(data, compositional)
     return {name: e.metrics for name, e in evaluations.items()}
 

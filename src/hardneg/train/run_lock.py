@@ -21,12 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from hardneg.errors import UserError
+
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "exit_on_signals", "lock_holder"]
 
 LOCK_NAME = "run.lock"
 
 
-class RunLockedError(ValueError):
+class RunLockedError(UserError):
     """The run directory is locked by another live process."""
 
 
