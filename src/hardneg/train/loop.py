@@ -35,11 +35,18 @@ from hardneg.train.builders import (
 )
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.finite import non_finite_message
-from hardneg.train.hooks import Diagnostics, FalconReward, Hook, MinerPolicyStep, StoreRefresh
+from hardneg.train.hooks import (
+    Diagnostics,
+    FalconReward,
+    Hook,
+    MinerPolicyStep,
+    StoreRefresh,
+    TrainState,
+)
 from hardneg.train.logwriter import LogWriter
 from hardneg.train.objective import Objective
 from hardneg.train.overflow import GradNormOverflow
-from hardneg.train.recipes import Recipe
+from hardneg.train.recipes import BatchSampler, Recipe
 from hardneg.train.rng import rng_state, set_rng_state
 from hardneg.train.schedule import warmup_cosine
 
@@ -71,26 +78,39 @@ class Engine:
             None if selector is None else selector.to(device),
             cfg.selector.denominator,
         )
-        # a stream brings its own batches; map-style data is indexed by the batch sampler
-        self.sampler = getattr(recipe, "batch_sampler", None) or build_batch_sampler(
-            cfg, recipe.train_size()
-        )
+        # a stream brings its own batches; map-style data is indexed by the hardness sampler
+        hardness = None
+        self.sampler: BatchSampler
+        if recipe.batch_sampler is None:
+            self.sampler = hardness = build_batch_sampler(cfg, recipe.train_size())
+        else:
+            self.sampler = recipe.batch_sampler
         self.steps_per_epoch = max(1, len(self.sampler))
-        self.hooks: list[Hook] = [Diagnostics()]
-        if self.sampler.config.mode != "random":
-            self.hooks.append(StoreRefresh())
-        if selector is not None:
-            self.hooks.append(MinerPolicyStep())
-        if self.sampler.scheduler is not None:
-            self.hooks.append(FalconReward())
+        self.state = TrainState(
+            step=0,
+            epoch=0,
+            steps_per_epoch=self.steps_per_epoch,
+            max_steps=cfg.steps,
+            rank=rank,
+            world=world,
+            device=device,
+        )
+        self.diagnostics = Diagnostics(self.sampler)
+        self.hooks: list[Hook] = [self.diagnostics]
+        if hardness is not None and hardness.config.mode != "random":
+            self.hooks.append(
+                StoreRefresh(hardness, recipe.embed_untrained, self.autocast, cfg.batch_size)
+            )
+        if self.objective.selector is not None:
+            self.hooks.append(MinerPolicyStep(self.objective.selector))
+        if hardness is not None and hardness.scheduler is not None:
+            self.hooks.append(
+                FalconReward(hardness.scheduler, self.model, self.objective.mlm, self.autocast)
+            )
         named = list(self.model.named_parameters())
         named += [(f"loss_fn.{n}", p) for n, p in self.loss_fn.named_parameters()]
-        exclude = getattr(recipe, "exclude_from_decay", False)
-        self.optimizer = build_optimizer(cfg, named, exclude_from_decay=exclude)
+        self.optimizer = build_optimizer(cfg, named, exclude_from_decay=recipe.exclude_from_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.step = 0
-        self.epoch = 0
-        self.selected_bs: list[Tensor] = []  # (step, BS) rows of selected negatives
         # running sums of the figures a run reports (checkpointed: a resumed run reports
         # what the uninterrupted run would)
         self.sums: dict[str, float] = {}
@@ -106,6 +126,22 @@ class Engine:
         self.overflow = GradNormOverflow()
 
     @property
+    def step(self) -> int:
+        """Optimizer steps taken so far."""
+        return self.state.step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs of the batch sampler completed so far."""
+        return self.state.epoch
+
+    @property
+    def selected_bs(self) -> list[Tensor]:
+        """(step, BS) rows of the selected negatives' boundary scores (see
+        :class:`~hardneg.train.hooks.Diagnostics`)."""
+        return self.diagnostics.selected_bs
+
+    @property
     def selector(self):
         """The negative miner (BNS), or None."""
         return self.objective.selector
@@ -116,7 +152,7 @@ class Engine:
     @property
     def progress(self) -> tuple[float, float]:
         """(η, total) in fractional epochs, for the BNS curriculum."""
-        return self.step / self.steps_per_epoch, self.cfg.steps / self.steps_per_epoch
+        return self.state.progress
 
     def autocast(self):
         """The step's autocast context (a no-op off CUDA or with ``amp=False``)."""
@@ -143,7 +179,7 @@ class Engine:
         draw = self.recipe.draw(torch.tensor(global_batch, dtype=torch.long), self.step)
         batches = self.micro_batches(draw)
         for hook in self.hooks:
-            hook.before_update(self, draw, batches)
+            hook.before_update(self.state, draw, batches)
         logs: dict[str, float] = {}
         chunk = self.cfg.optim.gradcache_chunk
         for batch in batches:
@@ -160,7 +196,7 @@ class Engine:
             else:
                 out = self.objective(self.model, batch, self.progress, self.autocast)
             for hook in self.hooks:
-                hook.after_forward(self, batch, out)
+                hook.after_forward(self.state, batch, out)
             loss = out.loss + out.policy_loss
             if not torch.isfinite(loss):
                 params = dict(self.model.named_parameters()) | dict(self.loss_fn.named_parameters())
@@ -175,8 +211,8 @@ class Engine:
                 logs[key] = logs.get(key, 0.0) + value / len(batches)
         self._update(logs)
         for hook in self.hooks:
-            hook.after_update(self, draw, batches, logs)
-        self.step += 1
+            hook.after_update(self.state, draw, batches, logs)
+        self.state.step += 1
         logs["lr"] = self.scheduler.get_last_lr()[0]
         logs["temperature"] = float(1.0 / self.loss_fn.scale().detach())
         logs["step_time"] = time.perf_counter() - t0
@@ -232,9 +268,9 @@ class Engine:
         while True:
             self.sampler.set_epoch(self.epoch)
             yield from self.sampler
-            self.epoch += 1
+            self.state.epoch += 1
             for hook in self.hooks:
-                hook.end_epoch(self)
+                hook.end_epoch(self.state)
 
     def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train until ``config.steps`` (or ``stop_at``); logs CSV, checkpoints, resumes."""
@@ -311,11 +347,11 @@ class Engine:
         self.sampler.load_state_dict(state["sampler"])
         self.recipe.load_state_dict(state["recipe"])
         set_rng_state(state["rng"])
-        self.step, self.epoch = state["step"], state["epoch"]
+        self.state.step, self.state.epoch = state["step"], state["epoch"]
         summary = state["summary"]
         self.sums, self.counts = dict(summary["sums"]), dict(summary["counts"])
         self.step_times = list(summary["step_times"])
-        self.selected_bs = list(summary["selected_bs"])
+        self.diagnostics.selected_bs = list(summary["selected_bs"])
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""
