@@ -5,8 +5,31 @@ A step: the batch sampler (random | GRIT | FALCON | …) yields a global batch o
 the recipe draws the step's random choices once (:class:`~hardneg.train.batch.StepDraw`) and
 builds each micro-batch's shard for this rank; the objective computes the loss (its contrastive
 loss gathers features from every rank with gradient); gradients are averaged over ranks
-explicitly after backward (equivalent to DDP's averaging, with no wrapper needed for the model's
-several entry points); then one optimizer step and the hooks (BNS policy step, FALCON reward).
+explicitly after backward; then one optimizer step and the hooks
+(:mod:`hardneg.train.hooks`: BNS policy step, FALCON reward, …), which see only the loop's
+:class:`~hardneg.train.hooks.TrainState`.
+
+Why an explicit all-reduce and not ``torch.nn.parallel.DistributedDataParallel``: DDP prepares
+its gradient averaging in its own ``forward`` and expects each wrapped parameter's gradient once
+per ``forward``; it averages only the wrapped module's parameters. Here
+
+- the model has no ``forward``: the objective calls it through several entry points
+  (``encode_images``, ``encode_texts`` — twice with hard-negative captions — and the
+  cross-modal head's ITM / MLM), and FALCON's reward calls it again in eval mode. Parameters
+  reached outside ``forward`` break DDP's bookkeeping silently (measured with two gloo ranks and
+  a module with ``forward`` plus a second entry point: after a backward through ``forward`` the
+  ranks' gradients stayed unequal, 3.0 vs 6.0, because the bucket waited for the parameter only
+  the other entry point reaches; the next backward, through that entry point, averaged the
+  pending bucket instead, 4.5 on both ranks);
+- GradCache (``optim.gradcache_chunk``) runs one backward per chunk of a micro-batch: after one
+  DDP ``forward`` the second backward fails ("Expected to mark a variable ready only once"),
+  so every entry point would need a ``forward`` of its own, ``no_sync`` on every pass but the
+  last, and ``find_unused_parameters`` for the heads a method leaves unused;
+- the loss's temperature and the BNS policy are parameters outside the model, averaged by the
+  same all-reduce.
+
+The all-reduce runs once per optimizer step (after the last micro-batch's backward), as DDP's
+``no_sync`` accumulation would.
 
 Runs single-process or under ``torchrun`` (gloo on CPU, nccl on CUDA). AMP (bf16/fp16
 autocast) is used on CUDA only.
@@ -59,25 +82,36 @@ class Engine:
         recipe: the data and the model (:class:`Recipe`).
         rank, world: this process's rank and the world size.
         device: where the model runs.
+        objective: the objective, its loss's parameters on ``device`` (default: the one
+            ``cfg`` configures: its loss, miner and cross-modal terms).
     """
 
     #: figures averaged over every step trained, resumed runs included (see :meth:`summary`)
     SUMMARY_KEYS = ("selected_fn_rate", "batch_fn_rate")
 
     def __init__(
-        self, cfg: TrainConfig, recipe: Recipe, rank: int, world: int, device: torch.device
+        self,
+        cfg: TrainConfig,
+        recipe: Recipe,
+        rank: int,
+        world: int,
+        device: torch.device,
+        objective: Objective | None = None,
     ) -> None:
         self.cfg, self.recipe = cfg, recipe
         self.rank, self.world, self.device = rank, world, device
         self.model = recipe.model
-        self.loss_fn = build_loss(cfg, recipe.logit_scale).to(device)
-        selector = build_selector(cfg)
-        self.objective = Objective(
-            self.loss_fn,
-            cfg.aux,
-            None if selector is None else selector.to(device),
-            cfg.selector.denominator,
-        )
+        if objective is None:
+            loss_fn = build_loss(cfg, recipe.logit_scale).to(device)
+            selector = build_selector(cfg)
+            objective = Objective(
+                loss_fn,
+                cfg.aux,
+                None if selector is None else selector.to(device),
+                cfg.selector.denominator,
+            )
+        self.objective = objective
+        self.loss_fn = objective.loss_fn
         # a stream brings its own batches; map-style data is indexed by the hardness sampler
         hardness = None
         self.sampler: BatchSampler
