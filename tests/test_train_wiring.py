@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from hardneg.train.hooks import StoreRefresh, TrainState
 
@@ -25,7 +26,8 @@ def test_a_training_module_imports_alone(module):
 
 
 def test_the_state_tells_progress_in_epochs():
-    state = TrainState(5, 1, steps_per_epoch=4, max_steps=10, rank=0, world=1, device="cpu")
+    cpu = torch.device("cpu")
+    state = TrainState(5, 1, steps_per_epoch=4, max_steps=10, rank=0, world=1, device=cpu)
     assert state.progress == (1.25, 2.5)
 
 
@@ -33,8 +35,6 @@ def test_store_refresh_embeds_what_drop_last_left_out_in_batches():
     """At an epoch's end the items never embedded are embedded, ``batch_size`` at a time: the
     hook works on the sampler and the embedding function it was given, no engine."""
     import contextlib
-
-    import torch
 
     class Store:
         filled = torch.tensor([True, False, False, True, False])
