@@ -123,12 +123,12 @@ def pretrain_key(
     rows = torch.cat([split.caption_rows, negatives], dim=1).flatten().tolist()
     settings = dataclasses.asdict(config)
     defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
-    for name in LATER_FIELDS:
-        value = settings.pop(name)
+    for name in LATER_FIELDS:  # (a config written before a field existed has none)
+        value = settings.pop(name, defaults[name])
         if value != defaults[name]:
             settings[name] = value
     annotations = []
-    if config.object_loss_weight:
+    if "object_loss_weight" in settings:
         s = split.scenes
         annotations = [np.asarray(s.digits), np.asarray(s.colours), np.asarray(s.boxes)]
     return content_fingerprint(
