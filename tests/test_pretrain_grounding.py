@@ -66,6 +66,20 @@ def test_default_stage_keeps_the_cache_key_it_had_before_the_object_loss(tiny):
     assert pretrain_key(dual, split, bank, grounded, negatives) != today
 
 
+@pytest.mark.parametrize(
+    "field, value", [("weight_decay", 0.1), ("max_grad_norm", 1.0), ("warmup_fraction", 0.1)]
+)
+def test_the_stage_optimiser_values_are_keyed_only_away_from_their_defaults(tiny, field, value):
+    """The optimiser values once hard-coded in the stage (AdamW decay 0.05, clip 5.0, 5 %
+    warm-up) are config fields now: at those values the key is the one it was."""
+    dual, split, bank = tiny
+    negatives = object_negative_rows(split, bank, ())
+    before = pretrain_key(dual, split, bank, _ConfigBeforeTheObjectLoss(steps=4), negatives)
+    assert pretrain_key(dual, split, bank, PretrainConfig(steps=4), negatives) == before
+    changed = PretrainConfig(steps=4, **{field: value})
+    assert pretrain_key(dual, split, bank, changed, negatives) != before
+
+
 def test_negative_weight_is_refused_before_the_stage_runs(tiny):
     dual, split, bank = tiny
     with pytest.raises(ValueError, match=r"pretrain\.object_loss_weight must be >= 0"):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from hardneg.models.inputs import Images, Texts
+from hardneg.train.grounding import ObjectTargets
 
 
 @dataclass
@@ -44,25 +45,29 @@ class Batch:
         index: ``(g,)`` the global micro-batch's item indices (every rank the same).
         local: ``(r,)`` this rank's items (a shard of ``index``).
         ids: ``(r,)`` positive ids: two captions are positives of each other's images iff
-            their ids are equal (item index by default: the image's own captions only).
+            their ids are equal (item index by default: the image's own captions only); None:
+            each image's drawn caption is its only positive (the loss's diagonal).
         images, text: this rank's images and one caption per image.
         hard_text: one hard-negative caption per image (NegCLIP extra negatives), or None.
-        mlm_chosen: ``(r, L)`` bool MLM targets of ``text``.
+        mlm_chosen: ``(r, L)`` bool MLM targets of ``text`` (None: no MLM term).
         mlm_targets: the MLM normaliser: the micro-batch's global number of targets ÷ world,
-            so the mean over ranks is the single-process token mean.
+            so the mean over ranks is the single-process token mean (None: no MLM term).
         relevance: ``(g, g)`` bool, ``relevance[i, j]`` = caption j is true of item i (the
             exact false negatives), when the data knows meanings; else None.
+        objects: the images' objects (boxes, digits, colours) for an object-grounded loss
+            (the pre-training stage's, :mod:`hardneg.train.grounding`), or None.
     """
 
     index: Tensor
     local: Tensor
-    ids: Tensor
+    ids: Tensor | None
     images: Images
     text: Texts
-    mlm_chosen: Tensor
-    mlm_targets: Tensor
+    mlm_chosen: Tensor | None
+    mlm_targets: Tensor | None
     hard_text: Texts | None = None
     relevance: Tensor | None = None
+    objects: ObjectTargets | None = None
 
 
 def micro_slices(size: int, grad_accum: int) -> list[slice]:

@@ -258,7 +258,8 @@ class PretrainConfig:
     Attributes:
         steps: optimizer steps (0: no stage; the method trains from scratch).
         batch_size: batch of the stage.
-        lr: AdamW peak learning rate (linear warm-up over 5 % of the steps, cosine decay).
+        lr: AdamW peak learning rate (linear warm-up over ``warmup_fraction`` of the steps,
+            at least one, then cosine decay).
         seed: seed of the stage (fixed across the methods' run seeds: one starting point).
         negative_kinds: hard-negative kinds added as extra negative captions (NegCLIP-style,
             one per image and step), e.g. ``["replace_digit", "change_colour"]``.
@@ -267,6 +268,9 @@ class PretrainConfig:
             InfoNCE + w·CE): the image tower's patch tokens inside each object's box, mean
             pooled, must tell the object's digit and colour to two linear heads owned by the
             stage (see ``train.grounding``); 0 = no auxiliary loss.
+        weight_decay: AdamW's weight decay, on every parameter of the stage.
+        max_grad_norm: the gradients' global norm is clipped to this.
+        warmup_fraction: fraction of the steps of linear learning-rate warm-up.
     """
 
     steps: int = 0
@@ -276,6 +280,9 @@ class PretrainConfig:
     negative_kinds: list[str] = field(default_factory=list)
     augment: bool = False
     object_loss_weight: float = 0.0
+    weight_decay: float = 0.05
+    max_grad_norm: float = 5.0
+    warmup_fraction: float = 0.05
 
 
 @dataclass

@@ -11,13 +11,15 @@ object's box, mean pooled, to tell that object's digit and colour to two linear 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hardneg.data.scene_captions import COLOURS
 
-__all__ = ["ObjectHeads", "object_loss", "object_patch_masks", "warp_boxes"]
+__all__ = ["ObjectHeads", "ObjectTargets", "object_loss", "object_patch_masks", "warp_boxes"]
 
 
 def warp_boxes(boxes: Tensor, theta: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -105,3 +107,27 @@ def object_loss(
     return F.cross_entropy(digit_logits, digits[valid].to(tokens.device)) + F.cross_entropy(
         colour_logits, colours[valid].to(tokens.device)
     )
+
+
+@dataclass
+class ObjectTargets:
+    """A batch's objects, as :func:`object_loss` reads them.
+
+    Attributes:
+        boxes: ``(B, K, 4)`` pixel boxes ``(x0, y0, x1, y1)`` in the images the tower sees
+            (moved with the images by the stage's jitter, see :func:`warp_boxes`).
+        present: ``(B, K)`` bool, the object exists.
+        digits, colours: ``(B, K)`` class indices (−1 = no object).
+        image_size: the images' ``(width, height)``.
+    """
+
+    boxes: Tensor
+    present: Tensor
+    digits: Tensor
+    colours: Tensor
+    image_size: tuple[int, int]
+
+    def loss(self, heads: ObjectHeads, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """:func:`object_loss` of ``heads`` on the patch ``tokens`` (B, P, D) of a ``grid``."""
+        masks = object_patch_masks(self.boxes, self.present, self.image_size, grid)
+        return object_loss(heads, tokens, masks.to(tokens.device), self.digits, self.colours)

@@ -10,122 +10,219 @@
 - :class:`Diagnostics`: the batch sampler's statistics, the batch's false-negative rate and a
   sample of the selected negatives' boundary scores.
 
-A hook implements any of ``before_update(engine, draw, batches)``, ``after_forward(engine,
-batch, out)``, ``after_update(engine, draw, batches, logs)`` and ``end_epoch(engine)``.
+A hook implements any of ``before_update(state, draw, batches)``, ``after_forward(state,
+batch, out)``, ``after_update(state, draw, batches, logs)`` and ``end_epoch(state)`` (the shape
+of Hugging Face's ``TrainerCallback``): the loop passes only its declared :class:`TrainState`,
+and each hook is given, when it is built, exactly the objects it works on (the batch sampler,
+an embedding function, the miner, …) — never the loop itself.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
+from hardneg.models.alignment import AlignmentModel
+from hardneg.models.inputs import Texts
+from hardneg.models.outputs import TextOutput
+from hardneg.samplers import FalconScheduler, HardnessBatchSampler
 from hardneg.train.batch import Batch, StepDraw
+from hardneg.train.objective import ObjectiveOutput
+from hardneg.train.recipes import BatchSampler
 
-if TYPE_CHECKING:
-    from hardneg.train.loop import Engine
-    from hardneg.train.objective import ObjectiveOutput
+#: a no-argument factory of the step's autocast context (``Engine.autocast``)
+Autocast = Callable[[], AbstractContextManager[Any]]
+#: the MLM loss of captions given their images' tokens on a batch's drawn targets
+#: (``Objective.mlm``)
+MLMLoss = Callable[[AlignmentModel, TextOutput | Texts, Tensor, Batch], Tensor]
+
+
+@dataclass
+class TrainState:
+    """What the loop tells its hooks: where training is, and where it runs.
+
+    Attributes:
+        step: optimizer steps taken so far.
+        epoch: epochs the batch sampler has completed.
+        steps_per_epoch: optimizer steps in one epoch of the batch sampler.
+        max_steps: the run's configured number of steps.
+        rank, world: this process's rank and the world size.
+        device: where the model runs.
+    """
+
+    step: int
+    epoch: int
+    steps_per_epoch: int
+    max_steps: int
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def progress(self) -> tuple[float, float]:
+        """(η, total) in fractional epochs, for the BNS curriculum."""
+        return self.step / self.steps_per_epoch, self.max_steps / self.steps_per_epoch
+
+
+class PolicyMiner(Protocol):
+    """A negative miner with a learned policy (:class:`~hardneg.miners.BoundaryAwareMiner`)."""
+
+    def step_policy(self) -> None:
+        """The policy's optimizer step on the gradients of the step's calls."""
 
 
 class Hook:
     """Base class: every callback is a no-op."""
 
-    def before_update(self, engine: Engine, draw: StepDraw, batches: list[Batch]) -> None:
+    def before_update(self, state: TrainState, draw: StepDraw, batches: list[Batch]) -> None:
         """After the step's micro-batches are built, before any forward."""
 
-    def after_forward(self, engine: Engine, batch: Batch, out: ObjectiveOutput) -> None:
+    def after_forward(self, state: TrainState, batch: Batch, out: ObjectiveOutput) -> None:
         """After a micro-batch's objective, before its backward."""
 
     def after_update(
-        self, engine: Engine, draw: StepDraw, batches: list[Batch], logs: dict[str, float]
+        self, state: TrainState, draw: StepDraw, batches: list[Batch], logs: dict[str, float]
     ) -> None:
         """After the optimizer step (``logs`` may be extended)."""
 
-    def end_epoch(self, engine: Engine) -> None:
+    def end_epoch(self, state: TrainState) -> None:
         """When the batch sampler has yielded an epoch."""
 
 
 class StoreRefresh(Hook):
-    """Fill GRIT / FALCON's embedding store from the training forward (see module docstring)."""
+    """Fill GRIT / FALCON's embedding store from the training forward (see module docstring).
 
-    def after_forward(self, engine: Engine, batch: Batch, out: ObjectiveOutput) -> None:
+    Args:
+        sampler: the hardness batch sampler whose store is filled.
+        embed_untrained: normalised (image, text) embeddings of items an epoch never trained
+            (the recipe's :meth:`~hardneg.train.recipes.Recipe.embed_untrained`).
+        autocast: the step's autocast context factory.
+        batch_size: items embedded per call of ``embed_untrained``.
+    """
+
+    def __init__(
+        self,
+        sampler: HardnessBatchSampler,
+        embed_untrained: Callable[[Tensor], tuple[Tensor, Tensor]],
+        autocast: Autocast,
+        batch_size: int,
+    ) -> None:
+        self.sampler, self.embed_untrained = sampler, embed_untrained
+        self.autocast, self.batch_size = autocast, batch_size
+
+    def after_forward(self, state: TrainState, batch: Batch, out: ObjectiveOutput) -> None:
         pairs = out.pairs
-        engine.sampler.update_embeddings(
+        self.sampler.update_embeddings(
             batch.index, pairs.all_image.detach().cpu(), pairs.all_text.detach().cpu()
         )
 
-    def end_epoch(self, engine: Engine) -> None:
+    def end_epoch(self, state: TrainState) -> None:
         # items dropped by drop_last were never embedded: embed them so that the next
         # epoch can build hard (GRIT/FALCON) batches instead of falling back to random ones
-        missing = torch.nonzero(~engine.sampler.store.filled).squeeze(1)
-        for chunk in missing.split(engine.cfg.batch_size) if len(missing) else ():
-            with engine.autocast():
-                image, text = engine.recipe.embed_untrained(chunk)
-            engine.sampler.update_embeddings(chunk, image, text)
+        missing = torch.nonzero(~self.sampler.store.filled).squeeze(1)
+        for chunk in missing.split(self.batch_size) if len(missing) else ():
+            with self.autocast():
+                image, text = self.embed_untrained(chunk)
+            self.sampler.update_embeddings(chunk, image, text)
 
 
 class MinerPolicyStep(Hook):
     """The BNS policy's optimizer step, after the model's, on the mean policy gradient of the
-    step's micro-batches (the miner back-propagated each one's policy loss itself)."""
+    step's micro-batches (the miner back-propagated each one's policy loss itself).
 
-    def after_update(self, engine: Engine, draw, batches, logs) -> None:
-        miner = engine.objective.miner
-        assert miner is not None
-        miner.step_policy()
+    Args:
+        miner: the objective's negative miner.
+    """
+
+    def __init__(self, miner: PolicyMiner) -> None:
+        self.miner = miner
+
+    def after_update(
+        self, state: TrainState, draw: StepDraw, batches: list[Batch], logs: dict[str, float]
+    ) -> None:
+        self.miner.step_policy()
 
 
 class FalconReward(Hook):
-    """FALCON's reward (arXiv:2505.11192 §3.3): ``MLM(before) − MLM(after)`` on the step's draw."""
+    """FALCON's reward (arXiv:2505.11192 §3.3): ``MLM(before) − MLM(after)`` on the step's draw.
 
-    def __init__(self) -> None:
+    Args:
+        scheduler: FALCON's scheduler, which the reward updates.
+        model: the model whose MLM loss is measured.
+        mlm: the objective's MLM loss.
+        autocast: the step's autocast context factory.
+    """
+
+    def __init__(
+        self, scheduler: FalconScheduler, model: AlignmentModel, mlm: MLMLoss, autocast: Autocast
+    ) -> None:
+        self.scheduler, self.model, self.mlm, self.autocast = scheduler, model, mlm, autocast
         self.before: float | None = None
 
-    def before_update(self, engine: Engine, draw, batches) -> None:
-        self.before = self.eval_mlm(engine, batches)
+    def before_update(self, state: TrainState, draw: StepDraw, batches: list[Batch]) -> None:
+        self.before = self.eval_mlm(state, batches)
 
-    def after_update(self, engine: Engine, draw, batches, logs) -> None:
+    def after_update(
+        self, state: TrainState, draw: StepDraw, batches: list[Batch], logs: dict[str, float]
+    ) -> None:
         assert self.before is not None
-        reward = self.before - self.eval_mlm(engine, batches)
+        reward = self.before - self.eval_mlm(state, batches)
         logs["falcon_reward"] = reward
-        update = engine.sampler.scheduler.reinforce(reward)
+        update = self.scheduler.reinforce(reward)
         if update:
             logs.update({f"falcon_{k}": v for k, v in update.items()})
 
-    @staticmethod
     @torch.no_grad()
-    def eval_mlm(engine: Engine, batches: list[Batch]) -> float:
+    def eval_mlm(self, state: TrainState, batches: list[Batch]) -> float:
         """MLM loss of a step's micro-batches in eval mode, as the update weighs it (mean over
         micro-batches), averaged over ranks."""
-        model = engine.model
+        model = self.model
         was_training = model.training
         model.eval()
-        value = torch.zeros((), device=engine.device)
+        value = torch.zeros((), device=state.device)
         for batch in batches:
-            with engine.autocast():
+            with self.autocast():
                 _, image = model.encode_images(batch.images)
                 # the head reads token ids only: no text-tower pass
-                mlm = engine.objective.mlm(model, batch.text, image.tokens, batch)
+                mlm = self.mlm(model, batch.text, image.tokens, batch)
             value += mlm.float() / len(batches)
-        if engine.world > 1:
+        if state.world > 1:
             dist.all_reduce(value)
-            value /= engine.world
+            value /= state.world
         model.train(was_training)
         return float(value)
 
 
 class Diagnostics(Hook):
-    """Batch statistics, the batch's FN rate and selected boundary scores, into the logs."""
+    """Batch statistics, the batch's FN rate and selected boundary scores, into the logs.
 
-    def after_forward(self, engine: Engine, batch: Batch, out: ObjectiveOutput) -> None:
+    Args:
+        sampler: the batch sampler whose ``last_batch_stats`` are logged.
+
+    Attributes:
+        selected_bs: ``(n, 2)`` rows ``(step, BS)`` of the selected negatives' boundary scores,
+            one tensor per micro-batch that had a miner's sample.
+    """
+
+    def __init__(self, sampler: BatchSampler) -> None:
+        self.sampler = sampler
+        self.selected_bs: list[Tensor] = []
+
+    def after_forward(self, state: TrainState, batch: Batch, out: ObjectiveOutput) -> None:
         if out.selected_bs is not None:
             sample = out.selected_bs
-            engine.selected_bs.append(
-                torch.stack([torch.full_like(sample, engine.step), sample], 1)
-            )
+            self.selected_bs.append(torch.stack([torch.full_like(sample, state.step), sample], 1))
 
-    def after_update(self, engine: Engine, draw: StepDraw, batches, logs: dict[str, Any]) -> None:
-        for key, value in engine.sampler.last_batch_stats.items():
+    def after_update(
+        self, state: TrainState, draw: StepDraw, batches: list[Batch], logs: dict[str, Any]
+    ) -> None:
+        for key, value in self.sampler.last_batch_stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 logs[f"batch_{key}"] = float(value)
         if draw.fn_rate is not None:

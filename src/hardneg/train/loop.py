@@ -5,8 +5,31 @@ A step: the batch sampler (random | GRIT | FALCON | …) yields a global batch o
 the recipe draws the step's random choices once (:class:`~hardneg.train.batch.StepDraw`) and
 builds each micro-batch's shard for this rank; the objective computes the loss (its contrastive
 loss gathers features from every rank with gradient); gradients are averaged over ranks
-explicitly after backward (equivalent to DDP's averaging, with no wrapper needed for the model's
-several entry points); then one optimizer step and the hooks (BNS policy step, FALCON reward).
+explicitly after backward; then one optimizer step and the hooks
+(:mod:`hardneg.train.hooks`: BNS policy step, FALCON reward, …), which see only the loop's
+:class:`~hardneg.train.hooks.TrainState`.
+
+Why an explicit all-reduce and not ``torch.nn.parallel.DistributedDataParallel``: DDP prepares
+its gradient averaging in its own ``forward`` and expects each wrapped parameter's gradient once
+per ``forward``; it averages only the wrapped module's parameters. Here
+
+- the model has no ``forward``: the objective calls it through several entry points
+  (``encode_images``, ``encode_texts`` — twice with hard-negative captions — and the
+  cross-modal head's ITM / MLM), and FALCON's reward calls it again in eval mode. Parameters
+  reached outside ``forward`` break DDP's bookkeeping silently (measured with two gloo ranks and
+  a module with ``forward`` plus a second entry point: after a backward through ``forward`` the
+  ranks' gradients stayed unequal, 3.0 vs 6.0, because the bucket waited for the parameter only
+  the other entry point reaches; the next backward, through that entry point, averaged the
+  pending bucket instead, 4.5 on both ranks);
+- GradCache (``optim.gradcache_chunk``) runs one backward per chunk of a micro-batch: after one
+  DDP ``forward`` the second backward fails ("Expected to mark a variable ready only once"),
+  so every entry point would need a ``forward`` of its own, ``no_sync`` on every pass but the
+  last, and ``find_unused_parameters`` for the heads a method leaves unused;
+- the loss's temperature and the BNS policy are parameters outside the model, averaged by the
+  same all-reduce.
+
+The all-reduce runs once per optimizer step (after the last micro-batch's backward), as DDP's
+``no_sync`` accumulation would.
 
 Runs single-process or under ``torchrun`` (gloo on CPU, nccl on CUDA). AMP (bf16/fp16
 autocast) is used on CUDA only.
@@ -35,11 +58,18 @@ from hardneg.train.builders import (
 )
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.finite import non_finite_message
-from hardneg.train.hooks import Diagnostics, FalconReward, Hook, MinerPolicyStep, StoreRefresh
+from hardneg.train.hooks import (
+    Diagnostics,
+    FalconReward,
+    Hook,
+    MinerPolicyStep,
+    StoreRefresh,
+    TrainState,
+)
 from hardneg.train.logwriter import LogWriter
 from hardneg.train.objective import Objective
 from hardneg.train.overflow import GradNormOverflow
-from hardneg.train.recipes import Recipe
+from hardneg.train.recipes import BatchSampler, Recipe
 from hardneg.train.rng import rng_state, set_rng_state
 from hardneg.train.schedule import warmup_cosine
 
@@ -52,45 +82,69 @@ class Engine:
         recipe: the data and the model (:class:`Recipe`).
         rank, world: this process's rank and the world size.
         device: where the model runs.
+        objective: the objective, its loss's parameters on ``device`` (default: the one
+            ``cfg`` configures: its loss, miner and cross-modal terms).
     """
 
     #: figures averaged over every step trained, resumed runs included (see :meth:`summary`)
     SUMMARY_KEYS = ("selected_fn_rate", "batch_fn_rate")
 
     def __init__(
-        self, cfg: TrainConfig, recipe: Recipe, rank: int, world: int, device: torch.device
+        self,
+        cfg: TrainConfig,
+        recipe: Recipe,
+        rank: int,
+        world: int,
+        device: torch.device,
+        objective: Objective | None = None,
     ) -> None:
         self.cfg, self.recipe = cfg, recipe
         self.rank, self.world, self.device = rank, world, device
         self.model = recipe.model
-        self.loss_fn = build_loss(cfg, recipe.logit_scale).to(device)
-        miner = build_miner(cfg)
-        self.objective = Objective(
-            self.loss_fn,
-            cfg.aux,
-            None if miner is None else miner.to(device),
-            cfg.selector.denominator,
-        )
-        # a stream brings its own batches; map-style data is indexed by the batch sampler
-        self.sampler = getattr(recipe, "batch_sampler", None) or build_batch_sampler(
-            cfg, recipe.train_size()
-        )
+        if objective is None:
+            loss_fn = build_loss(cfg, recipe.logit_scale).to(device)
+            miner = build_miner(cfg)
+            objective = Objective(
+                loss_fn,
+                cfg.aux,
+                None if miner is None else miner.to(device),
+                cfg.selector.denominator,
+            )
+        self.objective = objective
+        self.loss_fn = objective.loss_fn
+        # a stream brings its own batches; map-style data is indexed by the hardness sampler
+        hardness = None
+        self.sampler: BatchSampler
+        if recipe.batch_sampler is None:
+            self.sampler = hardness = build_batch_sampler(cfg, recipe.train_size())
+        else:
+            self.sampler = recipe.batch_sampler
         self.steps_per_epoch = max(1, len(self.sampler))
-        self.hooks: list[Hook] = [Diagnostics()]
-        if self.sampler.config.mode != "random":
-            self.hooks.append(StoreRefresh())
-        if miner is not None:
-            self.hooks.append(MinerPolicyStep())
-        if self.sampler.scheduler is not None:
-            self.hooks.append(FalconReward())
+        self.state = TrainState(
+            step=0,
+            epoch=0,
+            steps_per_epoch=self.steps_per_epoch,
+            max_steps=cfg.steps,
+            rank=rank,
+            world=world,
+            device=device,
+        )
+        self.diagnostics = Diagnostics(self.sampler)
+        self.hooks: list[Hook] = [self.diagnostics]
+        if hardness is not None and hardness.config.mode != "random":
+            self.hooks.append(
+                StoreRefresh(hardness, recipe.embed_untrained, self.autocast, cfg.batch_size)
+            )
+        if self.objective.miner is not None:
+            self.hooks.append(MinerPolicyStep(self.objective.miner))
+        if hardness is not None and hardness.scheduler is not None:
+            self.hooks.append(
+                FalconReward(hardness.scheduler, self.model, self.objective.mlm, self.autocast)
+            )
         named = list(self.model.named_parameters())
         named += [(f"loss_fn.{n}", p) for n, p in self.loss_fn.named_parameters()]
-        exclude = getattr(recipe, "exclude_from_decay", False)
-        self.optimizer = build_optimizer(cfg, named, exclude_from_decay=exclude)
+        self.optimizer = build_optimizer(cfg, named, exclude_from_decay=recipe.exclude_from_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.step = 0
-        self.epoch = 0
-        self.selected_bs: list[Tensor] = []  # (step, BS) rows of selected negatives
         # running sums of the figures a run reports (checkpointed: a resumed run reports
         # what the uninterrupted run would)
         self.sums: dict[str, float] = {}
@@ -106,6 +160,22 @@ class Engine:
         self.overflow = GradNormOverflow()
 
     @property
+    def step(self) -> int:
+        """Optimizer steps taken so far."""
+        return self.state.step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs of the batch sampler completed so far."""
+        return self.state.epoch
+
+    @property
+    def selected_bs(self) -> list[Tensor]:
+        """(step, BS) rows of the selected negatives' boundary scores (see
+        :class:`~hardneg.train.hooks.Diagnostics`)."""
+        return self.diagnostics.selected_bs
+
+    @property
     def miner(self):
         """The negative miner (BNS), or None."""
         return self.objective.miner
@@ -116,7 +186,7 @@ class Engine:
     @property
     def progress(self) -> tuple[float, float]:
         """(η, total) in fractional epochs, for the BNS curriculum."""
-        return self.step / self.steps_per_epoch, self.cfg.steps / self.steps_per_epoch
+        return self.state.progress
 
     def autocast(self):
         """The step's autocast context (a no-op off CUDA or with ``amp=False``)."""
@@ -143,7 +213,7 @@ class Engine:
         draw = self.recipe.draw(torch.tensor(global_batch, dtype=torch.long), self.step)
         batches = self.micro_batches(draw)
         for hook in self.hooks:
-            hook.before_update(self, draw, batches)
+            hook.before_update(self.state, draw, batches)
         logs: dict[str, float] = {}
         chunk = self.cfg.optim.gradcache_chunk
         for batch in batches:
@@ -160,7 +230,7 @@ class Engine:
             else:
                 out = self.objective(self.model, batch, self.progress, self.autocast)
             for hook in self.hooks:
-                hook.after_forward(self, batch, out)
+                hook.after_forward(self.state, batch, out)
             loss = out.loss
             if not torch.isfinite(loss):
                 params = dict(self.model.named_parameters()) | dict(self.loss_fn.named_parameters())
@@ -175,8 +245,8 @@ class Engine:
                 logs[key] = logs.get(key, 0.0) + value / len(batches)
         self._update(logs)
         for hook in self.hooks:
-            hook.after_update(self, draw, batches, logs)
-        self.step += 1
+            hook.after_update(self.state, draw, batches, logs)
+        self.state.step += 1
         logs["lr"] = self.scheduler.get_last_lr()[0]
         logs["temperature"] = float(1.0 / self.loss_fn.scale().detach())
         logs["step_time"] = time.perf_counter() - t0
@@ -231,9 +301,9 @@ class Engine:
         while True:
             self.sampler.set_epoch(self.epoch)
             yield from self.sampler
-            self.epoch += 1
+            self.state.epoch += 1
             for hook in self.hooks:
-                hook.end_epoch(self)
+                hook.end_epoch(self.state)
 
     def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train until ``config.steps`` (or ``stop_at``); logs CSV, checkpoints, resumes."""
@@ -310,11 +380,11 @@ class Engine:
         self.sampler.load_state_dict(state["sampler"])
         self.recipe.load_state_dict(state["recipe"])
         set_rng_state(state["rng"])
-        self.step, self.epoch = state["step"], state["epoch"]
+        self.state.step, self.state.epoch = state["step"], state["epoch"]
         summary = state["summary"]
         self.sums, self.counts = dict(summary["sums"]), dict(summary["counts"])
         self.step_times = list(summary["step_times"])
-        self.selected_bs = list(summary["selected_bs"])
+        self.diagnostics.selected_bs = list(summary["selected_bs"])
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""

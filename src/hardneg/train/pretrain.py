@@ -16,32 +16,49 @@ of those) and shared by every run of a bench.
 :mod:`hardneg.train.grounding`): the tower's patch tokens inside each object's box must tell
 that object's digit and colour, as a supervised backbone's features do; a contrastive stage
 alone never needs "which digit is where" (the bag of digits identifies a scene).
+
+The stage trains on the training engine (:class:`~hardneg.train.loop.Engine`) with its own
+recipe (:class:`StageRecipe`: random batches from the stage's generator), objective
+(:class:`StageObjective`) and optimiser values (``pretrain.lr``, ``weight_decay``,
+``max_grad_norm``, ``warmup_fraction``), in one process and without AMP: its result is the
+same, bit for bit, as the stage's own loop gave before it moved onto the engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
 from hardneg.data.atomic_files import atomic_write
 from hardneg.data.cache import content_fingerprint, module_fingerprint
+from hardneg.eval.runner import SplitEvaluation
 from hardneg.losses.infonce import InfoNCELoss
+from hardneg.models.alignment import AlignmentModel
 from hardneg.models.dual import DualEncoder
-from hardneg.train.config import PretrainConfig
+from hardneg.models.inputs import Images, Texts
+from hardneg.train.batch import Batch, StepDraw
+from hardneg.train.config import AuxConfig, OptimConfig, PretrainConfig, TrainConfig
 from hardneg.train.data import draw_valid
-from hardneg.train.grounding import ObjectHeads, object_loss, object_patch_masks, warp_boxes
-from hardneg.train.schedule import warmup_cosine
+from hardneg.train.grounding import ObjectHeads, ObjectTargets, warp_boxes
+from hardneg.train.loop import Engine
+from hardneg.train.objective import Objective, ObjectiveOutput
 
 PRETRAIN_VERSION = 1  # bump when the stage's computation changes, so old caches are not reused
+#: config fields added after stages were cached: left out of the key at their defaults, so a
+#: stage that leaves them there keeps the key (and the cache) it had before they existed
+LATER_FIELDS = ("object_loss_weight", "weight_decay", "max_grad_norm", "warmup_fraction")
 
 
 def trainable_state(dual: DualEncoder) -> dict[str, Tensor]:
@@ -105,10 +122,13 @@ def pretrain_key(
     and boxes too."""
     rows = torch.cat([split.caption_rows, negatives], dim=1).flatten().tolist()
     settings = dataclasses.asdict(config)
-    annotations = []  # a stage without the object loss keeps the key it had before the loss
-    weight = settings.pop("object_loss_weight", 0.0)
-    if weight:
-        settings["object_loss_weight"] = weight
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+    for name in LATER_FIELDS:  # (a config written before a field existed has none)
+        value = settings.pop(name, defaults[name])
+        if value != defaults[name]:
+            settings[name] = value
+    annotations = []
+    if "object_loss_weight" in settings:
         s = split.scenes
         annotations = [np.asarray(s.digits), np.asarray(s.colours), np.asarray(s.boxes)]
     return content_fingerprint(
@@ -166,6 +186,206 @@ def pretrain_dual_encoder(
     return {**result, "cached": False}
 
 
+class StageBatches:
+    """The stage's batch sampler: each step, ``batch`` of the ``n`` items drawn without
+    replacement from ``generator``, which the recipe's draws share (one random stream, read in
+    a fixed order: the items, then their captions, jitter and hard negatives)."""
+
+    def __init__(self, n: int, batch: int, generator: torch.Generator) -> None:
+        self.n, self.batch, self.generator = n, batch, generator
+        self.last_batch_stats: dict[str, Any] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do: every step draws its items afresh."""
+
+    def __len__(self) -> int:
+        return max(1, self.n // self.batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(len(self)):
+            yield torch.randperm(self.n, generator=self.generator)[: self.batch].tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the shared generator is checkpointed by the recipe
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
+
+
+class StageRecipe:
+    """The stage's data and model for :class:`~hardneg.train.loop.Engine`: random batches of
+    the training split, one caption per image, with ``config.augment`` the images jittered,
+    with ``config.negative_kinds`` the NegCLIP-style hard negatives of the images that have
+    one, with ``config.object_loss_weight`` the objects' boxes and classes. One micro-batch per
+    step in one process.
+
+    Args:
+        dual, split, bank, config, negatives: as :func:`pretrain_dual_encoder` has them.
+    """
+
+    logit_scale = None  # InfoNCE's own initial temperature
+    exclude_from_decay = False  # every parameter decayed, as the stage always did
+
+    def __init__(
+        self,
+        dual: DualEncoder,
+        split: Any,
+        bank: Any,
+        config: PretrainConfig,
+        negatives: Tensor,
+    ) -> None:
+        self.model = AlignmentModel(dual, None, reloaded_prefixes=("dual.text_tower.",))
+        self.split, self.bank, self.config, self.negatives = split, bank, config, negatives
+        self.device = dual.device
+        self.generator = torch.Generator().manual_seed(config.seed)
+        n = len(split.caption_rows)
+        self.batch_sampler = StageBatches(n, min(config.batch_size, n), self.generator)
+        self.image_size = (split.images.shape[-1], split.images.shape[-2])
+        self.objects = None
+        if config.object_loss_weight > 0:
+            self.objects = [
+                torch.as_tensor(np.asarray(getattr(split.scenes, a)))
+                for a in ("digits", "colours", "boxes")
+            ]
+
+    def train_size(self) -> int:
+        return self.batch_sampler.n
+
+    def draw(self, index: Tensor, step: int) -> StepDraw:
+        """A caption per image, the jitter and the hard negatives, from the stage's generator."""
+        gen, captions = self.generator, self.split.caption_rows
+        rows = captions[index, torch.randint(0, captions.shape[1], (len(index),), generator=gen)]
+        theta = jitter_theta(len(index), gen) if self.config.augment else None
+        picked = None
+        if self.config.negative_kinds:
+            picked = draw_valid(self.negatives[index], gen)
+            picked = picked[picked >= 0]
+        return StepDraw(index, payload={"rows": rows, "theta": theta, "picked": picked})
+
+    def batch(self, draw: StepDraw, part: slice, rank: int, world: int) -> Batch:
+        """The step's batch (``part`` is the whole of it: one micro-batch, one process)."""
+        p, device, index = draw.payload, self.device, draw.index
+        if (part.start or 0, part.stop, world) != (0, len(index), 1):
+            raise ValueError("the pre-training stage runs one micro-batch in one process")
+        images = self.split.images[index].to(device).float().div_(255.0)
+        theta = p["theta"]
+        if theta is not None:
+            images = warp(images, theta)
+        picked = p["picked"]
+        hard = None
+        if picked is not None and len(picked):
+            hard = Texts.cached(self.bank.take(picked, device))
+        objects = None
+        if self.objects is not None:
+            digits, colours, boxes = (a[index] for a in self.objects)
+            if theta is not None:
+                boxes = warp_boxes(boxes, theta, self.image_size)
+            objects = ObjectTargets(boxes, digits >= 0, digits, colours, self.image_size)
+        return Batch(
+            index=index,
+            local=index,
+            ids=None,  # each image's drawn caption is its only positive
+            images=Images(pixels=images),
+            text=Texts.cached(self.bank.take(p["rows"], device)),
+            mlm_chosen=None,
+            mlm_targets=None,
+            hard_text=hard,
+            objects=objects,
+        )
+
+    def embed_untrained(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Never called: the stage's batches are random, with no embedding store to fill."""
+        raise NotImplementedError("the pre-training stage has no embedding store")
+
+    def evaluate(
+        self, spec: str | None = None, compositional: str | None = None
+    ) -> dict[str, SplitEvaluation]:
+        """Nothing: the stage is judged by the methods that fine-tune from it."""
+        return {}
+
+    def export(self, out_dir: Path, logit_scale: float) -> None:
+        """Nothing: the stage's result is the cached state :func:`pretrain_dual_encoder` keeps."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class StageLoss(nn.Module):
+    """The stage's loss and its trained parameters: InfoNCE (its temperature) and, with the
+    object loss, the object heads — one module, so that the optimiser holds them in the order
+    the stage always had (the model's, the temperature, the heads)."""
+
+    def __init__(self, contrastive: InfoNCELoss, heads: ObjectHeads | None) -> None:
+        super().__init__()
+        self.contrastive, self.heads = contrastive, heads
+
+    def prepare(self, *args: Any) -> Any:
+        """InfoNCE's :meth:`~hardneg.losses.base.ContrastiveLoss.prepare`."""
+        return self.contrastive.prepare(*args)
+
+    def loss(self, pairs: Any) -> Tensor:
+        """InfoNCE's loss of prepared ``pairs``."""
+        return self.contrastive.loss(pairs)
+
+    def scale(self) -> Tensor:
+        """InfoNCE's logit scale."""
+        return self.contrastive.scale()
+
+
+@dataclass
+class StageObjective(Objective):
+    """InfoNCE, plus ``object_weight`` × the object-grounded loss of the batch's objects
+    (:meth:`~hardneg.train.grounding.ObjectTargets.loss`, logged as ``object_loss``) when the
+    batch has them; ``loss_fn`` is a :class:`StageLoss`."""
+
+    object_weight: float = 0.0
+
+    def __call__(
+        self,
+        model: AlignmentModel,
+        batch: Batch,
+        progress: tuple[float, float],
+        autocast: Callable[[], AbstractContextManager],
+    ) -> ObjectiveOutput:
+        with autocast():
+            embeddings, image, _ = self._encode(model, batch)
+        c = self._contrastive(embeddings, batch, progress)
+        total = c.loss
+        if batch.objects is not None:
+            with autocast():
+                aux = batch.objects.loss(self.loss_fn.heads, image.tokens, image.grid)
+            c.logs["object_loss"] = float(aux.detach())
+            total = total + self.object_weight * aux
+        c.logs["loss"] = float(total.detach())
+        return ObjectiveOutput(total, c.logs, c.pairs, c.selected_bs)
+
+
+def stage_config(config: PretrainConfig, batch: int, out_dir: str, progress: bool) -> TrainConfig:
+    """The engine's configuration of the stage: ``config``'s steps and optimiser values, no
+    AMP (the cache key does not say whether it ran), logs into ``out_dir``, no checkpoints."""
+    return TrainConfig(
+        method="pre-training",
+        batch_size=batch,
+        steps=config.steps,
+        seed=config.seed,
+        amp=False,
+        log_every=max(1, config.steps),
+        checkpoint_every=0,
+        out_dir=out_dir,
+        progress=progress,
+        optim=OptimConfig(
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_steps=max(1, int(config.steps * config.warmup_fraction)),
+            max_grad_norm=config.max_grad_norm,
+        ),
+    )
+
+
 def _train(
     dual: DualEncoder,
     split: Any,
@@ -174,64 +394,26 @@ def _train(
     negatives: Tensor,
     progress: bool,
 ) -> dict[str, Any]:
-    device = dual.device
-    gen = torch.Generator().manual_seed(config.seed)
+    """The stage on :class:`~hardneg.train.loop.Engine` (one process)."""
     torch.manual_seed(config.seed)
-    loss_fn = InfoNCELoss().to(device)
-    params = [p for p in dual.parameters() if p.requires_grad] + list(loss_fn.parameters())
-    grounded = config.object_loss_weight > 0
-    if grounded:  # created only then: a stage without it draws exactly what it drew before
-        heads = ObjectHeads(dual.image_tower.token_dim).to(device)
-        params += list(heads.parameters())
-        digits, colours, boxes = (
-            torch.as_tensor(np.asarray(getattr(split.scenes, a)))
-            for a in ("digits", "colours", "boxes")
-        )
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.05)
-    warm = max(1, config.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warm, config.steps)
+    contrastive = InfoNCELoss().to(dual.device)
+    heads = None
+    if config.object_loss_weight > 0:  # created only then: without it the draws are as before
+        heads = ObjectHeads(dual.image_tower.token_dim).to(dual.device)
+    objective = StageObjective(
+        StageLoss(contrastive, heads),
+        AuxConfig(itm_weight=0.0, mlm_weight=0.0),
+        object_weight=config.object_loss_weight,
     )
-    images, caption_rows = split.images, split.caption_rows
-    image_size = (images.shape[-1], images.shape[-2])
-    n, n_caps = caption_rows.shape
-    batch = min(config.batch_size, n)
-    losses: list[float] = []
-    object_losses: list[float] = []
+    recipe = StageRecipe(dual, split, bank, config, negatives)
     start = time.perf_counter()
-    dual.train()
-    for _ in tqdm(range(config.steps), desc="pre-training", disable=not progress, leave=False):
-        idx = torch.randperm(n, generator=gen)[:batch]
-        rows = caption_rows[idx, torch.randint(0, n_caps, (batch,), generator=gen)]
-        batch_images = images[idx].to(device).float().div_(255.0)
-        theta = None
-        if config.augment:
-            theta = jitter_theta(batch, gen)
-            batch_images = warp(batch_images, theta)
-        image_emb, image_out = dual.encode_image(batch_images)
-        text_emb, _ = dual.encode_text(bank.take(rows, device))
-        extra = None
-        if config.negative_kinds:
-            picked = draw_valid(negatives[idx], gen)
-            picked = picked[picked >= 0]
-            extra = dual.embed_text(bank.take(picked, device)) if len(picked) else None
-        loss = contrastive = loss_fn(image_emb, text_emb, extra_text_emb=extra)
-        if grounded:
-            present = digits[idx] >= 0
-            batch_boxes = boxes[idx] if theta is None else warp_boxes(boxes[idx], theta, image_size)
-            masks = object_patch_masks(batch_boxes, present, image_size, image_out.grid)
-            aux = object_loss(heads, image_out.tokens, masks.to(device), digits[idx], colours[idx])
-            loss = loss + config.object_loss_weight * aux
-            object_losses.append(float(aux.detach()))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(contrastive.detach()))
+    with tempfile.TemporaryDirectory() as out:
+        cfg = stage_config(config, recipe.batch_sampler.batch, out, progress)
+        history = Engine(cfg, recipe, 0, 1, dual.device, objective).fit()
     dual.eval()
+    losses = [logs["contrastive"] for logs in history]
     result = {"state": trainable_state(dual), "loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
-    if grounded:
-        result["object_losses"] = object_losses
+    if heads is not None:
+        result["object_losses"] = [logs["object_loss"] for logs in history]
         result["s_per_step"] = (time.perf_counter() - start) / max(1, config.steps)
     return result

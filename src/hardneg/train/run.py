@@ -157,8 +157,8 @@ class SharedData:
             trainer = Trainer(config, tower=self.tower, data=self.data)
         else:
             trainer = Trainer(config)
-        self.key, self.tower = key, trainer.recipe.tower
-        self.data = (trainer.recipe.bank, trainer.recipe.splits)
+        self.key, self.tower = key, trainer.tower
+        self.data = (trainer.bank, trainer.splits)
         return trainer
 
 

@@ -21,6 +21,7 @@ from hardneg.train.config import TrainConfig
 from hardneg.train.data import SplitTensors
 from hardneg.train.loop import Engine
 from hardneg.train.objective import has_crossmodal_terms
+from hardneg.train.recipes import Recipe
 from hardneg.train.recipes.digitscenes import DigitScenesRecipe
 from hardneg.train.rng import seed_everything
 from hardneg.train.textbank import TextBank
@@ -51,7 +52,7 @@ def build_recipe(
     tower: TextTower | None = None,
     data: tuple[TextBank, dict[str, SplitTensors]] | None = None,
     progress: bool = True,
-):
+) -> Recipe:
     """The recipe ``cfg`` names: :class:`DigitScenesRecipe` or the files recipe."""
     if uses_digitscenes_recipe(cfg):
         return DigitScenesRecipe(cfg, device, tower, data, progress=progress)
@@ -98,21 +99,32 @@ class Trainer(Engine):
 
     # the DigitScenes recipe's data, as the bench and the tests read it
     @property
+    def digitscenes(self) -> DigitScenesRecipe:
+        """The recipe, when it is DigitScenes' (the only one with a text bank, cached splits
+        and a pre-training stage)."""
+        if not isinstance(self.recipe, DigitScenesRecipe):
+            raise TypeError(
+                f"{type(self.recipe).__name__} has no DigitScenes text bank or splits: this "
+                "run trains on other data or with a CLIP model"
+            )
+        return self.recipe
+
+    @property
     def bank(self) -> TextBank:
-        return self.recipe.bank
+        return self.digitscenes.bank
 
     @property
     def splits(self) -> dict[str, SplitTensors]:
-        return self.recipe.splits
+        return self.digitscenes.splits
 
     @property
     def train_split(self) -> SplitTensors:
-        return self.recipe.train_split
+        return self.digitscenes.train_split
 
     @property
     def tower(self) -> TextTower:
-        return self.recipe.tower
+        return self.digitscenes.tower
 
     @property
     def pretrain_loss(self) -> float | None:
-        return self.recipe.pretrain_loss
+        return self.digitscenes.pretrain_loss

@@ -8,22 +8,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 from torch import Tensor
 
+from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.alignment import AlignmentModel
 from hardneg.train.batch import Batch, StepDraw
 
-__all__ = ["Recipe"]
+__all__ = ["BatchSampler", "Recipe"]
+
+
+class BatchSampler(Protocol):
+    """What the loop needs from a batch sampler: the global batches (item indices) of an epoch,
+    statistics of the last one, and its resumable state. The engine builds a
+    :class:`~hardneg.samplers.HardnessBatchSampler` unless the recipe brings its own."""
+
+    #: numeric figures describing the batch yielded last (logged as ``batch_<key>``)
+    last_batch_stats: dict[str, Any]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (its order, its search spaces)."""
+
+    def __len__(self) -> int:
+        """Global batches in an epoch."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """The epoch's global batches of item indices."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class Recipe(Protocol):
-    """What the loop needs from a data source and its model (see ``hardneg.train.recipes``)."""
+    """What the loop and :mod:`hardneg.train.run` need from a data source and its model (see
+    ``hardneg.train.recipes``)."""
 
     model: AlignmentModel
     #: the checkpoint's initial logit scale (exp), or None for the loss's default temperature
     logit_scale: float | None
+    #: the recipe's own batch sampler (a stream brings its batches), or None: the engine
+    #: indexes the map-style data with the sampler ``sampler`` configures
+    batch_sampler: BatchSampler | None
+    #: no weight decay on gains, biases, norms and the temperature (open_clip's fine-tuning
+    #: rule), else every parameter is decayed
+    exclude_from_decay: bool
 
     def train_size(self) -> int:
         """Number of training items (images) the batch sampler indexes."""
@@ -36,6 +68,16 @@ class Recipe(Protocol):
 
     def embed_untrained(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Normalised (image, text) embeddings of items an epoch never trained (no grad)."""
+
+    def evaluate(
+        self, spec: str | None = None, compositional: str | None = None
+    ) -> dict[str, SplitEvaluation]:
+        """Every metric on the evaluation splits, or on the data spec ``spec`` with the
+        compositional probes JSON ``compositional`` (recipes of real data)."""
+
+    def export(self, out_dir: Path, logit_scale: float) -> Path | None:
+        """Save the trained model in its own library's format with ``logit_scale`` written
+        back; the path written, or None when the checkpoint is the only format."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

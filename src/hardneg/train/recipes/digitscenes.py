@@ -9,6 +9,7 @@ controlled false negatives; see :mod:`hardneg.train.data`), a hard-negative capt
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,8 @@ class DigitScenesRecipe:
     """
 
     logit_scale = None  # the loss's own initial temperature
+    batch_sampler = None  # map-style scenes: the engine's batch sampler indexes them
+    exclude_from_decay = False  # every parameter decayed (the benchmark's numbers were so)
 
     def __init__(
         self,
@@ -227,7 +230,7 @@ class DigitScenesRecipe:
             if name in self.splits
         }
 
-    def export(self, out_dir, logit_scale: float) -> None:
+    def export(self, out_dir: Path, logit_scale: float) -> None:
         """Nothing to export: the builtin model lives in ``checkpoint.pt``."""
         return None
 

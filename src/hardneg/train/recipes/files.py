@@ -53,6 +53,7 @@ from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
 from hardneg.train.builders import build_crossmodal
 from hardneg.train.config import TrainConfig
+from hardneg.train.recipes import BatchSampler
 
 #: side of the builtin image tower's input on real data
 BUILTIN_IMAGE_SIZE = 64
@@ -74,6 +75,8 @@ class FilesRecipe:
 
     #: no weight decay on gains, biases, norms and the temperature (open_clip's fine-tuning rule)
     exclude_from_decay = True
+    #: map-style data: the engine's batch sampler indexes it (a stream sets its own)
+    batch_sampler: BatchSampler | None = None
 
     def __init__(self, cfg: TrainConfig, device: torch.device, crossmodal: bool) -> None:
         self.cfg, self.device = cfg, device

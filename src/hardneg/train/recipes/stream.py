@@ -63,8 +63,6 @@ class StreamBatches:
         self.source, self.world = source, world
         self.batch_size, self.local = cfg.batch_size, cfg.batch_size // world
         self.workers = cfg.data.workers
-        self.config = type("StreamMode", (), {"mode": "random"})()
-        self.scheduler = None
         self.last_batch_stats: dict[str, float] = {}
         self.current: dict[str, Any] | None = None
         counts = [count_samples(p) for p in source.shards]
