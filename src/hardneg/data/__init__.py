@@ -1,4 +1,4 @@
-"""hardneg.data: DigitScenes, Karpathy-JSON datasets, the feature cache and data commands.
+"""hardneg.data: DigitScenes, Karpathy-JSON datasets, real-data sources and data commands.
 
 - :mod:`hardneg.data.digitscenes` — the DigitScenes benchmark (config, splits, cache, Dataset).
 - :mod:`hardneg.data.scene_captions` — semantics ids, paraphrases and hard-negative captions.
@@ -9,11 +9,10 @@
 - :mod:`hardneg.data.perturb` — rule-based NegCLIP-style hard negatives for real captions.
 - :mod:`hardneg.data.compositional` — ARO / SugarCrepe-style compositional probe files.
 - :mod:`hardneg.data.dataset` — the shared ``ImageCaptionDataset`` interface and helpers.
-- :mod:`hardneg.data.cache` — ``FeatureCache`` for frozen towers.
+- :mod:`hardneg.data.fingerprint` — content and module fingerprints (the cache keys).
 - :mod:`hardneg.data.contact_sheet` / :mod:`hardneg.data.commands` — inspection and CLI hooks.
 """
 
-from hardneg.data.cache import FeatureCache, content_fingerprint, module_fingerprint
 from hardneg.data.compositional import CompositionalProbes, load_compositional
 from hardneg.data.csv_source import CSVImageCaptions
 from hardneg.data.dataset import (
@@ -34,6 +33,7 @@ from hardneg.data.digitscenes import (
     generate_split,
     load_digitscenes,
 )
+from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.data.hf_source import HFImageCaptions
 from hardneg.data.karpathy import KarpathyDataset
 from hardneg.data.perturb import Perturbation, perturbations
@@ -57,7 +57,6 @@ __all__ = [
     "DataSpec",
     "DigitScenesConfig",
     "DigitScenesDataset",
-    "FeatureCache",
     "FlatCaptions",
     "HFImageCaptions",
     "HardNegative",

@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hardneg.data.atomic_files import atomic_write
-from hardneg.data.cache import content_fingerprint, module_fingerprint
+from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.dual import DualEncoder
 from hardneg.train.config import PretrainConfig
