@@ -18,10 +18,10 @@ from torch import nn
 
 from hardneg.data import checksums
 from hardneg.data.atomic_files import atomic_write, remove_stale_temps
+from hardneg.data.digitscenes.textbank import encode_bank
 from hardneg.models.outputs import TextOutput
 from hardneg.train.finite import non_finite_message
 from hardneg.train.run_lock import RunLock, RunLockedError, lock_holder
-from hardneg.train.textbank import encode_bank
 
 
 def _dead_pid() -> int:

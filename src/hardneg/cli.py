@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from hardneg.data import commands
+    from hardneg.data.digitscenes import commands
 
     if args.action == "generate":
         commands.generate(args.out, preset=args.preset, seed=args.seed)
@@ -119,7 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hardneg.bench.runner import PRESETS as BENCH_PRESETS
+    from hardneg.bench.presets import PRESETS as BENCH_PRESETS
     from hardneg.train.methods import METHODS
 
     parser = argparse.ArgumentParser(

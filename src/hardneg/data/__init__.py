@@ -1,8 +1,7 @@
-"""hardneg.data: DigitScenes, Karpathy-JSON datasets, real-data sources and data commands.
+"""hardneg.data: DigitScenes, Karpathy-JSON datasets and real-data sources.
 
-- :mod:`hardneg.data.digitscenes` — the DigitScenes benchmark (config, splits, cache, Dataset).
-- :mod:`hardneg.data.scene_captions` — semantics ids, paraphrases and hard-negative captions.
-- :mod:`hardneg.data.scene_render` — scan pools, layout and rasterisation.
+- :mod:`hardneg.data.digitscenes` — the DigitScenes benchmark: generation, rendering, captions,
+  cache, Dataset, split tensors, text bank, false negatives and the ``hardneg data`` commands.
 - :mod:`hardneg.data.karpathy` — COCO / Flickr30k Karpathy-split JSON loader.
 - :mod:`hardneg.data.sources` — ``--data SPEC`` parsing, checks and :func:`open_source`
   (real data: :mod:`~hardneg.data.csv_source`, :mod:`~hardneg.data.hf_source`).
@@ -10,7 +9,6 @@
 - :mod:`hardneg.data.compositional` — ARO / SugarCrepe-style compositional probe files.
 - :mod:`hardneg.data.dataset` — the shared ``ImageCaptionDataset`` interface and helpers.
 - :mod:`hardneg.data.fingerprint` — content and module fingerprints (the cache keys).
-- :mod:`hardneg.data.contact_sheet` / :mod:`hardneg.data.commands` — inspection and CLI hooks.
 """
 
 from hardneg.data.compositional import CompositionalProbes, load_compositional
@@ -33,11 +31,16 @@ from hardneg.data.digitscenes import (
     generate_split,
     load_digitscenes,
 )
+from hardneg.data.digitscenes.semantics import (
+    COLOURS,
+    RELATIONS,
+    describe_semantic_id,
+    semantic_id,
+)
 from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.data.hf_source import HFImageCaptions
 from hardneg.data.karpathy import KarpathyDataset
 from hardneg.data.perturb import Perturbation, perturbations
-from hardneg.data.scene_captions import COLOURS, RELATIONS, describe_semantic_id, semantic_id
 from hardneg.data.sources import (
     DataSpec,
     check_data_config,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hardneg.data.scene_captions import COLOURS
+from hardneg.data.digitscenes.semantics import COLOURS
 
 __all__ = ["ObjectHeads", "object_loss", "object_patch_masks", "warp_boxes"]
 

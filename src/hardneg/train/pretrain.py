@@ -33,11 +33,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hardneg.data.atomic_files import atomic_write
+from hardneg.data.digitscenes.draws import draw_valid
 from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.dual import DualEncoder
 from hardneg.train.config import PretrainConfig
-from hardneg.train.data import draw_valid
 from hardneg.train.grounding import ObjectHeads, object_loss, object_patch_masks, warp_boxes
 from hardneg.train.schedule import warmup_cosine
 
@@ -133,9 +133,9 @@ def pretrain_dual_encoder(
 
     Args:
         dual: a freshly built dual encoder (built from ``config.seed``).
-        split: the training :class:`~hardneg.train.data.SplitTensors` (images, caption rows,
-            hard negatives); one caption per image is drawn per step.
-        bank: the :class:`~hardneg.train.textbank.TextBank` of the frozen text tower.
+        split: the training :class:`~hardneg.data.digitscenes.tensors.SplitTensors` (images,
+            caption rows, hard negatives); one caption per image is drawn per step.
+        bank: the :class:`~hardneg.data.digitscenes.textbank.TextBank` of the frozen text tower.
         config: the stage's settings.
         cache_dir: where ``pretrain/<key>.pt`` is kept (None: no cache).
         progress: show a progress bar.

@@ -22,7 +22,8 @@ import re
 from typing import Any
 
 from hardneg.data.digitscenes import PRESETS
-from hardneg.data.scene_captions import PERTURBATIONS
+from hardneg.data.digitscenes.captions import PERTURBATIONS
+from hardneg.data.digitscenes.false_negatives import FALSE_NEGATIVE_SOURCES
 from hardneg.data.sources import check_data_config
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.heads import AttentionPoolHead
@@ -32,7 +33,6 @@ from hardneg.models.specs import parse_model_spec
 from hardneg.samplers import CURRICULUM_PRESETS, MODES
 from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
 from hardneg.train.config import TrainConfig, config_from_dict, merge
-from hardneg.train.data import FALSE_NEGATIVE_SOURCES
 from hardneg.train.methods import LOSSES, method_overrides
 
 __all__ = ["INFONCE_FORM_LOSSES", "resolve_config", "validate_config"]
