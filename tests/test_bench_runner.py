@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hardneg import cli
-from hardneg.bench import presets, runner
+from hardneg.bench import presets, runner, workers
 
 
 class _Stop(Exception):
@@ -19,7 +19,7 @@ def _no_training(monkeypatch):
         raise _Stop(config)
 
     monkeypatch.setattr(runner, "prepare_data", stop)
-    monkeypatch.setattr(runner, "_Worker", lambda *a: pytest.fail("launched a run"))
+    monkeypatch.setattr(workers, "Worker", lambda *a: pytest.fail("launched a run"))
 
 
 def test_compositional_preset_runs_three_seeds():
