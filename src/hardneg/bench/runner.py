@@ -43,7 +43,7 @@ __all__ = ["prepare_data", "run_bench"]
 def prepare_data(config: dict[str, Any]) -> None:
     """Generate the scenes, encode the shared text bank and run the shared pre-training stage
     once, with every core, before the runs start (all three are cached on disk)."""
-    from hardneg.models.text import MiniLMTextTower
+    from hardneg.models.minilm import MiniLMTextTower
     from hardneg.train.data import load_run_data
     from hardneg.train.trainer import Trainer
 

@@ -9,7 +9,8 @@ import math
 import torch
 from torch import nn
 
-from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
+from hardneg.models.crossmodal import CrossModalTransformer
+from hardneg.models.crossmodal_config import CrossModalConfig
 from hardneg.models.text import TextTower
 from hardneg.samplers import (
     BNSConfig,

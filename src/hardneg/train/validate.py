@@ -216,7 +216,7 @@ def _check_data(cfg: TrainConfig) -> None:
     if d.text_model is not None:
         from pathlib import Path
 
-        from hardneg.models.text import _check_checkpoint_dir
+        from hardneg.models.minilm import _check_checkpoint_dir
 
         _check_checkpoint_dir(Path(d.text_model), "data.text_model")
 

@@ -25,8 +25,9 @@ from hardneg.models.alignment import AlignmentModel
 from hardneg.models.dual import DualEncoder
 from hardneg.models.image import ImageTowerConfig, build_image_tower
 from hardneg.models.inputs import Texts
+from hardneg.models.minilm import MiniLMTextTower
 from hardneg.models.outputs import ImageOutput
-from hardneg.models.text import MiniLMTextTower, TextTower
+from hardneg.models.text import TextTower
 from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
 from hardneg.train.builders import build_crossmodal

@@ -47,8 +47,8 @@ from hardneg.models.dual import DualEncoder
 from hardneg.models.freeze import freeze
 from hardneg.models.image import ImageTowerConfig, build_image_tower
 from hardneg.models.inputs import Images, Texts
+from hardneg.models.minilm import MiniLMTextTower
 from hardneg.models.specs import parse_model_spec
-from hardneg.models.text import MiniLMTextTower
 from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
 from hardneg.train.builders import build_crossmodal
