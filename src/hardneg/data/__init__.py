@@ -3,7 +3,8 @@
 - :mod:`hardneg.data.digitscenes` — the DigitScenes benchmark: generation, rendering, captions,
   cache, Dataset, split tensors, text bank, false negatives and the ``hardneg data`` commands.
 - :mod:`hardneg.data.karpathy` — COCO / Flickr30k Karpathy-split JSON loader.
-- :mod:`hardneg.data.sources` — ``--data SPEC`` parsing, checks and :func:`open_source`
+- :mod:`hardneg.data.specs` — ``--data SPEC`` parsing (:func:`parse_data_spec`).
+- :mod:`hardneg.data.sources` — data-config checks and :func:`open_source`
   (real data: :mod:`~hardneg.data.csv_source`, :mod:`~hardneg.data.hf_source`).
 - :mod:`hardneg.data.perturb` — rule-based NegCLIP-style hard negatives for real captions.
 - :mod:`hardneg.data.compositional` — ARO / SugarCrepe-style compositional probe files.
@@ -41,13 +42,8 @@ from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.data.hf_source import HFImageCaptions
 from hardneg.data.karpathy import KarpathyDataset
 from hardneg.data.perturb import Perturbation, perturbations
-from hardneg.data.sources import (
-    DataSpec,
-    check_data_config,
-    default_eval_spec,
-    open_source,
-    parse_data_spec,
-)
+from hardneg.data.sources import check_data_config, open_source
+from hardneg.data.specs import DataSpec, default_eval_spec, parse_data_spec
 
 __all__ = [
     "COLOURS",

@@ -10,7 +10,7 @@
 """
 
 from hardneg.samplers.batch_config import MODES, HardnessSamplerConfig
-from hardneg.samplers.batches import HardnessBatchSampler, shard
+from hardneg.samplers.batches import HardnessBatchSampler
 from hardneg.samplers.bns import BNSConfig, BoundaryAwareSampler
 from hardneg.samplers.chain import ChainResult, chain_batches, grit_chain
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS, CurriculumPreset, LogisticCurriculum
@@ -18,6 +18,7 @@ from hardneg.samplers.falcon import FalconConfig, FalconScheduler
 from hardneg.samplers.gumbel import gumbel_topk
 from hardneg.samplers.quantile import quantile_pick
 from hardneg.samplers.selection import Selection, boundary_scores, hardest_negative
+from hardneg.samplers.sharding import shard
 from hardneg.samplers.store import EmbeddingStore
 
 __all__ = [

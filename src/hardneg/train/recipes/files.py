@@ -33,12 +33,8 @@ from hardneg.data.compositional import load_compositional
 from hardneg.data.dataset import ImageCaptionDataset
 from hardneg.data.digitscenes import PRESETS, DigitScenesDataset, load_digitscenes
 from hardneg.data.perturb import perturbations
-from hardneg.data.sources import (
-    check_data_config,
-    default_eval_spec,
-    open_source,
-    parse_data_spec,
-)
+from hardneg.data.sources import check_data_config, open_source
+from hardneg.data.specs import default_eval_spec, parse_data_spec
 from hardneg.eval.datasets import evaluate_dataset
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.alignment import AlignmentModel
