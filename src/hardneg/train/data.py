@@ -13,6 +13,8 @@ from hardneg.data.digitscenes.textbank import TextBank, encode_bank
 from hardneg.models.text import TextTower
 from hardneg.train.config import DataConfig, TrainConfig
 
+__all__ = ["load_run_data", "run_data_config"]
+
 
 def run_data_config(cfg: TrainConfig) -> DataConfig:
     """The data config a run of ``cfg`` loads with :func:`load_run_data`, in a normal form.

@@ -2,7 +2,8 @@
 :data:`SPLITS`.
 
 A config fixes a build completely (generation is deterministic in it); its
-:meth:`~DigitScenesConfig.fingerprint` keys the on-disk cache (:mod:`.store`).
+:meth:`~DigitScenesConfig.fingerprint` keys the on-disk cache
+(:mod:`hardneg.data.digitscenes.store`).
 """
 
 from __future__ import annotations
