@@ -35,7 +35,8 @@ from pathlib import Path
 
 from report_table import write_table  # a sibling module (benchmarks/ is on sys.path)
 
-from hardneg.bench.runner import PRESETS, prepare_data, run_config
+from hardneg.bench.presets import PRESETS, run_config
+from hardneg.bench.runner import prepare_data
 from hardneg.train.config import parse_overrides
 
 RESULTS = Path(__file__).parent / "results" / "steps.md"

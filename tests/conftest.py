@@ -25,7 +25,7 @@ def tiny_text_model(tmp_path_factory):
     """A 1-layer random BERT with MiniLM's tokenizer: the trainer's code path, encoded fast."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from hardneg.models.text import default_minilm_path
+    from hardneg.models.minilm import default_minilm_path
 
     path = tmp_path_factory.mktemp("tiny_bert")
     tok = AutoTokenizer.from_pretrained(str(default_minilm_path()))

@@ -93,7 +93,7 @@ def write_hf_clip_dir(tmp_path: Path, seed: int = 2) -> Path:
     ``save_pretrained`` into ``tmp_path/hf_clip_model``; returns the directory."""
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-    from hardneg.models.text import default_minilm_path
+    from hardneg.models.minilm import default_minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(default_minilm_path()), local_files_only=True)
     config = tiny_hf_clip_config(tokenizer, logit_scale_init_value=math.log(HF_SCALE))

@@ -9,9 +9,9 @@ import torch
 from hardneg.models.dual import DualEncoder
 from hardneg.models.hf_clip import HFCLIPAdapter
 from hardneg.models.image import CLIP_MEAN, CLIP_STD
+from hardneg.models.minilm import default_minilm_path
 from hardneg.models.open_clip import OpenCLIPAdapter
 from hardneg.models.outputs import ImageOutput, TextOutput
-from hardneg.models.text import default_minilm_path
 from tests.model_fixtures import tiny_hf_clip_config
 
 CAPTIONS = ["a red 3 to the left of a blue 7", "two!", "left: green five; right: red two"]

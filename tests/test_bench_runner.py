@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hardneg import cli
-from hardneg.bench import runner
+from hardneg.bench import presets, runner, workers
 
 
 class _Stop(Exception):
@@ -19,35 +19,35 @@ def _no_training(monkeypatch):
         raise _Stop(config)
 
     monkeypatch.setattr(runner, "prepare_data", stop)
-    monkeypatch.setattr(runner, "_Worker", lambda *a: pytest.fail("launched a run"))
+    monkeypatch.setattr(workers, "Worker", lambda *a: pytest.fail("launched a run"))
 
 
 def test_compositional_preset_runs_three_seeds():
-    assert runner.PRESETS["compositional"].seeds >= 3
+    assert presets.PRESETS["compositional"].seeds >= 3
 
 
 def test_overrides_reach_every_run_config_and_win_over_the_preset(tmp_path):
-    preset = runner.PRESETS["quick"]
-    config = runner.run_config(
+    preset = presets.PRESETS["quick"]
+    config = presets.run_config(
         preset, "bacl", 2, tmp_path, {"data": {"seed": 3}, "steps": 7, "optim": {"lr": 1e-4}}
     )
     assert config["data"]["seed"] == 3 and config["steps"] == 7
     assert config["optim"]["lr"] == 1e-4
     assert config["seed"] == 2 and config["data"]["preset"] == preset.data_preset
     assert config["out_dir"] == str(tmp_path / "bacl" / "seed2")
-    plain = runner.run_config(preset, "bacl", 2, tmp_path)
+    plain = presets.run_config(preset, "bacl", 2, tmp_path)
     assert plain["data"]["seed"] == 0 and plain["steps"] == preset.steps
 
 
 def test_a_method_keeps_its_defining_term_where_the_preset_turns_it_off(tmp_path):
     """The compositional preset trains no cross-modal terms, except those a method is made
     of: FALCON's reward needs the MLM loss, BACL's CLA the attention; a user's --set wins."""
-    preset = runner.PRESETS["compositional"]
-    aux = {m: runner.run_config(preset, m, 0, tmp_path)["aux"] for m in ("infonce", "falcon")}
+    preset = presets.PRESETS["compositional"]
+    aux = {m: presets.run_config(preset, m, 0, tmp_path)["aux"] for m in ("infonce", "falcon")}
     assert aux["infonce"]["mlm_weight"] == 0 and aux["infonce"]["itm_weight"] == 0
     assert aux["falcon"]["mlm_weight"] > 0 and aux["falcon"]["itm_weight"] == 0
-    assert runner.run_config(preset, "bacl", 0, tmp_path)["aux"]["cla_weight"] == 0.3
-    user = runner.run_config(preset, "falcon", 0, tmp_path, {"aux": {"mlm_weight": 0.2}})
+    assert presets.run_config(preset, "bacl", 0, tmp_path)["aux"]["cla_weight"] == 0.3
+    user = presets.run_config(preset, "falcon", 0, tmp_path, {"aux": {"mlm_weight": 0.2}})
     assert user["aux"]["mlm_weight"] == 0.2
 
 
@@ -90,10 +90,10 @@ def test_a_finished_run_of_another_config_is_refused_not_reused(tmp_path, monkey
     """A run finished under an older preset (here: other steps) would otherwise be reused as
     it is and compared with runs of the current one."""
     _no_training(monkeypatch)
-    preset = runner.PRESETS["compositional"]
+    preset = presets.PRESETS["compositional"]
     run = tmp_path / "infonce" / "seed0"
     run.mkdir(parents=True)
-    saved = runner.run_config(preset, "infonce", 0, tmp_path)
+    saved = presets.run_config(preset, "infonce", 0, tmp_path)
     (run / "metrics.json").write_text("{}")
     (run / "config.json").write_text(json.dumps(saved))
     with pytest.raises(_Stop):  # the same config: reused, the bench goes on

@@ -245,7 +245,7 @@ def test_command_fails_within_seconds():
 def test_bench_accepts_every_preset_the_runner_defines():
     """``make bench-full`` names ``compositional-full``: the CLI's choices are the runner's
     presets, not a list of its own."""
-    from hardneg.bench.runner import PRESETS
+    from hardneg.bench.presets import PRESETS
 
     for name in PRESETS:
         assert build_parser().parse_args(["bench", "--preset", name]).preset == name

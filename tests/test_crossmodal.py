@@ -8,11 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hardneg.models.crossmodal import (
-    CrossModalConfig,
-    CrossModalTransformer,
-    last_layer_attention,
-)
+from hardneg.models.crossmodal import CrossModalTransformer, last_layer_attention
+from hardneg.models.crossmodal_config import CrossModalConfig
 from hardneg.models.outputs import ImageOutput, TextOutput
 
 TEXT_DIM, IMAGE_DIM = 12, 10

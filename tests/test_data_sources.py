@@ -16,7 +16,8 @@ from hardneg.data.compositional import load_compositional
 from hardneg.data.csv_source import CSVImageCaptions
 from hardneg.data.hf_source import HFImageCaptions
 from hardneg.data.perturb import perturbations
-from hardneg.data.sources import DataSpec, check_data_config, open_source, parse_data_spec
+from hardneg.data.sources import check_data_config, open_source
+from hardneg.data.specs import DataSpec, parse_data_spec
 from hardneg.train.config import DataConfig
 from tests.real_fixtures import (
     captions_for,

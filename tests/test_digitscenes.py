@@ -17,20 +17,20 @@ import pytest
 import torch
 from PIL import Image
 
-from hardneg.data import commands
-from hardneg.data.contact_sheet import write_contact_sheet
 from hardneg.data.dataset import collate_image_captions, flatten_captions
 from hardneg.data.digitscenes import (
     PERTURBATIONS,
     SPLITS,
     DigitScenesConfig,
     DigitScenesDataset,
+    commands,
     generate_digitscenes,
     generate_split,
     load_digitscenes,
     read_split,
     split_path,
 )
+from hardneg.data.digitscenes.contact_sheet import write_contact_sheet
 
 COLOUR_NAMES = ["red", "green", "blue", "yellow", "magenta", "cyan"]
 NUMBER = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from hardneg.models.dual import DualEncoder
 from hardneg.models.heads import ProjectionHead
+from hardneg.models.hf_text import word_ids_from_offsets
 from hardneg.models.image import (
     ConvPatchEncoder,
     ImageTowerConfig,
@@ -18,8 +19,8 @@ from hardneg.models.image import (
     build_image_tower,
     resize_and_normalize,
 )
+from hardneg.models.minilm import MiniLMTextTower, default_minilm_path
 from hardneg.models.outputs import ImageOutput, TextOutput
-from hardneg.models.text import MiniLMTextTower, default_minilm_path, word_ids_from_offsets
 
 CAPTIONS = ["a red 3 to the left of a blue 7", "left: green five; right: red two", "seven"]
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from hardneg.data.digitscenes.tensors import SplitTensors
 from hardneg.eval.runner import evaluate_split, evaluate_split_items
-from hardneg.train.data import SplitTensors
 
 # scene 0: red 3 | scene 1: red 3, blue 5 | scene 2: green 7   (COLOURS: red 0, green 1, blue 2)
 DIGITS = [[3, -1, -1], [3, 5, -1], [7, -1, -1]]

@@ -17,14 +17,11 @@ import pytest
 import torch
 
 from hardneg.data.digitscenes import SceneSplit
-from hardneg.data.scene_captions import COLOURS, semantic_id
-from hardneg.models.text import MiniLMTextTower
-from hardneg.train.data import (
-    PARTIAL_MEANING_OFFSET,
-    SplitTensors,
-    false_negative_pair_rates,
-    load_run_data,
-)
+from hardneg.data.digitscenes.false_negatives import false_negative_pair_rates
+from hardneg.data.digitscenes.semantics import COLOURS, semantic_id
+from hardneg.data.digitscenes.tensors import PARTIAL_MEANING_OFFSET, SplitTensors
+from hardneg.models.minilm import MiniLMTextTower
+from hardneg.train.data import load_run_data
 from hardneg.train.trainer import Trainer, resolve_config
 from tests.test_digitscenes import NUMBER, annotation, parse
 from tests.trainer_values import trainer_values

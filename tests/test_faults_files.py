@@ -11,21 +11,17 @@ import os
 import stat
 import subprocess
 import sys
-import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hardneg.data import cache as cache_module
 from hardneg.data import checksums
 from hardneg.data.atomic_files import atomic_write, remove_stale_temps
-from hardneg.data.cache import FeatureCache
+from hardneg.data.digitscenes.textbank import encode_bank
 from hardneg.models.outputs import TextOutput
 from hardneg.train.finite import non_finite_message
 from hardneg.train.run_lock import RunLock, RunLockedError, lock_holder
-from hardneg.train.textbank import encode_bank
 
 
 def _dead_pid() -> int:
@@ -146,21 +142,7 @@ def test_hardneg_train_on_a_locked_run_directory_fails_before_training(tmp_path,
     assert f"locked by running process {os.getpid()}" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------- feature cache
-def _features(idx):
-    i = torch.as_tensor(np.asarray(idx), dtype=torch.float32)
-    return torch.stack([i, i * i + 1, -i / 3], dim=1)
-
-
-class _Calls:
-    def __init__(self):
-        self.rows: list[int] = []
-
-    def __call__(self, idx):
-        self.rows.extend(np.asarray(idx).tolist())
-        return _features(idx)
-
-
+# --------------------------------------------------------------------------- text bank
 def _flip(path, offset: int, n: int) -> None:
     data = bytearray(path.read_bytes())
     for k in range(offset, offset + n):
@@ -168,58 +150,6 @@ def _flip(path, offset: int, n: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_feature_cache_flipped_bytes_are_detected_and_only_those_rows_recomputed(
-    tmp_path, monkeypatch
-):
-    cache = FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
-    cache.fill(_Calls(), progress=False)
-    path = cache.directory / "features.npy"
-    header = path.stat().st_size - 20 * 3 * 4
-    del cache
-    row_bytes = 3 * 4
-    _flip(path, header + 7 * row_bytes + 1, 8)  # rows 7 (bytes 1..8) → 7 only
-    _flip(path, header + 15 * row_bytes + 11, 2)  # last byte of row 15 + first of row 16
-    calls = _Calls()
-    with pytest.warns(RuntimeWarning, match=r"features\.npy.*rows \[7, 15, 16\]"):
-        reopened = FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
-    assert reopened.n_filled == 17
-    got = reopened.get_or_compute(np.arange(20), calls)
-    assert calls.rows == [7, 15, 16]
-    torch.testing.assert_close(got, _features(np.arange(20)), rtol=0, atol=0)
-
-    # verified once per process: a second open of the unchanged files does not hash them
-    def no_hashing(rows):
-        raise AssertionError("verified files were hashed again")
-
-    monkeypatch.setattr(cache_module, "row_digests", no_hashing)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        again = FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
-    assert again.n_filled == 20
-    _flip(path, header + 2 * row_bytes, 1)  # ...but a file changed since is hashed again
-    with pytest.raises(AssertionError, match="hashed again"):
-        FeatureCache(tmp_path, "m", "d", n_items=20, shape=(3,))
-
-
-def test_feature_cache_corrupt_filled_flags_are_detected(tmp_path):
-    cache = FeatureCache(tmp_path, "m", "d", n_items=8, shape=(3,))
-    cache.get_or_compute([0, 1, 2], _Calls())
-    path = cache.directory / "filled.npy"
-    header = path.stat().st_size - 8
-    del cache
-    data = bytearray(path.read_bytes())
-    data[header + 5] = 1  # row 5 claims to be computed but holds zeros
-    data[header + 1] = 0x40  # not a bool
-    path.write_bytes(bytes(data))
-    with pytest.warns(RuntimeWarning, match=r"filled\.npy|features\.npy"):
-        reopened = FeatureCache(tmp_path, "m", "d", n_items=8, shape=(3,))
-    calls = _Calls()
-    got = reopened.get_or_compute(np.arange(8), calls)
-    assert 5 in calls.rows and 1 in calls.rows and 0 not in calls.rows
-    torch.testing.assert_close(got, _features(np.arange(8)), rtol=0, atol=0)
-
-
-# --------------------------------------------------------------------------- text bank
 class _FakeTower(nn.Module):
     """Deterministic token states from the characters of each caption (no model download)."""
 

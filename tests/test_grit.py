@@ -17,7 +17,7 @@ from hardneg.samplers import (
     quantile_pick,
     shard,
 )
-from hardneg.samplers.batches import off_diagonal_rows
+from hardneg.samplers.quantile_rules import off_diagonal_rows
 
 
 def fake_embeddings(indices: list[int], step: int, dim: int = 8):

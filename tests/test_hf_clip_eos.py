@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer, CLIPModel
 
 from hardneg.models.hf_clip import HFCLIPTextTower
-from hardneg.models.text import default_minilm_path
+from hardneg.models.minilm import default_minilm_path
 from tests.model_fixtures import tiny_hf_clip_config
 
 

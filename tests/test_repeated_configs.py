@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from hardneg.data.digitscenes import DigitScenesConfig, generate_split
-from hardneg.models.text import MiniLMTextTower
-from hardneg.train.data import load_run_data, repeat_build
+from hardneg.data.digitscenes.false_negatives import repeat_build
+from hardneg.models.minilm import MiniLMTextTower
+from hardneg.train.data import load_run_data
 from hardneg.train.trainer import Trainer, resolve_config
 from tests.test_digitscenes import annotation, parse
 from tests.trainer_values import trainer_values

@@ -114,15 +114,15 @@ def test_ddp_two_ranks_match_single_process(tmp_path, tiny_text_model, method):
 
 @pytest.mark.slow
 def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_model, monkeypatch):
-    from hardneg.bench import runner
+    from hardneg.bench import presets, runner, workers
 
     values = _values(tmp_path, tiny_text_model, log_every=1)
     overrides = {key: values[key] for key in ("model", "selector", "optim", "checkpoint_every")}
     overrides["data"] = {k: v for k, v in values["data"].items() if k != "preset"}
-    preset = runner.BenchPreset(
+    preset = presets.BenchPreset(
         "tiny", steps=3, batch_size=16, seeds=1, methods=["infonce", "bacl"], overrides=overrides
     )
-    monkeypatch.setitem(runner.PRESETS, "quick", preset)
+    monkeypatch.setitem(presets.PRESETS, "quick", preset)
     out = tmp_path / "bench"
     report = runner.run_bench("quick", out, jobs=2)
     for method in ("infonce", "bacl"):
@@ -132,9 +132,9 @@ def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_m
     assert (out / "results.md").is_file() and report
     # a finished bench starts nothing again, and adding a method trains only that one
     started = []
-    give = runner._Worker.give
+    give = workers.Worker.give
     monkeypatch.setattr(
-        runner._Worker, "give", lambda self, key, cfg: started.append(cfg) or give(self, key, cfg)
+        workers.Worker, "give", lambda self, key, cfg: started.append(cfg) or give(self, key, cfg)
     )
     runner.run_bench("quick", out, methods=["infonce", "bacl", "hcl"], jobs=2)
     assert [Path(c["out_dir"]).parent.name for c in started] == ["hcl"]
@@ -147,7 +147,7 @@ def test_a_worker_run_after_another_equals_a_run_in_its_own_process(tmp_path, ti
     """The bench's workers share MiniLM and the data between runs: the second run of a worker
     (frozen tower features of the first still on the shared splits) reports exactly what the
     same config reports when trained alone in a fresh process."""
-    from hardneg.bench import runner
+    from hardneg.bench import workers
 
     values = _values(tmp_path, tiny_text_model, steps=3)
     frozen = {  # the first run leaves its frozen tower's features on the shared splits
@@ -158,7 +158,7 @@ def test_a_worker_run_after_another_equals_a_run_in_its_own_process(tmp_path, ti
     first = resolve_config("infonce", {**frozen, "out_dir": str(tmp_path / "w" / "a")})
     second = resolve_config("bacl", {**values, "out_dir": str(tmp_path / "w" / "b")})
     alone = resolve_config("bacl", {**values, "out_dir": str(tmp_path / "alone")})
-    worker = runner._Worker(1, tmp_path / "workers.log")
+    worker = workers.Worker(1, tmp_path / "workers.log")
     for key, cfg in (("a", first), ("b", second)):
         worker.give((key, 0), cfg.to_dict())
         while (ok := worker.poll()) is None:
@@ -241,8 +241,8 @@ def test_refused_resume_leaves_the_run_directory_unchanged(tmp_path, tiny_text_m
 _BENCH = """
 import sys, json
 from hardneg import cli
-from hardneg.bench import runner
-runner.PRESETS["quick"] = runner.BenchPreset(**json.loads(sys.argv[1]))
+from hardneg.bench import presets
+presets.PRESETS["quick"] = presets.BenchPreset(**json.loads(sys.argv[1]))
 sys.exit(cli.main(["bench", "--out", sys.argv[2], "--jobs", "2"]))
 """
 
@@ -313,12 +313,12 @@ def test_sigterm_to_the_bench_stops_its_training_processes(tmp_path, tiny_text_m
 def test_bench_refuses_a_run_directory_locked_by_a_live_process(
     tmp_path, tiny_text_model, monkeypatch
 ):
-    from hardneg.bench import runner
+    from hardneg.bench import presets, runner, workers
     from hardneg.train.run_lock import RunLock, RunLockedError
 
-    preset = runner.BenchPreset(**_bench_preset(tmp_path, tiny_text_model, steps=3))
-    monkeypatch.setitem(runner.PRESETS, "quick", preset)
-    monkeypatch.setattr(runner, "_Worker", lambda *a: pytest.fail("launched a run"))
+    preset = presets.BenchPreset(**_bench_preset(tmp_path, tiny_text_model, steps=3))
+    monkeypatch.setitem(presets.PRESETS, "quick", preset)
+    monkeypatch.setattr(workers, "Worker", lambda *a: pytest.fail("launched a run"))
     out = tmp_path / "bench"
     with RunLock(out / "hcl" / "seed0"):  # a trainer of an earlier bench is still running
         with pytest.raises(RunLockedError, match=r"hcl/seed0 is locked by running process \d+"):

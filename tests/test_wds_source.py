@@ -1,5 +1,4 @@
-"""Webdataset shards: pattern, decoding, exactly-once split over ranks × workers, resume; the
-rolling buffer."""
+"""Webdataset shards: pattern, decoding, exactly-once split over ranks × workers, resume."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hardneg.data.rolling_buffer import RollingBuffer
 from hardneg.data.wds_source import WebDatasetSource, parse_wds
 from tests.ddp import run_distributed
 
@@ -192,45 +190,6 @@ def test_bad_specs_name_data_and_the_pattern(tmp_path, shards):
     source = WebDatasetSource(spec, 4, seed=1)
     with pytest.raises(ValueError, match="same --data and seed"):
         source.load_state_dict({**source.state_dict(), "seed": 2})
-
-
-# ---- rolling buffer ----------------------------------------------------------------------
-
-
-def _rows(start, n, d=3):
-    return torch.arange(start, start + n, dtype=torch.float32)[:, None] + torch.ones(n, d)
-
-
-def test_rolling_buffer_keeps_the_last_n_in_order():
-    buf = RollingBuffer(4)
-    ids = buf.add(["a", "b", "c"], ["ca", "cb", "cc"], _rows(0, 3), -_rows(0, 3))
-    assert ids.tolist() == [0, 1, 2] and len(buf) == 3
-    buf.add(["d", "e", "f"], ["cd", "ce", "cf"], _rows(3, 3), -_rows(3, 3))
-    view = buf.view()
-    assert len(buf) == 4 and view.ids.tolist() == [2, 3, 4, 5]
-    assert view.keys == ["c", "d", "e", "f"] and view.captions == ["cc", "cd", "ce", "cf"]
-    expected = torch.nn.functional.normalize(_rows(2, 4), dim=1)
-    assert torch.allclose(view.image, expected) and torch.allclose(view.text, -expected)
-    # a batch larger than the buffer keeps only its newest items
-    buf.add(list("uvwxyz"), list("UVWXYZ"), _rows(10, 6), _rows(10, 6))
-    assert buf.view().keys == list("wxyz") and buf.view().ids.tolist() == [8, 9, 10, 11]
-
-
-def test_rolling_buffer_state_round_trip_and_errors():
-    buf = RollingBuffer(3)
-    buf.add(["a", "b"], ["ca", "cb"], _rows(0, 2), _rows(0, 2))
-    other = RollingBuffer(3)
-    other.load_state_dict(buf.state_dict())
-    other.add(["c", "d"], ["cc", "cd"], _rows(2, 2), _rows(2, 2))
-    assert other.view().keys == ["b", "c", "d"] and other.view().ids.tolist() == [1, 2, 3]
-    with pytest.raises(ValueError, match="capacity"):
-        RollingBuffer(2).load_state_dict(buf.state_dict())
-    with pytest.raises(ValueError, match="empty"):
-        RollingBuffer(2).view()
-    with pytest.raises(ValueError, match="equal length"):
-        buf.add(["a"], ["x", "y"], _rows(0, 1), _rows(0, 1))
-    with pytest.raises(ValueError, match="text_emb"):
-        buf.add(["a"], ["x"], _rows(0, 1), _rows(0, 2))
 
 
 def _state_worker(rank, world, spec):

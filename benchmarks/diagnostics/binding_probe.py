@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hardneg.bench.runner import PRESETS, run_config
+from hardneg.bench.presets import PRESETS, run_config
 from hardneg.models.heads import AttentionPoolHead
 from hardneg.train.config import config_from_dict, parse_overrides
 from hardneg.train.trainer import Trainer

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hardneg.bench.runner import PRESETS, run_config
+from hardneg.bench.presets import PRESETS, run_config
 from hardneg.eval.runner import evaluate_split_items
 from hardneg.train.config import config_from_dict, parse_overrides
 from hardneg.train.trainer import Trainer

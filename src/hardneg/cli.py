@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from hardneg.data import commands
+    from hardneg.data.digitscenes import commands
     from hardneg.errors import user_errors
 
     with user_errors():  # a preset, a folder to read or write: the user's
@@ -180,7 +180,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hardneg.bench.runner import PRESETS as BENCH_PRESETS
+    from hardneg.bench.presets import PRESETS as BENCH_PRESETS
     from hardneg.train.methods import METHODS
 
     parser = argparse.ArgumentParser(

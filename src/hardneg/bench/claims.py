@@ -182,7 +182,7 @@ def check_claims(
 
     Args:
         tree: the loaded bench.
-        raw: per-seed values (:func:`~hardneg.bench.tree.aggregate_runs`).
+        raw: per-seed values (:func:`~hardneg.bench.aggregate.aggregate_runs`).
         resampler: the bench's shared bootstrap resamples.
         claims: the claims to check.
 

@@ -48,7 +48,7 @@ def compare(
 
     Args:
         tree: the loaded bench.
-        raw: ``raw[method][seed][split][metric]`` of :func:`~hardneg.bench.tree.aggregate_runs`
+        raw: ``raw[method][seed][split][metric]`` of :func:`~hardneg.bench.aggregate.aggregate_runs`
             (the run-level scalars of the ``train`` split).
         method, baseline: the two methods (any pair).
         split: ``"test"``, ``"test_novel"`` or ``"train"``.

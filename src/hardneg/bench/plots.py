@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hardneg.bench.tree import BenchRun, BenchTree, MetricStats
+from hardneg.bench.aggregate import MetricStats
+from hardneg.bench.tree import BenchRun, BenchTree
 from hardneg.miners.curriculum import CURRICULUM_PRESETS, LogisticCurriculum
 
 __all__ = [
@@ -310,7 +311,7 @@ def write_plots(tree: BenchTree, aggregate: dict, out_dir: Path) -> list[Path]:
     Args:
         tree: the loaded bench (:func:`hardneg.bench.tree.load_bench`).
         aggregate: ``aggregate[method][split][metric]`` of
-            :func:`hardneg.bench.tree.aggregate_runs`.
+            :func:`hardneg.bench.aggregate.aggregate_runs`.
         out_dir: where the PNGs go (created; ``RUN/plots``).
     """
     plots: list[tuple[str, Callable[[Path], Path | None]]] = [

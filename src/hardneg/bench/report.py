@@ -1,7 +1,7 @@
 """The bench report: ``results.md`` / ``results.csv`` / ``results.json`` and the PNG plots.
 
 Built from the tree :func:`~hardneg.bench.tree.load_bench` reads: per-method mean ± std over
-seeds (:func:`~hardneg.bench.tree.aggregate_runs`), the paired difference of every method vs
+seeds (:func:`~hardneg.bench.aggregate.aggregate_runs`), the paired difference of every method vs
 the reference with its 95 % bootstrap interval (:mod:`hardneg.bench.comparisons`), the
 papers' claims with a verdict (:mod:`hardneg.bench.claims`) and the plots
 (:mod:`hardneg.bench.plots`).
@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hardneg.bench.aggregate import aggregate_runs
 from hardneg.bench.claims import ClaimResult, check_claims
 from hardneg.bench.comparisons import compare_to_reference
 from hardneg.bench.plots import write_plots
@@ -28,7 +29,7 @@ from hardneg.bench.tables import (
     kind_columns,
     results_table,
 )
-from hardneg.bench.tree import TRAIN_SPLIT, BenchTree, aggregate_runs, finite, load_bench
+from hardneg.bench.tree import TRAIN_SPLIT, BenchTree, finite, load_bench
 from hardneg.data.atomic_files import atomic_write
 
 __all__ = ["write_report"]

@@ -24,159 +24,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from hardneg.train.config import config_from_dict, merge, parse_overrides
-from hardneg.train.methods import method_overrides
+from hardneg.bench.presets import PRESETS, check_overrides, run_config
+from hardneg.bench.workers import Worker, default_jobs, expected_cost, stop, train_all
+from hardneg.train.config import config_from_dict, parse_overrides
 from hardneg.train.run_lock import RunLockedError, exit_on_signals, lock_holder
-from hardneg.train.validate import resolve_config
 
-CORE_METHODS = [
-    "infonce", "siglip", "hcl", "dcl", "soft_infonce", "negclip", "ega",
-    "bns", "cla", "bacl", "bacl_ega", "grit", "falcon", "falcon_ega",
-]  # fmt: skip
-ALL_METHODS = [
-    *CORE_METHODS,
-    "decoupled", "bacl_aggressive", "bacl_shallow", "cla_detached", "bacl_cla_detached", "fixed_q",
-    "progressive", "falcon_batch",
-    "mnrl_hardness",
-]  # fmt: skip
-
-
-@dataclass
-class BenchPreset:
-    """A benchmark budget: data size, steps, batch, seeds and the methods it runs."""
-
-    data_preset: str
-    steps: int
-    batch_size: int
-    seeds: int
-    methods: list[str] = field(default_factory=lambda: list(CORE_METHODS))
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-# The compositional regime (docs/results/compositional_diagnosis.md): one shared InfoNCE
-# pre-training stage per data build (cached) teaches the objects (negatives that name a wrong
-# digit, affine jitter, and an object-grounded loss so that the tower's tokens say which digit
-# and colour sit where); every method then fine-tunes the attention heads (word order and
-# binding are representable) on the frozen tower's cached features. Composition is left to the
-# methods. Cross-modal terms only where a method is made of them (BACL's CLA, FALCON's MLM
-# reward), on a 1-layer cross-modal transformer whose MLM head scores the corpus's word pieces
-# (CPU budget; heads and cross-modal width 64, see the diagnosis, §8). False negatives: 1 % of
-# the ordered pairs of random batches, from 4 scene configurations repeated in ≈ 100 train
-# scenes each (every caption stays a full one; partial-caption positives stop swap learning,
-# see the diagnosis, §6).
-_COMPOSITIONAL = {
-    "model": {
-        "dropout": 0.0,
-        "head": "attention",
-        "head_width": 64,
-        "freeze_image_tower": True,
-        "crossmodal_layers": 1,
-        "crossmodal_dim": 64,
-        "mlm_vocab": "corpus",
-    },
-    "pretrain": {
-        "steps": 1200,
-        "batch_size": 128,
-        "negative_kinds": ["replace_digit"],
-        "augment": True,
-        "object_loss_weight": 1.0,
-    },
-    "aux": {"itm_weight": 0.0, "mlm_weight": 0.0},
-    "optim": {"lr": 3e-3, "warmup_steps": 10},
-    "selector": {"k": 8},
-    "data": {"false_negative_source": "repeats", "false_negative_percent": 1.0},
-}
-# 2 % of the ordered in-batch pairs of random batches are false negatives (captions that name
-# one object of a scene, true of every scene holding it)
-_FALSE_NEGATIVES = {"data": {"false_negative_percent": 2.0}}
-_COMPOSITIONAL_RUN = {"checkpoint_every": 100, "log_every": 10, **_COMPOSITIONAL}
-PRESETS = {
-    # the README's main job (`make bench`, ≤ 15 min on 2 CPU cores): the headline method of
-    # each paper and the baselines its claims compare with, 3 seeds
-    "compositional": BenchPreset(
-        "small", steps=600, batch_size=64, seeds=3,
-        methods=["infonce", "negclip", "ega", "bacl", "grit", "falcon"],
-        overrides=_COMPOSITIONAL_RUN,
-    ),
-    # every claim of the claims table (BACL's parts and curricula, FALCON's batch-level
-    # variant and search-space sizes, MNRL)
-    "compositional-full": BenchPreset(
-        "small", steps=600, batch_size=64, seeds=3,
-        methods=["infonce", "negclip", "ega", "mnrl_hardness", "bns", "cla", "bacl",
-                 "bacl_aggressive", "bacl_shallow", "grit", "falcon", "falcon_batch",
-                 "falcon_space2", "falcon_space32"],
-        overrides=_COMPOSITIONAL_RUN,
-    ),
-    # towers from scratch, 8 methods, one seed: the smoke run (`make bench-quick`)
-    "quick": BenchPreset(
-        "small", steps=100, batch_size=64, seeds=1,
-        methods=["infonce", "siglip", "hcl", "negclip", "ega", "bacl", "grit", "falcon"],
-        overrides={"checkpoint_every": 40, "log_every": 5, "optim": {"lr": 2e-3},
-                   "selector": {"k": 8}, "model": {"dropout": 0.0}, **_FALSE_NEGATIVES},
-    ),
-    "full": BenchPreset(
-        "quick", steps=600, batch_size=128, seeds=3, methods=list(ALL_METHODS),
-        overrides={"checkpoint_every": 100, "log_every": 10, "optim": {"lr": 2e-3},
-                   "model": {"dropout": 0.0}, **_FALSE_NEGATIVES},
-    ),
-}  # fmt: skip
-
-
-_PER_RUN_KEYS = {"seed": "--seeds", "out_dir": "--out", "method": "--methods"}
-
-
-def check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``overrides`` if none of them is a key the bench sets per run (else ValueError)."""
-    for key, option in _PER_RUN_KEYS.items():
-        if key in overrides:
-            raise ValueError(
-                f"--set {key}=… cannot be applied to a bench (it sets {key} per run); "
-                f"use hardneg bench {option} instead"
-            )
-    return overrides
-
-
-def run_config(
-    preset: BenchPreset,
-    method: str,
-    seed: int,
-    out: Path,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The resolved config of one (method, seed) of a bench (validated): the preset's values,
-    then the method's own (a method's defining term wins over a preset default, e.g. FALCON's
-    MLM weight where the preset turns the cross-modal terms off), then the user's
-    ``overrides`` (``--set``, which win over both), then the per-run seed and directory."""
-    preset_values = merge(
-        preset.overrides,
-        {
-            "steps": preset.steps,
-            "batch_size": preset.batch_size,
-            "progress": False,
-            "data": {"preset": preset.data_preset, "encode_all": True},
-        },
-    )
-    values = merge(
-        merge(merge(preset_values, method_overrides(method)), check_overrides(overrides or {})),
-        {"seed": seed, "out_dir": str(out / method / f"seed{seed}")},
-    )
-    return resolve_config(method, values).to_dict()
+__all__ = ["prepare_data", "run_bench"]
 
 
 def prepare_data(config: dict[str, Any]) -> None:
     """Generate the scenes, encode the shared text bank and run the shared pre-training stage
     once, with every core, before the runs start (all three are cached on disk)."""
-    from hardneg.models.text import MiniLMTextTower
+    from hardneg.models.minilm import MiniLMTextTower
     from hardneg.train.data import load_run_data
     from hardneg.train.trainer import Trainer
 
@@ -192,102 +59,6 @@ def prepare_data(config: dict[str, Any]) -> None:
     load_run_data(cfg.data, MiniLMTextTower(cfg.data.text_model, max_length=cfg.data.max_text_len))
 
 
-def default_jobs() -> int:
-    """Runs trained at once: 1 on CUDA; on CPU one per core up to 4 (a run's small matmuls
-    scale poorly over threads: on 2 cores, two 1-thread runs train ≈1.5× faster than one
-    2-thread run)."""
-    if torch.cuda.is_available():
-        return 1
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def _expected_cost(config: dict[str, Any]) -> float:
-    """Relative training time of a run, to start the longest first (FALCON's reward forwards
-    cost ≈ +30 %; GRIT-style search spaces and BNS/CLA a little)."""
-    mode = config["sampler"]["mode"]
-    return (
-        1.0
-        + 0.3 * (mode in ("falcon", "batch_level"))
-        + 0.05 * (mode != "random")
-        + 0.05 * (config["selector"]["name"] != "none")
-    )
-
-
-class _Worker:
-    """One ``python -m hardneg.train.run --worker`` process: it trains the runs it is given one
-    after another, sharing MiniLM and the text bank between them; each run writes its own
-    ``run.log``, and a status line on the worker's stdout reports its end."""
-
-    def __init__(self, threads: int, log: Path) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        with open(log, "a") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hardneg.train.run", "--worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=env,
-            )
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.run: tuple[str, int] | None = None
-        self.started = 0.0
-        self._pending = b""
-
-    def give(self, key: tuple[str, int], config: dict[str, Any]) -> None:
-        """Start training ``config`` (the worker must be idle)."""
-        out = Path(config["out_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("error.log", "run.log"):  # a worker that dies now leaves no stale log
-            (out / name).unlink(missing_ok=True)
-        assert self.proc.stdin is not None
-        self.run, self.started = key, time.perf_counter()
-        try:
-            self.proc.stdin.write((json.dumps(config) + "\n").encode())
-            self.proc.stdin.flush()
-        except BrokenPipeError:  # the worker died: :meth:`poll` reports the run as failed
-            pass
-
-    def poll(self) -> bool | None:
-        """None while the current run trains; then whether it succeeded (False if the worker
-        died). The worker is idle again afterwards (or dead: see :attr:`alive`)."""
-        exited = self.proc.poll() is not None  # before reading: a last status line counts
-        self._read()
-        while b"\n" in self._pending:
-            line, self._pending = self._pending.split(b"\n", 1)
-            try:
-                status = json.loads(line)
-            except ValueError:  # not a status line
-                continue
-            self.run = None
-            return bool(status["ok"])
-        if exited:
-            self.run = None
-            return False
-        return None
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while True:
-            try:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self._pending += chunk
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def close(self) -> None:
-        """Let an idle worker exit (end of its input) and wait for it."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        self.proc.wait()
-
-
 def _check_unlocked(run_dirs: list[Path]) -> None:
     """Refuse to start while a trainer (of an earlier bench, say) still runs in a directory."""
     for run_dir in run_dirs:
@@ -297,20 +68,6 @@ def _check_unlocked(run_dirs: list[Path]) -> None:
                 f"run directory {run_dir} is locked by running process {pid} (a trainer of "
                 "another bench or `hardneg train` on it); stop it or wait, or use another --out"
             )
-
-
-def _stop(procs: list[subprocess.Popen], signum: int, timeout: float = 30.0) -> None:
-    """Send ``signum`` to the running ``procs``, wait up to ``timeout`` s, then kill the rest."""
-    alive = [p for p in procs if p.poll() is None]
-    for proc in alive:
-        proc.send_signal(signum)
-    deadline = time.monotonic() + timeout
-    for proc in alive:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _check_same_bench(out: Path, preset_name: str, overrides: dict[str, Any]) -> None:
@@ -429,74 +186,22 @@ def run_bench(
     todo = [
         key for key, cfg in configs.items() if not (Path(cfg["out_dir"]) / "metrics.json").is_file()
     ]
-    todo.sort(key=lambda key: -_expected_cost(configs[key]))  # longest first: even tail
+    todo.sort(key=lambda key: -expected_cost(configs[key]))  # longest first: even tail
     threads = max(1, (os.cpu_count() or 1) // jobs)
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="bench", unit="run")
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     stop_signal = signal.SIGTERM
     with exit_on_signals() as received:
         try:
-            _train_all(todo, workers, configs, jobs, threads, out / "workers.log", bar)
+            train_all(todo, workers, configs, jobs, threads, out / "workers.log", bar)
         except KeyboardInterrupt:
             stop_signal = signal.SIGINT
             raise
         finally:  # interrupted: stop the workers (their runs resume next time) and wait
-            _stop([w.proc for w in workers], received[0] if received else stop_signal)
+            stop([w.proc for w in workers], received[0] if received else stop_signal)
     bar.close()
     from hardneg.bench.report import write_report
 
     report = write_report(out)
     print(f"hardneg bench: finished in {time.perf_counter() - start:.0f} s; see {out}/results.md")
     return report
-
-
-def _train_all(
-    todo: list[tuple[str, int]],
-    workers: list[_Worker],
-    configs: dict[tuple[str, int], dict[str, Any]],
-    jobs: int,
-    threads: int,
-    log: Path,
-    bar: tqdm,
-) -> None:
-    """Keep ``jobs`` workers training the runs of ``todo`` until all are done (``workers`` is
-    filled in place, so that the caller can stop what still runs); a worker that died is
-    replaced."""
-    while todo or any(w.run for w in workers):
-        workers[:] = [w for w in workers if w.alive or w.run]
-        while len(workers) < min(jobs, len(todo) + sum(1 for w in workers if w.run)):
-            workers.append(_Worker(threads, log))
-        for worker in workers:
-            if worker.run is None and worker.alive and todo:
-                key = todo.pop(0)
-                worker.give(key, configs[key])
-        bar.set_postfix_str(", ".join(f"{w.run[0]} seed {w.run[1]}" for w in workers if w.run))
-        time.sleep(0.5)
-        for worker in workers:
-            key, started = worker.run, worker.started
-            if key is None:
-                continue
-            ok = worker.poll()
-            if ok is None:
-                continue
-            died = None if worker.alive else worker.proc.returncode
-            _finish(key, ok, Path(configs[key]["out_dir"]), started, died, log)
-            bar.update(1)
-    for worker in workers:
-        worker.close()
-
-
-def _finish(
-    key: tuple[str, int], ok: bool, out_dir: Path, t0: float, died: int | None, workers_log: Path
-) -> None:
-    method, seed = key
-    if ok:
-        tqdm.write(f"  {method} seed {seed} done in {time.perf_counter() - t0:.0f} s")
-        return
-    log_path = out_dir / "run.log"
-    log = log_path.read_text() if log_path.is_file() else "(no run.log)"
-    if died is not None:  # the worker itself ended: its exit code and last words
-        tail = workers_log.read_text()[-2000:] if workers_log.is_file() else ""
-        log += f"\n[worker exited with code {died}]\n{tail}"
-    (out_dir / "error.log").write_text(log)
-    tqdm.write(f"  {method} seed {seed} FAILED (see {out_dir / 'error.log'}): {log[-500:]}")

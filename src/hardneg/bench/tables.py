@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from hardneg.bench.aggregate import MetricStats
 from hardneg.bench.claims import ClaimResult
 from hardneg.bench.statistics import Comparison
-from hardneg.bench.tree import TRAIN_SPLIT, BenchTree, MetricStats
+from hardneg.bench.tree import TRAIN_SPLIT, BenchTree
 
 __all__ = [
     "MAIN_COLUMNS",

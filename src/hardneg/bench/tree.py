@@ -1,4 +1,4 @@
-"""A bench directory as data: its finished runs, their logs and per-seed aggregates.
+"""A bench directory as data: its finished runs, their configs, logs and metrics.
 
 Reads the tree ``hardneg bench`` leaves (README, "Results")::
 
@@ -11,9 +11,7 @@ Reads the tree ``hardneg bench`` leaves (README, "Results")::
     RUN/<method>/seed<k>/selected_bs.npy (BNS methods) (step, boundary score) of selected negatives
 
 A run directory without ``metrics.json`` is unfinished (or failed): it is skipped and named
-in the report. Every number is aggregated per method over its seeds as the mean and the
-sample standard deviation (``ddof = 1``); NaN / null values are left out of the aggregate and
-flagged, never averaged in silently.
+in the report. :mod:`hardneg.bench.aggregate` aggregates the runs per method over seeds.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +32,6 @@ from hardneg.eval.items import read_items
 __all__ = [
     "BenchRun",
     "BenchTree",
-    "MetricStats",
-    "aggregate_runs",
     "finite",
     "load_bench",
     "read_train_log",
@@ -111,22 +107,6 @@ class BenchTree:
     def runs_of(self, method: str) -> list[BenchRun]:
         """The finished runs of ``method``."""
         return [r for r in self.runs if r.method == method]
-
-
-class MetricStats(NamedTuple):
-    """Mean ± sample std (ddof = 1) of one metric over all seeds of one method.
-
-    Attributes:
-        mean: mean over the finite values (None when there is none).
-        std: sample standard deviation (None with fewer than two finite values).
-        n: number of finite values.
-        values: the per-seed values in seed order (None = missing, null or NaN).
-    """
-
-    mean: float | None
-    std: float | None
-    n: int
-    values: list[float | None]
 
 
 def finite(value: Any) -> float | None:
@@ -256,64 +236,3 @@ def load_bench(run_dir: Path) -> BenchTree:
         )
     methods = list(dict.fromkeys(r.method for r in runs))
     return BenchTree(run_dir, info, runs, methods, skipped)
-
-
-def _run_values(run: BenchRun, ref_mem: float | None) -> dict[str, dict[str, Any]]:
-    """``{split: {metric: value}}`` of one run: the eval splits and the ``train`` numbers.
-
-    ``fn_rate`` is the selected negatives' FN rate when the run selects negatives, else the
-    in-batch one; ``mem_ratio`` divides the peak memory by the reference method's seed mean.
-    (No step-time ratio: the bench's runs share the CPU with different neighbours, so their
-    step times are not comparable; see ``benchmarks/bench_steps.py`` for a measurement.)
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for split in EVAL_SPLITS:
-        values = run.metrics.get("metrics", {}).get(split)
-        if isinstance(values, dict):
-            out[split] = dict(values)
-    m = run.metrics
-    selected, batch = finite(m.get("selected_fn_rate")), finite(m.get("batch_fn_rate"))
-    train: dict[str, Any] = {k: m.get(k) for k in TRAIN_METRICS[:4]}
-    train["fn_rate"] = selected if selected is not None else batch
-    mem = finite(m.get("peak_mem_mib"))
-    train["mem_ratio"] = mem / ref_mem if mem is not None and ref_mem is not None else None
-    out[TRAIN_SPLIT] = train
-    return out
-
-
-def _stats(values: list[Any]) -> MetricStats:
-    clean = [finite(v) for v in values]
-    kept = [v for v in clean if v is not None]
-    mean = float(np.mean(kept)) if kept else None
-    std = float(np.std(kept, ddof=1)) if len(kept) > 1 else None
-    return MetricStats(mean, std, len(kept), clean)
-
-
-def aggregate_runs(tree: BenchTree) -> tuple[dict, dict]:
-    """Per-seed values and their mean ± sample std per method × split × metric.
-
-    The memory ratio is ``x / mean_seeds(x_reference)`` for x = peak memory (None when the
-    reference method has no finished run or a non-positive value).
-
-    Args:
-        tree: the loaded bench (:func:`load_bench`).
-
-    Returns:
-        ``(aggregate, raw)``: ``aggregate[method][split][metric]`` is a :class:`MetricStats`;
-        ``raw[method][seed][split][metric]`` the value read from that run (or derived).
-    """
-    ref = _stats([r.metrics.get("peak_mem_mib") for r in tree.runs_of(tree.reference)]).mean
-    ref_mem = ref if ref is not None and ref > 0 else None
-    raw: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}
-    for run in tree.runs:
-        raw.setdefault(run.method, {})[run.seed] = _run_values(run, ref_mem)
-    aggregate: dict[str, dict[str, dict[str, MetricStats]]] = {}
-    for method, seeds in raw.items():
-        splits = list(dict.fromkeys(s for per_seed in seeds.values() for s in per_seed))
-        aggregate[method] = {}
-        for split in splits:
-            metrics = list(dict.fromkeys(k for v in seeds.values() for k in v.get(split, {})))
-            aggregate[method][split] = {
-                k: _stats([v.get(split, {}).get(k) for v in seeds.values()]) for k in metrics
-            }
-    return aggregate, raw

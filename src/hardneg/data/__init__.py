@@ -1,19 +1,17 @@
-"""hardneg.data: DigitScenes, Karpathy-JSON datasets, the feature cache and data commands.
+"""hardneg.data: DigitScenes, Karpathy-JSON datasets and real-data sources.
 
-- :mod:`hardneg.data.digitscenes` — the DigitScenes benchmark (config, splits, cache, Dataset).
-- :mod:`hardneg.data.scene_captions` — semantics ids, paraphrases and hard-negative captions.
-- :mod:`hardneg.data.scene_render` — scan pools, layout and rasterisation.
+- :mod:`hardneg.data.digitscenes` — the DigitScenes benchmark: generation, rendering, captions,
+  cache, Dataset, split tensors, text bank, false negatives and the ``hardneg data`` commands.
 - :mod:`hardneg.data.karpathy` — COCO / Flickr30k Karpathy-split JSON loader.
-- :mod:`hardneg.data.sources` — ``--data SPEC`` parsing, checks and :func:`open_source`
+- :mod:`hardneg.data.specs` — ``--data SPEC`` parsing (:func:`parse_data_spec`).
+- :mod:`hardneg.data.sources` — data-config checks and :func:`open_source`
   (real data: :mod:`~hardneg.data.csv_source`, :mod:`~hardneg.data.hf_source`).
 - :mod:`hardneg.data.perturb` — rule-based NegCLIP-style hard negatives for real captions.
 - :mod:`hardneg.data.compositional` — ARO / SugarCrepe-style compositional probe files.
 - :mod:`hardneg.data.dataset` — the shared ``ImageCaptionDataset`` interface and helpers.
-- :mod:`hardneg.data.cache` — ``FeatureCache`` for frozen towers.
-- :mod:`hardneg.data.contact_sheet` / :mod:`hardneg.data.commands` — inspection and CLI hooks.
+- :mod:`hardneg.data.fingerprint` — content and module fingerprints (the cache keys).
 """
 
-from hardneg.data.cache import FeatureCache, content_fingerprint, module_fingerprint
 from hardneg.data.compositional import CompositionalProbes, load_compositional
 from hardneg.data.csv_source import CSVImageCaptions
 from hardneg.data.dataset import (
@@ -34,17 +32,18 @@ from hardneg.data.digitscenes import (
     generate_split,
     load_digitscenes,
 )
+from hardneg.data.digitscenes.semantics import (
+    COLOURS,
+    RELATIONS,
+    describe_semantic_id,
+    semantic_id,
+)
+from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.data.hf_source import HFImageCaptions
 from hardneg.data.karpathy import KarpathyDataset
 from hardneg.data.perturb import Perturbation, perturbations
-from hardneg.data.scene_captions import COLOURS, RELATIONS, describe_semantic_id, semantic_id
-from hardneg.data.sources import (
-    DataSpec,
-    check_data_config,
-    default_eval_spec,
-    open_source,
-    parse_data_spec,
-)
+from hardneg.data.sources import check_data_config, open_source
+from hardneg.data.specs import DataSpec, default_eval_spec, parse_data_spec
 
 __all__ = [
     "COLOURS",
@@ -57,7 +56,6 @@ __all__ = [
     "DataSpec",
     "DigitScenesConfig",
     "DigitScenesDataset",
-    "FeatureCache",
     "FlatCaptions",
     "HFImageCaptions",
     "HardNegative",

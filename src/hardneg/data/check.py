@@ -15,7 +15,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from hardneg.data.sources import open_source, parse_data_spec
+from hardneg.data.sources import open_source
+from hardneg.data.specs import parse_data_spec
 
 __all__ = ["DataReport", "check_source"]
 

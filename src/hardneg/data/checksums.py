@@ -12,9 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-__all__ = ["file_sha256", "mark_verified", "row_digests", "verified_in_process"]
+__all__ = ["file_sha256", "mark_verified", "verified_in_process"]
 
 # files verified (or written) by this process → their (inode, size, mtime) at that time
 _VERIFIED: dict[tuple[str, ...], tuple[tuple[int, int, int], ...]] = {}
@@ -49,23 +47,3 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def row_digests(rows: np.ndarray) -> np.ndarray:
-    """8-byte BLAKE2b of each row's bytes (row = first axis), as uint64.
-
-    Example:
-        >>> a = np.arange(6, dtype=np.float32).reshape(3, 2)
-        >>> b = a.copy()
-        >>> b[1, 1] = 3.5
-        >>> (row_digests(a) == row_digests(b)).tolist()
-        [True, False, True]
-    """
-    rows = np.ascontiguousarray(rows)
-    return np.array(
-        [
-            int.from_bytes(hashlib.blake2b(rows[i].tobytes(), digest_size=8).digest(), "little")
-            for i in range(len(rows))
-        ],
-        dtype=np.uint64,
-    )

@@ -50,8 +50,8 @@ def _update(h: Any, part: Any) -> None:
 def content_fingerprint(*parts: Any) -> str:
     """SHA-256 (hex) of nested tensors / arrays / strings / numbers, including dtypes and shapes.
 
-    Use it as the *data* fingerprint of a :class:`FeatureCache` (e.g. the caption texts or the
-    split's images), or to combine fingerprints.
+    Use it as the *data* part of a cache key (e.g. the caption texts or the split's images),
+    or to combine fingerprints.
 
     Example:
         >>> content_fingerprint(["a red 3"], np.arange(3)) == content_fingerprint(

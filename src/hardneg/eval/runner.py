@@ -62,8 +62,8 @@ def evaluate_split(
     Args:
         model: dual encoder + cross-modal transformer (``model.dual``, ``model.crossmodal``,
             ``model.crossmodal_text``: the head's view of captions).
-        bank: the :class:`~hardneg.train.textbank.TextBank` holding the split's captions.
-        split: :class:`~hardneg.train.data.SplitTensors`.
+        bank: the :class:`~hardneg.data.digitscenes.textbank.TextBank` holding the split's captions.
+        split: :class:`~hardneg.data.digitscenes.tensors.SplitTensors`.
         tower: the text tower (its tokenizer maps words to tokens for AEL).
         device: where to run.
         batch_size: images per forward.

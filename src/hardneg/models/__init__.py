@@ -1,11 +1,14 @@
 """Encoders behind one interface, the dual encoder and the cross-modal transformer.
 
 - outputs: :class:`TextOutput`, :class:`ImageOutput` (what every tower returns)
-- text towers: :class:`MiniLMTextTower` (frozen all-MiniLM-L6-v2), base :class:`TextTower`
+- text towers: :class:`MiniLMTextTower` (frozen all-MiniLM-L6-v2, ``hardneg.models.minilm``),
+  :class:`HFTextTower` (``hardneg.models.hf_text``), base :class:`TextTower`
 - image towers: :class:`ConvPatchEncoder`, :class:`TinyViT` (:class:`ImageTowerConfig`,
   :func:`build_image_tower`)
 - :class:`ProjectionHead`, :class:`DualEncoder`
-- :class:`CrossModalTransformer` (ITM + MLM heads, exact cross-attention maps)
+- :class:`CrossModalTransformer` (ITM + MLM heads, exact cross-attention maps;
+  :class:`CrossModalConfig` in ``hardneg.models.crossmodal_config``, its layers in
+  ``hardneg.models.crossmodal_layers``)
 - adapters: :class:`HFCLIPAdapter` (``hardneg.models.hf_clip``, transformers CLIPModel) and
   :class:`OpenCLIPAdapter` (``hardneg.models.open_clip``; it imports open_clip only when a
   model is built, so open_clip stays optional)
@@ -21,16 +24,13 @@ from hardneg.models.clip_towers import (
     export_clip,
     write_back_logit_scale,
 )
-from hardneg.models.crossmodal import (
-    CrossModalConfig,
-    CrossModalOutput,
-    CrossModalTransformer,
-    last_layer_attention,
-)
+from hardneg.models.crossmodal import CrossModalOutput, CrossModalTransformer, last_layer_attention
+from hardneg.models.crossmodal_config import CrossModalConfig
 from hardneg.models.dual import DualEncoder, DualEncoderOutput
 from hardneg.models.freeze import FreezableModule, freeze
 from hardneg.models.heads import ProjectionHead
 from hardneg.models.hf_clip import HFCLIPAdapter, load_hf_clip
+from hardneg.models.hf_text import HFTextTower
 from hardneg.models.image import (
     ConvPatchEncoder,
     ImageTowerConfig,
@@ -38,10 +38,11 @@ from hardneg.models.image import (
     TinyViT,
     build_image_tower,
 )
+from hardneg.models.minilm import MiniLMTextTower
 from hardneg.models.open_clip import OpenCLIPAdapter
 from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.models.specs import ModelSpec, parse_model_spec
-from hardneg.models.text import HFTextTower, MiniLMTextTower, TextTower
+from hardneg.models.text import TextTower
 
 __all__ = [
     "CLIPTowers",

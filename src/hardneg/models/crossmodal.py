@@ -30,72 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg.models.crossmodal_config import CrossModalConfig
+from hardneg.models.crossmodal_layers import CrossModalLayer, init_weights
 from hardneg.models.outputs import ImageOutput, TextOutput
 
-_ITM_POOLS = ("cls", "mean")
-
-
-@dataclass
-class CrossModalConfig:
-    """Configuration of :class:`CrossModalTransformer`.
-
-    Args:
-        text_dim: size ``D_t`` of the text input vectors (the tower's
-            ``input_embedding_dim``, 384 for MiniLM).
-        image_dim: size ``D_v`` of the image patch tokens.
-        d_model: transformer width (128–256).
-        num_layers: number of layers (4 in BACL).
-        num_heads: attention heads; must divide ``d_model``.
-        mlp_ratio: MLP hidden size relative to ``d_model``.
-        dropout: dropout on attention probabilities (after they are recorded) and residuals.
-        vocab_size: MLM output size (the text tokenizer's vocabulary).
-        max_text_len: longest caption in tokens (size of the learned text positions).
-        itm_pool: ``"cls"`` (first token, [CLS]/SOT) or ``"mean"`` (masked mean) for ITM.
-        special_token_ids: ids never chosen as MLM targets (the tower's ``special_token_ids``).
-        mask_prob: default probability of masking a token for MLM.
-        mlm_vocab: token ids the MLM head scores (its softmax runs over these only, e.g. the
-            word pieces a closed corpus uses); ``()`` = the whole vocabulary. A target outside
-            it is an error.
-
-    Example:
-        >>> CrossModalConfig(text_dim=384, image_dim=128).d_model
-        128
-    """
-
-    text_dim: int = 384
-    image_dim: int = 128
-    d_model: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1
-    vocab_size: int = 30522
-    max_text_len: int = 64
-    itm_pool: str = "cls"
-    special_token_ids: tuple[int, ...] = ()
-    mask_prob: float = 0.15
-    mlm_vocab: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.itm_pool not in _ITM_POOLS:
-            raise ValueError(f"itm_pool must be one of {_ITM_POOLS}, got {self.itm_pool!r}")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        for name in ("text_dim", "image_dim", "num_layers", "vocab_size", "max_text_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        self.special_token_ids = tuple(int(i) for i in self.special_token_ids)
-        self.mlm_vocab = tuple(int(i) for i in self.mlm_vocab)
-        bad = [i for i in self.mlm_vocab if not 0 <= i < self.vocab_size]
-        if bad or len(set(self.mlm_vocab)) != len(self.mlm_vocab):
-            raise ValueError(
-                f"mlm_vocab must hold distinct token ids in [0, vocab_size={self.vocab_size}), "
-                f"bad: {bad[:5] or 'duplicates'}"
-            )
+__all__ = ["CrossModalOutput", "CrossModalTransformer", "last_layer_attention"]
 
 
 @dataclass
@@ -129,83 +68,6 @@ def last_layer_attention(out: CrossModalOutput) -> Tensor:
         torch.Size([2, 5, 9])
     """
     return out.cross_attentions[-1].mean(dim=1)
-
-
-class Attention(nn.Module):
-    r"""Multi-head scaled dot-product attention that returns its probabilities.
-
-    :math:`A = \mathrm{softmax}(Q K^\top / \sqrt{d_h})` per head (Vaswani et al. 2017 §3.2),
-    computed in (at least) fp32; masked keys get the dtype's lowest value, so their weight is
-    exactly 0 and a fully masked row stays finite. Output: ``Dropout(A) V`` → output projection.
-
-    Args:
-        d_model: model width; num_heads: heads (``d_h = d_model / num_heads``);
-        dropout: dropout on ``A`` after it is returned.
-    """
-
-    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = d_model // num_heads
-        self.query = nn.Linear(d_model, d_model)
-        self.key = nn.Linear(d_model, d_model)
-        self.value = nn.Linear(d_model, d_model)
-        self.out = nn.Linear(d_model, d_model)
-        self.drop = nn.Dropout(dropout)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
-    def forward(
-        self, query: Tensor, memory: Tensor, key_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``query (B, T, d)`` attends to ``memory (B, S, d)``; ``key_mask (B, S)`` True = keep.
-
-        Returns the output ``(B, T, d)`` and the probabilities ``(B, H, T, S)``.
-        """
-        q, k, v = (
-            self._heads(self.query(query)),
-            self._heads(self.key(memory)),
-            self._heads(self.value(memory)),
-        )
-        scores = q @ k.transpose(-2, -1)
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.head_dim**-0.5
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        probs = scores.softmax(dim=-1)
-        context = self.drop(probs).to(v.dtype) @ v
-        context = context.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
-        return self.out(context), probs
-
-
-class CrossModalLayer(nn.Module):
-    """One pre-LN layer: text self-attention, text→image cross-attention, MLP."""
-
-    def __init__(self, config: CrossModalConfig) -> None:
-        super().__init__()
-        d = config.d_model
-        self.norm_self = nn.LayerNorm(d)
-        self.self_attn = Attention(d, config.num_heads, config.dropout)
-        self.norm_cross = nn.LayerNorm(d)
-        self.cross_attn = Attention(d, config.num_heads, config.dropout)
-        self.norm_mlp = nn.LayerNorm(d)
-        hidden = int(d * config.mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(d, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, d)
-        )
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(
-        self, x: Tensor, text_mask: Tensor, memory: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns the new states and the self- and cross-attention probabilities."""
-        h = self.norm_self(x)
-        update, self_probs = self.self_attn(h, h, text_mask)
-        x = x + self.drop(update)
-        update, cross_probs = self.cross_attn(self.norm_cross(x), memory)
-        x = x + self.drop(update)
-        x = x + self.drop(self.mlp(self.norm_mlp(x)))
-        return x, self_probs, cross_probs
 
 
 class CrossModalTransformer(nn.Module):
@@ -264,7 +126,7 @@ class CrossModalTransformer(nn.Module):
             torch.tensor(config.special_token_ids, dtype=torch.long),
             persistent=False,
         )
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.normal_(self.text_pos, std=0.02)
         nn.init.normal_(self.mask_embedding, std=0.02)
 
@@ -419,13 +281,3 @@ class CrossModalTransformer(nn.Module):
         if num_targets is None:
             num_targets = chosen.sum().clamp_min(1)
         return total / num_targets
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

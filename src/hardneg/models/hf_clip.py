@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from hardneg.models.freeze import FreezableModule
+from hardneg.models.hf_text import HFTextTower, check_tokenizer_settings
 from hardneg.models.image import CLIP_MEAN, CLIP_STD, check_images, resize_and_normalize
 from hardneg.models.outputs import ImageOutput, TextOutput
-from hardneg.models.text import HFTextTower, check_tokenizer_settings
 
 if TYPE_CHECKING:
     from transformers import CLIPModel

@@ -8,10 +8,11 @@ miners' job, :mod:`hardneg.miners`).
 """
 
 from hardneg.samplers.batch_config import MODES, HardnessSamplerConfig
-from hardneg.samplers.batches import HardnessBatchSampler, shard
+from hardneg.samplers.batches import HardnessBatchSampler
 from hardneg.samplers.chain import ChainResult, chain_batches, grit_chain
 from hardneg.samplers.falcon import FalconConfig, FalconScheduler
 from hardneg.samplers.quantile import quantile_pick
+from hardneg.samplers.sharding import shard
 from hardneg.samplers.store import EmbeddingStore
 
 __all__ = [

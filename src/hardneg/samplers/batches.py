@@ -14,7 +14,7 @@ candidate at hardness quantile q. The chains themselves are in :mod:`hardneg.sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,44 +23,16 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS, HardnessSamplerConfig
+from hardneg.samplers.batch_config import HardnessSamplerConfig
+from hardneg.samplers.batch_stats import batch_stats
 from hardneg.samplers.chain import chain_batches, grit_chain
 from hardneg.samplers.falcon import FalconScheduler
+from hardneg.samplers.quantile_rules import quantile_rule
 from hardneg.samplers.store import EmbeddingStore
 
 SCHEDULER_MODES = ("batch_level", "falcon")
 RESUME_KEYS = ("batch_size", "search_space_size", "mode", "seed")
 """Config fields that must match between a saved sampler state and the sampler loading it."""
-
-
-def off_diagonal_rows(sim: Tensor) -> Tensor:
-    """(n, n−1) rows of a square matrix without their diagonal entry (each anchor's candidates).
-
-    Example:
-        >>> off_diagonal_rows(torch.arange(9.0).reshape(3, 3)).tolist()
-        [[1.0, 2.0], [3.0, 5.0], [6.0, 7.0]]
-    """
-    n = sim.shape[0]
-    # drop every (n+1)-th element of the flattened matrix: a strided copy, no boolean mask
-    return sim.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
-
-
-def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """The contiguous slice of a global batch that rank ``rank`` loads (DDP).
-
-    Example:
-        >>> shard([10, 11, 12, 13, 14, 15], rank=1, world_size=3)
-        [12, 13]
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")
-    if len(batch) % world_size != 0:
-        raise ValueError(
-            f"global batch of {len(batch)} items does not split over {world_size} ranks; make "
-            "batch_size a multiple of the world size"
-        )
-    per = len(batch) // world_size
-    return list(batch[rank * per : (rank + 1) * per])
 
 
 @dataclass
@@ -307,46 +279,16 @@ class HardnessBatchSampler(Sampler[list[int]]):
             chain, decide = grit_chain(i2t, bsz, p.rng), None
         else:
             sim = self.store.similarity(items)
-            q_of, decide = self._quantile_rule(p, index, sim, len(items) // bsz)
+            position = p.epoch + index / len(p.spaces)
+            q_of, decide = quantile_rule(
+                self.config, self.scheduler, position, sim, len(items) // bsz, p.rng
+            )
             chain = chain_batches(sim.numpy(), bsz, q_of, p.rng)
         for number in p.rng.permutation(len(chain.batches)):
             batch = [int(items[i]) for i in chain.batches[number]]
             self._append(p, batch, chain.qs[number], chain.pick_sims[number])
             if decide is not None:
                 decide(int(number), chain.anchors[number])
-
-    def _quantile_rule(
-        self, p: _EpochProgress, index: int, sim: Tensor, n_batches: int
-    ) -> tuple[Callable[[int, int], float], Callable[[int, list[int]], None] | None]:
-        """``q_of(anchor, batch)`` of a quantile mode, and a hook recording scheduler decisions."""
-        cfg = self.config
-        if cfg.mode == "fixed":
-            return (lambda anchor, number: cfg.q), None
-        if cfg.mode in PROGRESSIVE_DEFAULTS:
-            assert cfg.q_start is not None and cfg.q_end is not None
-            frac = (p.epoch + index / len(p.spaces)) / cfg.total_epochs
-            q = cfg.q_start + (cfg.q_end - cfg.q_start) * min(max(frac, 0.0), 1.0)
-            return (lambda anchor, number: q), None
-        scheduler = self.scheduler
-        assert scheduler is not None  # checked in __init__
-        rows = off_diagonal_rows(sim)
-        with torch.no_grad():
-            feats = scheduler.summarize(rows)
-            if cfg.mode == "falcon":
-                q_all = scheduler.sample_features(feats, p.rng)[0].cpu()
-                q_np = q_all.numpy()
-
-                def record(number: int, anchors: list[int]) -> None:
-                    index = torch.as_tensor(anchors)
-                    scheduler.record(feats[index.to(feats.device)], q_all[index])
-
-                return (lambda anchor, number: float(q_np[anchor])), record
-            q_batch = scheduler.sample_features(feats.expand(n_batches, -1), p.rng)[0].cpu()
-
-        def record_batch(number: int, anchors: list[int]) -> None:
-            scheduler.record(feats, q_batch[number : number + 1])
-
-        return (lambda anchor, number: float(q_batch[number])), record_batch
 
     def _append(
         self,
@@ -355,18 +297,5 @@ class HardnessBatchSampler(Sampler[list[int]]):
         qs: list[float] | None,
         pick_sims: list[float] | None,
     ) -> None:
-        stats: dict = {"random": qs is None, "fn_rate": None}
-        for key in ("q_mean", "q_p10", "q_p50", "q_p90", "pick_sim_mean"):
-            stats[key] = None
-        if qs is not None and pick_sims is not None:
-            q_arr = np.asarray(qs)
-            stats["q_mean"] = float(q_arr.mean())
-            for pct in (10, 50, 90):
-                stats[f"q_p{pct}"] = float(np.percentile(q_arr, pct))
-            stats["pick_sim_mean"] = float(np.mean(pick_sims))
-        if self.semantic_ids is not None:
-            ids = self.semantic_ids[batch]
-            same = int((ids[:, None] == ids[None, :]).sum()) - len(batch)
-            stats["fn_rate"] = 100.0 * same / (len(batch) * (len(batch) - 1))
         p.built.append(batch)
-        p.stats.append(stats)
+        p.stats.append(batch_stats(batch, qs, pick_sims, self.semantic_ids))

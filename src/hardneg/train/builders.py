@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from hardneg.miners import BNSConfig, BoundaryAwareMiner
-from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
+from hardneg.models.crossmodal import CrossModalTransformer
+from hardneg.models.crossmodal_config import CrossModalConfig
 from hardneg.models.text import TextTower
 from hardneg.samplers import (
     FalconConfig,

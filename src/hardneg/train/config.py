@@ -65,13 +65,14 @@ class DataConfig:
             the ordered in-batch (anchor, candidate) pairs of random batches. Training then
             draws, per scene and step, a partial caption ("a red 3", true of every scene
             holding that object) with the probability that gives this share on the train split
-            (:func:`~hardneg.train.data.partial_caption_probability`); 0 = full captions only.
+            (:func:`~hardneg.data.digitscenes.false_negatives.partial_caption_probability`);
+            0 = full captions only.
             Positives stay scene-level, so the matching scenes are false negatives.
         false_negative_source: where those false negatives come from: ``"partial"`` (the
             partial captions above) or ``"repeats"`` (the train split shows
             ``repeated_configs`` scene configurations in k scenes each, k the fewest that
             reach the rate; every caption stays a full one:
-            :func:`~hardneg.train.data.repeat_build`).
+            :func:`~hardneg.data.digitscenes.false_negatives.repeat_build`).
         repeated_configs: number of repeated configurations (``"repeats"`` only).
     """
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hardneg.data.scene_captions import COLOURS
+from hardneg.data.digitscenes.semantics import COLOURS
 
 __all__ = ["ObjectHeads", "ObjectTargets", "object_loss", "object_patch_masks", "warp_boxes"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from hardneg.data.sources import parse_data_spec
+from hardneg.data.specs import parse_data_spec
 from hardneg.train.config import TrainConfig
 
 __all__ = ["absolute_paths"]

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.data.atomic_files import atomic_write
-from hardneg.data.cache import content_fingerprint, module_fingerprint
+from hardneg.data.digitscenes.draws import draw_valid
+from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.models.alignment import AlignmentModel
@@ -50,7 +51,6 @@ from hardneg.models.dual import DualEncoder
 from hardneg.models.inputs import Images, Texts
 from hardneg.train.batch import Batch, StepDraw
 from hardneg.train.config import AuxConfig, OptimConfig, PretrainConfig, TrainConfig
-from hardneg.train.data import draw_valid
 from hardneg.train.grounding import ObjectHeads, ObjectTargets, warp_boxes
 from hardneg.train.loop import Engine
 from hardneg.train.objective import Objective, ObjectiveOutput
@@ -153,9 +153,9 @@ def pretrain_dual_encoder(
 
     Args:
         dual: a freshly built dual encoder (built from ``config.seed``).
-        split: the training :class:`~hardneg.train.data.SplitTensors` (images, caption rows,
-            hard negatives); one caption per image is drawn per step.
-        bank: the :class:`~hardneg.train.textbank.TextBank` of the frozen text tower.
+        split: the training :class:`~hardneg.data.digitscenes.tensors.SplitTensors` (images,
+            caption rows, hard negatives); one caption per image is drawn per step.
+        bank: the :class:`~hardneg.data.digitscenes.textbank.TextBank` of the frozen text tower.
         config: the stage's settings.
         cache_dir: where ``pretrain/<key>.pt`` is kept (None: no cache).
         progress: show a progress bar.

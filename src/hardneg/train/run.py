@@ -120,7 +120,7 @@ def evaluate_run(
         state = torch.load(path, map_location="cpu", weights_only=False)
         config = config_from_dict(state["config"])
         if data is not None:
-            from hardneg.data.sources import parse_data_spec
+            from hardneg.data.specs import parse_data_spec
 
             parse_data_spec(data, key="--data")
         trainer = Trainer(replace(config, progress=False))

@@ -14,17 +14,17 @@ import os
 
 import torch
 
+from hardneg.data.digitscenes.tensors import SplitTensors
+from hardneg.data.digitscenes.textbank import TextBank
 from hardneg.losses.distributed import world_info
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.text import TextTower
 from hardneg.train.config import TrainConfig
-from hardneg.train.data import SplitTensors
 from hardneg.train.loop import Engine
 from hardneg.train.objective import has_crossmodal_terms
 from hardneg.train.recipes import Recipe
 from hardneg.train.recipes.digitscenes import DigitScenesRecipe
 from hardneg.train.rng import seed_everything
-from hardneg.train.textbank import TextBank
 from hardneg.train.validate import resolve_config, validate_config
 
 __all__ = ["AlignmentModel", "Trainer", "resolve_config", "validate_config"]

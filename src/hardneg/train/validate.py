@@ -22,7 +22,8 @@ import re
 from typing import Any
 
 from hardneg.data.digitscenes import PRESETS
-from hardneg.data.scene_captions import PERTURBATIONS
+from hardneg.data.digitscenes.captions import PERTURBATIONS
+from hardneg.data.digitscenes.false_negatives import FALSE_NEGATIVE_SOURCES
 from hardneg.data.sources import check_data_config
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.miners import CURRICULUM_PRESETS
@@ -33,7 +34,6 @@ from hardneg.models.specs import parse_model_spec
 from hardneg.samplers import MODES
 from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
 from hardneg.train.config import TrainConfig, config_from_dict, merge
-from hardneg.train.data import FALSE_NEGATIVE_SOURCES
 from hardneg.train.methods import LOSSES, method_overrides
 
 __all__ = ["INFONCE_FORM_LOSSES", "resolve_config", "validate_config"]
@@ -217,7 +217,7 @@ def _check_data(cfg: TrainConfig) -> None:
     if d.text_model is not None:
         from pathlib import Path
 
-        from hardneg.models.text import _check_checkpoint_dir
+        from hardneg.models.minilm import _check_checkpoint_dir
 
         _check_checkpoint_dir(Path(d.text_model), "data.text_model")
 

@@ -3,8 +3,9 @@ MiniLM states, the builtin image tower (optionally pre-trained by the shared Inf
 frozen), exact semantics (so false negatives are known and counted).
 
 A step's draw: a caption per scene (with probability f a partial caption, the benchmark's
-controlled false negatives; see :mod:`hardneg.train.data`), a hard-negative caption per scene
-(NegCLIP extras) and the MLM targets, all from the recipe's own generators.
+controlled false negatives; see :mod:`hardneg.data.digitscenes.false_negatives`), a
+hard-negative caption per scene (NegCLIP extras) and the MLM targets, all from the recipe's own
+generators.
 """
 
 from __future__ import annotations
@@ -16,30 +17,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardneg.data.digitscenes.draws import draw_captions, draw_hard_negatives, outside_captions
+from hardneg.data.digitscenes.false_negatives import in_batch_fn_rate, partial_caption_probability
+from hardneg.data.digitscenes.tensors import SplitTensors
+from hardneg.data.digitscenes.textbank import TextBank
 from hardneg.eval.runner import SplitEvaluation, evaluate_split_items
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.dual import DualEncoder
 from hardneg.models.image import ImageTowerConfig, build_image_tower
 from hardneg.models.inputs import Texts
+from hardneg.models.minilm import MiniLMTextTower
 from hardneg.models.outputs import ImageOutput
-from hardneg.models.text import MiniLMTextTower, TextTower
+from hardneg.models.text import TextTower
 from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
 from hardneg.train.builders import build_crossmodal
 from hardneg.train.config import TrainConfig
-from hardneg.train.data import (
-    SplitTensors,
-    draw_captions,
-    draw_hard_negatives,
-    in_batch_fn_rate,
-    load_run_data,
-    outside_captions,
-    partial_caption_probability,
-    run_data_config,
-)
+from hardneg.train.data import load_run_data, run_data_config
 from hardneg.train.finite import non_finite_message
 from hardneg.train.pretrain import pretrain_dual_encoder
-from hardneg.train.textbank import TextBank
 
 #: the splits a DigitScenes run is evaluated on
 EVAL_SPLITS = ("test", "test_novel")

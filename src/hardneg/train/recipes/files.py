@@ -33,12 +33,8 @@ from hardneg.data.compositional import load_compositional
 from hardneg.data.dataset import ImageCaptionDataset
 from hardneg.data.digitscenes import PRESETS, DigitScenesDataset, load_digitscenes
 from hardneg.data.perturb import perturbations
-from hardneg.data.sources import (
-    check_data_config,
-    default_eval_spec,
-    open_source,
-    parse_data_spec,
-)
+from hardneg.data.sources import check_data_config, open_source
+from hardneg.data.specs import default_eval_spec, parse_data_spec
 from hardneg.eval.datasets import evaluate_dataset
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.alignment import AlignmentModel
@@ -47,8 +43,8 @@ from hardneg.models.dual import DualEncoder
 from hardneg.models.freeze import freeze
 from hardneg.models.image import ImageTowerConfig, build_image_tower
 from hardneg.models.inputs import Images, Texts
+from hardneg.models.minilm import MiniLMTextTower
 from hardneg.models.specs import parse_model_spec
-from hardneg.models.text import MiniLMTextTower
 from hardneg.samplers import shard
 from hardneg.train.batch import Batch, StepDraw, mlm_normaliser
 from hardneg.train.builders import build_crossmodal

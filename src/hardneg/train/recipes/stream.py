@@ -8,9 +8,7 @@ fewest samples can fill (the other ranks' tails are dropped, so every rank steps
 
 - Positives: a sample's id is a 63-bit hash of its key (captions of one key are positives).
 - Batches are random (the shard order and the samples' tar order): GRIT and FALCON need random
-  access to build their search spaces and are refused on a stream (use a map-style source, or
-  build search spaces from :class:`~hardneg.data.rolling_buffer.RollingBuffer`, a bounded
-  buffer of recent items, in your own loop).
+  access to build their search spaces and are refused on a stream (use a map-style source).
 - Resume is at shard granularity: a checkpoint holds the shards every rank finished; a resumed
   run reads the unfinished ones, a partly read shard again from its start (so the figures of a
   resumed stream run are not bit-identical to an uninterrupted run's, unlike map-style data).

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hardneg.data.contact_sheet import write_contact_sheet
 from hardneg.data.digitscenes import (
     PERTURBATIONS,
     PRESETS,
@@ -24,6 +23,7 @@ from hardneg.data.digitscenes import (
     read_split,
     split_path,
 )
+from hardneg.data.digitscenes.contact_sheet import write_contact_sheet
 
 __all__ = ["generate", "inspect", "split_summary"]
 
