@@ -8,8 +8,10 @@ its baselines for the quantile modes (``fixed``, ``progressive_*``, ``batch_leve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-MODES = (
+#: Batch construction modes of :class:`~hardneg.samplers.batches.HardnessBatchSampler`.
+BatchMode = Literal[
     "random",
     "grit",
     "fixed",
@@ -17,8 +19,9 @@ MODES = (
     "progressive_softening",
     "batch_level",
     "falcon",
-)
-"""Batch construction modes of :class:`~hardneg.samplers.batches.HardnessBatchSampler`."""
+]
+MODES: tuple[str, ...] = get_args(BatchMode)
+"""The values of :data:`BatchMode`."""
 
 PROGRESSIVE_DEFAULTS = {"progressive_hardening": (0.5, 1.0), "progressive_softening": (1.0, 0.5)}
 
@@ -46,7 +49,7 @@ class HardnessSamplerConfig:
 
     batch_size: int
     search_space_size: int | None = None
-    mode: str = "random"
+    mode: BatchMode = "random"
     q: float = 0.5
     q_start: float | None = None
     q_end: float | None = None

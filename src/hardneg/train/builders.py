@@ -1,5 +1,6 @@
 """The engine's parts built from a :class:`~hardneg.train.config.TrainConfig`: the loss, the
-negative miner, the batch sampler (random | GRIT | FALCON | …) and the optimizer."""
+negative miner, the batch sampler (random | GRIT | FALCON | …), the optimizer and the models'
+own configurations (the settings declared ``sets=(Cls, name)`` pass on to ``Cls``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from hardneg.models.crossmodal import CrossModalConfig, CrossModalTransformer
+from hardneg.models.image import ImageTowerConfig
 from hardneg.models.text import TextTower
 from hardneg.samplers import (
     BNSConfig,
@@ -21,6 +23,7 @@ from hardneg.samplers import (
 )
 from hardneg.train.config import ModelConfig, TrainConfig
 from hardneg.train.methods import LOSSES
+from hardneg.train.settings import derived_kwargs
 
 
 def build_loss(cfg: TrainConfig, logit_scale: float | None = None) -> nn.Module:
@@ -73,12 +76,12 @@ def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
     config = HardnessSamplerConfig(
         batch_size=cfg.batch_size,
         search_space_size=min(n, s.search_space_size or s.search_space_batches * cfg.batch_size),
-        mode=s.mode,
         q=s.q,
         q_start=q_start,
         q_end=q_end,
         total_epochs=epochs,
         seed=cfg.seed,
+        **derived_kwargs(s, HardnessSamplerConfig),
     )
     return HardnessBatchSampler(n, config, scheduler)
 
@@ -108,6 +111,17 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
 
 
+def image_tower_config(model: ModelConfig, image_size: int) -> ImageTowerConfig:
+    """The builtin image tower's configuration: ``model``'s tower settings, ``image_size``
+    pixels, the tower's own defaults for the rest.
+
+    Example:
+        >>> image_tower_config(ModelConfig(image_tower="vit"), 48).arch
+        'vit'
+    """
+    return ImageTowerConfig(image_size=image_size, **derived_kwargs(model, ImageTowerConfig))
+
+
 def build_crossmodal(
     model: ModelConfig,
     text_tower: TextTower,
@@ -122,13 +136,10 @@ def build_crossmodal(
         CrossModalConfig(
             text_dim=text_tower.input_embedding_dim,
             image_dim=image_tower.token_dim,
-            d_model=model.crossmodal_dim,
-            num_layers=model.crossmodal_layers,
-            num_heads=model.crossmodal_heads,
-            dropout=model.dropout,
             vocab_size=text_tower.vocab_size,
             max_text_len=max_text_len,
             special_token_ids=text_tower.special_token_ids,
             mlm_vocab=mlm_vocab,
+            **derived_kwargs(model, CrossModalConfig),
         )
     )
