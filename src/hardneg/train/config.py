@@ -22,7 +22,8 @@ from hardneg.losses import LOSSES
 from hardneg.models.crossmodal import CrossModalConfig
 from hardneg.models.image import ImageArch, ImageTowerConfig
 from hardneg.samplers.batch_config import BatchMode, HardnessSamplerConfig
-from hardneg.train.settings import build, setting
+from hardneg.samplers.curriculum import CURRICULUM_PRESETS
+from hardneg.train.settings import Setting, build, setting
 
 #: Choices that a registry elsewhere declares (its keys), as ``Literal`` types.
 PresetName = Literal[tuple(PRESETS)]  # DigitScenes size presets
@@ -32,7 +33,7 @@ Perturbation = Literal[PERTURBATIONS]  # DigitScenes hard-negative kinds
 
 @dataclass
 class DataConfig:
-    """Which data to train on (each field's description: its :func:`setting`)."""
+    """Which data to train on: DigitScenes (built in) or a real image-text source."""
 
     dataset: str = setting(
         "digitscenes",
@@ -225,6 +226,34 @@ class SelectorConfig:
     entropy_weight: float = 0.01
     lr: float = 1e-3
     denominator: str = "selected"
+
+
+#: Declarations of the ``selector`` keys (type with choices, :class:`Setting`), kept beside
+#: :class:`SelectorConfig`, whose fields stay plain until the miner configuration that replaces
+#: it declares them with :func:`setting`; read by ``validate`` and ``docs/config.md``.
+SELECTOR_SETTINGS: dict[str, tuple[Any, Setting]] = {
+    "name": (
+        Literal["none", "bns"],
+        Setting("``bns``: BACL's boundary-aware sampler picks negatives"),
+    ),
+    "k": (int, Setting("negatives selected per anchor", ge=1)),
+    "curriculum": (
+        Literal[tuple(CURRICULUM_PRESETS)],
+        Setting("curriculum preset of the selection (``hardneg.samplers.CURRICULUM_PRESETS``)"),
+    ),
+    "tau_start": (float, Setting("Gumbel-Softmax temperature at the start of training", gt=0)),
+    "tau_end": (float, Setting("temperature at the end (annealed geometrically)", gt=0)),
+    "entropy_weight": (float, Setting("weight of the entropy bonus of the policy", ge=0)),
+    "lr": (float, Setting("Adam learning rate of the policy", gt=0, example="1e-3")),
+    "denominator": (
+        Literal["selected", "weighted"],
+        Setting(
+            "negatives the loss scores: ``selected`` (the positive and the k picked) or "
+            "``weighted`` (every in-batch negative, weighted by its relaxed selection weight; "
+            "InfoNCE-form losses only)"
+        ),
+    ),
+}
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Literal
+from typing import Any
 
 from hardneg.data.scene_captions import PERTURBATIONS
 from hardneg.data.sources import check_data_config
@@ -30,9 +30,9 @@ from hardneg.models.crossmodal import CrossModalConfig
 from hardneg.models.heads import AttentionPoolHead
 from hardneg.models.image import ImageTowerConfig
 from hardneg.models.specs import parse_model_spec
-from hardneg.samplers import CURRICULUM_PRESETS
 from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
 from hardneg.train.config import (
+    SELECTOR_SETTINGS,
     ModelConfig,
     SelectorConfig,
     TrainConfig,
@@ -41,7 +41,6 @@ from hardneg.train.config import (
 )
 from hardneg.train.methods import LOSSES, method_overrides
 from hardneg.train.settings import (
-    Setting,
     check_settings,
     check_value,
     derived_fields,
@@ -58,18 +57,6 @@ INFONCE_FORM_LOSSES: tuple[str, ...] = tuple(
 # attention heads of the pooling head the trainer builds (its default): widths must divide by it
 _POOL_HEADS: int = inspect.signature(AttentionPoolHead).parameters["num_heads"].default
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-# Choices and ranges of the ``selector`` keys, whose fields are not declared with
-# ``setting`` yet: the miner configuration that replaces SelectorConfig will declare them.
-_SELECTOR: dict[str, tuple[Any, Setting]] = {
-    "name": (Literal["none", "bns"], Setting("negative selector")),
-    "denominator": (Literal["selected", "weighted"], Setting("negatives the loss scores")),
-    "curriculum": (Literal[tuple(CURRICULUM_PRESETS)], Setting("BNS curriculum preset")),
-    "k": (int, Setting("negatives picked per anchor", ge=1)),
-    "tau_start": (float, Setting("initial Gumbel temperature", gt=0)),
-    "tau_end": (float, Setting("final Gumbel temperature", gt=0)),
-    "entropy_weight": (float, Setting("entropy bonus of the selector", ge=0)),
-    "lr": (float, Setting("selector learning rate", gt=0, example="1e-3")),
-}
 
 
 def resolve_config(method: str, values: dict[str, Any] | None = None) -> TrainConfig:
@@ -166,7 +153,7 @@ def _check_losses(cfg: TrainConfig) -> None:
 
 def _check_selector(cfg: TrainConfig) -> None:
     s, defaults = cfg.selector, SelectorConfig()
-    for name, (hint, spec) in _SELECTOR.items():
+    for name, (hint, spec) in SELECTOR_SETTINGS.items():
         check_value(getattr(s, name), hint, spec, f"selector.{name}", getattr(defaults, name))
     if s.tau_end > s.tau_start:
         raise ValueError(
