@@ -45,6 +45,9 @@ class HardnessSamplerConfig:
         q_start, q_end: endpoints of the progressive modes (None = mode default).
         total_epochs: run length used by the progressive modes.
         seed: seed of every random choice (epoch e uses ``default_rng([seed, e])``).
+
+    A bad value raises a ``ValueError`` whose message starts with the field's name (the
+    trainer's validation prefixes it with ``sampler.``, the config section of the same keys).
     """
 
     batch_size: int

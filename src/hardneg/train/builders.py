@@ -56,34 +56,33 @@ def build_selector(cfg: TrainConfig) -> BoundaryAwareSampler | None:
     )
 
 
-def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
-    """The batch sampler of ``cfg.sampler`` over ``n`` training items (FALCON's scheduler
-    included for the ``falcon`` / ``batch_level`` modes)."""
+def hardness_sampler_config(cfg: TrainConfig, n: int) -> HardnessSamplerConfig:
+    """The batch sampler's configuration of ``cfg.sampler`` over ``n`` training items (its
+    ``ValueError`` names a ``sampler`` key without the ``sampler.`` prefix)."""
     s = cfg.sampler
-    epochs = max(1, math.ceil(cfg.steps * cfg.batch_size / n))
-    scheduler = None
-    if s.mode in ("falcon", "batch_level"):
-        scheduler = FalconScheduler(
-            FalconConfig(
-                m=s.falcon_m,
-                lr=s.falcon_lr,
-                update_interval=s.falcon_update_interval,
-                entropy_weight=s.falcon_entropy_weight,
-                instance_level=s.mode == "falcon",
-            )
-        )
     q_start, q_end = s.progressive_endpoints()
-    config = HardnessSamplerConfig(
+    return HardnessSamplerConfig(
         batch_size=cfg.batch_size,
         search_space_size=min(n, s.search_space_size or s.search_space_batches * cfg.batch_size),
         q=s.q,
         q_start=q_start,
         q_end=q_end,
-        total_epochs=epochs,
+        total_epochs=max(1, math.ceil(cfg.steps * cfg.batch_size / n)),
         seed=cfg.seed,
         **derived_kwargs(s, HardnessSamplerConfig),
     )
-    return HardnessBatchSampler(n, config, scheduler)
+
+
+def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
+    """The batch sampler of ``cfg.sampler`` over ``n`` training items (FALCON's scheduler
+    included for the ``falcon`` / ``batch_level`` modes)."""
+    s = cfg.sampler
+    scheduler = None
+    if s.mode in ("falcon", "batch_level"):
+        scheduler = FalconScheduler(
+            FalconConfig(instance_level=s.mode == "falcon", **derived_kwargs(s, FalconConfig))
+        )
+    return HardnessBatchSampler(n, hardness_sampler_config(cfg, n), scheduler)
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:

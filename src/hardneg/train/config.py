@@ -23,6 +23,7 @@ from hardneg.models.crossmodal import CrossModalConfig
 from hardneg.models.image import ImageArch, ImageTowerConfig
 from hardneg.samplers.batch_config import BatchMode, HardnessSamplerConfig
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS
+from hardneg.samplers.falcon import FalconConfig
 from hardneg.train.settings import Setting, build, setting
 
 #: Choices that a registry elsewhere declares (its keys), as ``Literal`` types.
@@ -293,10 +294,18 @@ class SamplerConfig:
     q_end: float = setting(
         1.0, ge=0, le=1, doc="end q of the progressive modes (1.0: the mode's own)"
     )
-    falcon_m: int = setting(32, ge=2, doc="FALCON's number of quantile actions")
-    falcon_lr: float = setting(1e-2, gt=0, example="1e-2", doc="FALCON scheduler learning rate")
-    falcon_update_interval: int = setting(40, ge=1, doc="steps between FALCON scheduler updates")
-    falcon_entropy_weight: float = setting(0.01, ge=0, doc="entropy bonus of the FALCON scheduler")
+    falcon_m: int = setting(
+        sets=(FalconConfig, "m"), ge=2, doc="FALCON's number of quantile actions"
+    )
+    falcon_lr: float = setting(
+        sets=(FalconConfig, "lr"), gt=0, example="1e-2", doc="FALCON scheduler learning rate"
+    )
+    falcon_update_interval: int = setting(
+        sets=(FalconConfig, "update_interval"), ge=1, doc="steps between FALCON scheduler updates"
+    )
+    falcon_entropy_weight: float = setting(
+        sets=(FalconConfig, "entropy_weight"), ge=0, doc="entropy bonus of the FALCON scheduler"
+    )
 
     def progressive_endpoints(self) -> tuple[float | None, float | None]:
         """``(q_start, q_end)`` for ``HardnessSamplerConfig`` in the progressive modes.

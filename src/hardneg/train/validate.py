@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from typing import Any
 
 from hardneg.data.scene_captions import PERTURBATIONS
@@ -30,7 +31,7 @@ from hardneg.models.crossmodal import CrossModalConfig
 from hardneg.models.heads import AttentionPoolHead
 from hardneg.models.image import ImageTowerConfig
 from hardneg.models.specs import parse_model_spec
-from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS
+from hardneg.train.builders import hardness_sampler_config
 from hardneg.train.config import (
     SELECTOR_SETTINGS,
     ModelConfig,
@@ -180,20 +181,10 @@ def _check_selector(cfg: TrainConfig) -> None:
 
 def _check_sampler(cfg: TrainConfig) -> None:
     s = cfg.sampler
-    if s.mode in PROGRESSIVE_DEFAULTS:
-        given = s.progressive_endpoints()
-        start, end = (d if g is None else g for g, d in zip(given, PROGRESSIVE_DEFAULTS[s.mode]))
-        hardening = s.mode == "progressive_hardening"
-        if (end >= start) != hardening:
-            raise ValueError(
-                f"sampler.mode={s.mode!r} needs sampler.q_end {'≥' if hardening else '≤'} "
-                f"sampler.q_start, got {start} → {end}; swap them or change the mode"
-            )
-    if s.search_space_size is not None and s.search_space_size < cfg.batch_size:
-        raise ValueError(
-            f"sampler.search_space_size={s.search_space_size} is smaller than batch_size="
-            f"{cfg.batch_size}; use at least one batch, or null (search_space_batches × B)"
-        )
+    try:  # the sampler's own checks (progressive direction, search space ≥ a batch)
+        hardness_sampler_config(cfg, sys.maxsize)
+    except ValueError as err:
+        raise ValueError(f"sampler.{err}") from None
     if s.mode in ("falcon", "batch_level") and cfg.aux.mlm_weight <= 0:
         raise ValueError("FALCON's reward is the MLM-loss gain: set aux.mlm_weight > 0")
 
