@@ -375,14 +375,16 @@ class PretrainConfig:
 class TrainConfig:
     """One training run."""
 
-    method: str = setting("infonce", doc="the method preset (``hardneg.train.methods``)")
+    method: str = setting(
+        "infonce", doc="the method, a preset of other keys (``hardneg.train.methods``)"
+    )
     batch_size: int = setting(128, ge=2, doc="global batch size B")
     steps: int = setting(300, ge=1, doc="optimizer steps")
     seed: int = setting(0, doc="seed of the run")
     device: str = setting("auto", doc="``auto``, ``cpu``, ``cuda`` or ``cuda:N``")
     amp: bool = setting(True, doc="mixed precision on CUDA")
     log_every: int = setting(10, ge=1, doc="steps between log lines")
-    checkpoint_every: int = setting(100, ge=0, doc="steps between checkpoints (0: at the end)")
+    checkpoint_every: int = setting(100, ge=0, doc="steps between checkpoints (0: only at the end)")
     out_dir: str = setting("runs/train", doc="run directory")
     progress: bool = setting(True, doc="show a progress bar")
     data: DataConfig = field(default_factory=DataConfig)

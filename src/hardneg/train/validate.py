@@ -2,11 +2,11 @@
 
 Each value's type, choices and range are declared once, with its field
 (:func:`~hardneg.train.settings.setting`), and checked by
-:func:`~hardneg.train.settings.check_settings`; here: that, then combinations of settings, then
-the data spec and the model spec (no file is read beyond a stat, nothing is downloaded or
-encoded). Every problem is a one-line
-``ValueError`` (``FileNotFoundError`` for a missing path) naming the dotted key and the fix,
-so ``hardneg train`` fails within seconds instead of after loading data.
+:func:`~hardneg.train.settings.check_settings`; here: that, then combinations of settings (the
+models' own configurations built from them included), then the data spec and the model spec (no
+file is read beyond a stat, nothing is downloaded or encoded). Every problem is a one-line
+``ValueError`` (``FileNotFoundError`` for a missing path) naming the dotted key and the fix, so
+``hardneg train`` fails within seconds instead of after loading data.
 
 Example:
     >>> cfg = resolve_config("bacl", {"optim": {"lr": "3e-4"}})
