@@ -21,7 +21,7 @@ from hardneg.data.scene_captions import PERTURBATIONS
 from hardneg.losses import LOSSES
 from hardneg.models.crossmodal import CrossModalConfig
 from hardneg.models.image import ImageArch, ImageTowerConfig
-from hardneg.samplers.batch_config import BatchMode, HardnessSamplerConfig
+from hardneg.samplers.batch_config import SEARCH_SPACE_BATCHES, BatchMode, HardnessSamplerConfig
 from hardneg.samplers.curriculum import CURRICULUM_PRESETS
 from hardneg.samplers.falcon import FalconConfig
 from hardneg.train.settings import Setting, build, setting
@@ -286,7 +286,9 @@ class SamplerConfig:
     search_space_size: int | None = setting(
         None, doc="|M|, items per search space; null: ``sampler.search_space_batches`` × B"
     )
-    search_space_batches: int = setting(8, ge=1, doc="|M| in batches when its size is null")
+    search_space_batches: int = setting(
+        SEARCH_SPACE_BATCHES, ge=1, doc="|M| in batches when its size is null"
+    )
     q: float = setting(1.0, ge=0, le=1, doc="quantile of mode ``fixed`` (1 = hardest)")
     q_start: float = setting(
         0.0, ge=0, le=1, doc="start q of the progressive modes (0.0: the mode's own)"
