@@ -16,7 +16,7 @@ from hardneg.train.builders import image_tower_config
 from hardneg.train.config import SELECTOR_SETTINGS, ModelConfig, SelectorConfig, TrainConfig
 from hardneg.train.config_reference import render
 from hardneg.train.methods import METHODS
-from hardneg.train.settings import check_settings, derived_kwargs, setting
+from hardneg.train.settings import check_settings, declared, derived_kwargs, setting
 from hardneg.train.validate import resolve_config, validate_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
@@ -76,7 +76,7 @@ def test_every_key_is_declared_with_a_description_and_every_default_satisfies_it
         for field in dataclasses.fields(section):
             if dataclasses.is_dataclass(getattr(section, field.name)):
                 continue
-            spec = field.metadata.get("setting")
+            spec = declared(field)
             if type(section) is SelectorConfig:
                 spec = SELECTOR_SETTINGS[field.name][1]
             assert spec is not None and spec.doc, f"{prefix}{field.name} has no declaration"
@@ -88,7 +88,7 @@ def test_every_key_is_declared_with_a_description_and_every_default_satisfies_it
 def test_a_setting_passed_on_to_a_model_config_takes_that_config_s_default():
     for _, section in _sections():
         for field in dataclasses.fields(section):
-            spec = field.metadata.get("setting")
+            spec = declared(field)
             if spec is not None and spec.sets is not None:
                 target, name = spec.sets
                 own = next(f for f in dataclasses.fields(target) if f.name == name)

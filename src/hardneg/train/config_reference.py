@@ -16,7 +16,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from hardneg.train.config import SELECTOR_SETTINGS, SelectorConfig, TrainConfig
-from hardneg.train.settings import Setting
+from hardneg.train.settings import Setting, declared
 
 __all__ = ["main", "render"]
 
@@ -89,7 +89,7 @@ def _rows(cls: type, where: str) -> list[str]:
         default = getattr(defaults, field.name)
         if dataclasses.is_dataclass(default):
             continue
-        hint, spec = hints[field.name], field.metadata.get("setting")
+        hint, spec = hints[field.name], declared(field)
         if field.name in undeclared:
             hint, spec = undeclared[field.name]
         doc = spec.doc if spec is not None else ""

@@ -11,7 +11,8 @@ Example:
     >>> @dataclass
     ... class Optim:
     ...     lr: float = setting(1e-3, ge=0, doc="peak learning rate")
-    >>> check_value(-1.0, float, field_setting(Optim, "lr"), "optim.lr", 1e-3)
+    >>> (lr,) = dataclasses.fields(Optim)
+    >>> check_value(-1.0, float, declared(lr), "optim.lr", 1e-3)
     Traceback (most recent call last):
     ValueError: optim.lr must be ≥ 0, got -1.0; e.g. --set optim.lr=0.001
 """
@@ -30,13 +31,14 @@ __all__ = [
     "build",
     "check_settings",
     "check_value",
+    "declared",
     "derived_fields",
     "derived_kwargs",
-    "field_setting",
     "setting",
 ]
 
 T = TypeVar("T")
+_KEY = "hardneg.setting"  # the key of a field's metadata holding its Setting
 
 
 @dataclass(frozen=True)
@@ -102,16 +104,16 @@ def setting(
         if default is not MISSING or factory is not MISSING:
             raise TypeError(f"a setting that sets {sets[0].__name__}.{sets[1]} takes its default")
         default = next(f for f in dataclasses.fields(sets[0]) if f.name == sets[1]).default
-    meta = {"setting": Setting(doc, ge, gt, le, lt, example, sets)}
+    meta = {_KEY: Setting(doc, ge, gt, le, lt, example, sets)}
     if factory is not MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def field_setting(cls: type, name: str) -> Setting | None:
-    """The :class:`Setting` of field ``name`` of ``cls`` (None for an undeclared field)."""
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field.metadata.get("setting")
+def declared(field: dataclasses.Field) -> Setting | None:
+    """The :class:`Setting` of a dataclass ``field`` (None for a field not declared with
+    :func:`setting`)."""
+    return field.metadata.get(_KEY)
 
 
 def check_value(value: Any, hint: Any, spec: Setting | None, key: str, default: Any) -> Any:
@@ -131,7 +133,7 @@ def derived_fields(source: type, target: type) -> dict[str, str]:
     ``target`` (``setting(sets=(target, name))``)."""
     out = {}
     for field in dataclasses.fields(source):
-        spec = field.metadata.get("setting")
+        spec = declared(field)
         if spec is not None and spec.sets is not None and spec.sets[0] is target:
             out[spec.sets[1]] = field.name
     return out
@@ -179,7 +181,7 @@ def build(cls: type[T], values: Any, where: str = "") -> T:
         if dataclasses.is_dataclass(default):
             kwargs[name] = build(type(default), value, f"{where}{name}.")
         else:
-            spec = fields[name].metadata.get("setting")
+            spec = declared(fields[name])
             kwargs[name] = check_value(value, hints[name], spec, f"{where}{name}", default)
     return cls(**kwargs)
 
@@ -193,5 +195,5 @@ def check_settings(config: Any, where: str = "") -> None:
         if dataclasses.is_dataclass(value):
             check_settings(value, f"{key}.")
         else:
-            spec = field.metadata.get("setting")
+            spec = declared(field)
             check_value(value, hints[field.name], spec, key, getattr(defaults, field.name))
