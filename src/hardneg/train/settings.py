@@ -3,7 +3,7 @@
 A config dataclass declares each field with :func:`setting` (default, bounds, description);
 its choices are its annotation (``typing.Literal[...]``). :func:`check_value` enforces type,
 choices and range from that single declaration, :func:`derived_kwargs` passes fields declared
-``sets=(Cls, name)`` on to the model's own config class ``Cls`` (whose default they reuse), and
+``sets=(Cls, name)`` on to a component's own config class ``Cls`` (whose default they take), and
 :mod:`hardneg.train.config_reference` renders the declarations as ``docs/config.md``.
 
 Example:
@@ -46,7 +46,7 @@ class Setting:
     """What a config field declares besides its type and default.
 
     Attributes:
-        doc: one-line description (``docs/config.md``).
+        doc: description, the key's table cell in ``docs/config.md``.
         ge, gt, le, lt: bounds (≥, >, ≤, <); None = unbounded on that side.
         example: the VALUE of the ``--set KEY=VALUE`` fix shown in errors (None: the default).
         sets: ``(config class, field name)`` of the model configuration this field is passed
