@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,9 @@ from hardneg.models.outputs import ImageOutput
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_ARCHS = ("conv", "vit")
+#: Architectures of the from-scratch image tower (``ImageTowerConfig.arch``).
+ImageArch = Literal["conv", "vit"]
+_ARCHS = get_args(ImageArch)
 _POOLS = ("mean", "cls")
 
 
@@ -98,7 +101,7 @@ class ImageTowerConfig:
         48
     """
 
-    arch: str = "conv"
+    arch: ImageArch = "conv"
     image_size: int = 48
     width: int = 128
     grid: int = 6

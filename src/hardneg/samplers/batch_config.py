@@ -8,8 +8,10 @@ its baselines for the quantile modes (``fixed``, ``progressive_*``, ``batch_leve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-MODES = (
+#: Batch construction modes of :class:`~hardneg.samplers.batches.HardnessBatchSampler`.
+BatchMode = Literal[
     "random",
     "grit",
     "fixed",
@@ -17,8 +19,12 @@ MODES = (
     "progressive_softening",
     "batch_level",
     "falcon",
-)
-"""Batch construction modes of :class:`~hardneg.samplers.batches.HardnessBatchSampler`."""
+]
+MODES: tuple[str, ...] = get_args(BatchMode)
+"""The values of :data:`BatchMode`."""
+
+#: Batches per search space when its size is not given: |M| = 8·B (FALCON's default).
+SEARCH_SPACE_BATCHES = 8
 
 PROGRESSIVE_DEFAULTS = {"progressive_hardening": (0.5, 1.0), "progressive_softening": (1.0, 0.5)}
 
@@ -29,7 +35,7 @@ class HardnessSamplerConfig:
 
     Attributes:
         batch_size: global batch size B (all ranks together).
-        search_space_size: |M|, items per search space; None = 8·B (FALCON default).
+        search_space_size: |M|, items per search space; None = :data:`SEARCH_SPACE_BATCHES` · B.
         mode: one of :data:`MODES`:
             ``random`` plain shuffled batches; ``grit`` GRIT-VLP's alternating hardest chain
             (:func:`~hardneg.samplers.chain.grit_chain`); ``fixed`` q = ``q`` (q = 1: the
@@ -42,11 +48,14 @@ class HardnessSamplerConfig:
         q_start, q_end: endpoints of the progressive modes (None = mode default).
         total_epochs: run length used by the progressive modes.
         seed: seed of every random choice (epoch e uses ``default_rng([seed, e])``).
+
+    A bad value raises a ``ValueError`` whose message starts with the field's name (the
+    trainer's validation prefixes it with ``sampler.``, the config section of the same keys).
     """
 
     batch_size: int
     search_space_size: int | None = None
-    mode: str = "random"
+    mode: BatchMode = "random"
     q: float = 0.5
     q_start: float | None = None
     q_end: float | None = None
@@ -57,11 +66,11 @@ class HardnessSamplerConfig:
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be ≥ 2 (a contrastive batch), got {self.batch_size}")
         if self.search_space_size is None:
-            self.search_space_size = 8 * self.batch_size
+            self.search_space_size = SEARCH_SPACE_BATCHES * self.batch_size
         if self.search_space_size < self.batch_size:
             raise ValueError(
                 f"search_space_size={self.search_space_size} is smaller than batch_size="
-                f"{self.batch_size}; use at least one batch per search space (default 8·B)"
+                f"{self.batch_size}; use at least one batch per search space"
             )
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is unknown; choose one of {MODES}")

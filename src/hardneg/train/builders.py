@@ -1,5 +1,6 @@
 """The engine's parts built from a :class:`~hardneg.train.config.TrainConfig`: the loss, the
-negative miner, the batch sampler (random | GRIT | FALCON | …) and the optimizer."""
+negative miner, the batch sampler (random | GRIT | FALCON | …), the optimizer and the models'
+own configurations (the settings declared ``sets=(Cls, name)`` pass on to ``Cls``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from hardneg.miners import BNSConfig, BoundaryAwareMiner
 from hardneg.models.crossmodal import CrossModalTransformer
 from hardneg.models.crossmodal_config import CrossModalConfig
+from hardneg.models.image import ImageTowerConfig
 from hardneg.models.text import TextTower
 from hardneg.samplers import (
     FalconConfig,
@@ -21,6 +23,7 @@ from hardneg.samplers import (
 )
 from hardneg.train.config import ModelConfig, TrainConfig
 from hardneg.train.methods import LOSSES
+from hardneg.train.settings import derived_kwargs
 
 
 def build_loss(cfg: TrainConfig, logit_scale: float | None = None) -> nn.Module:
@@ -53,34 +56,33 @@ def build_miner(cfg: TrainConfig) -> BoundaryAwareMiner | None:
     )
 
 
+def hardness_sampler_config(cfg: TrainConfig, n: int) -> HardnessSamplerConfig:
+    """The batch sampler's configuration of ``cfg.sampler`` over ``n`` training items (its
+    ``ValueError`` names a ``sampler`` key without the ``sampler.`` prefix)."""
+    s = cfg.sampler
+    q_start, q_end = s.progressive_endpoints()
+    return HardnessSamplerConfig(
+        batch_size=cfg.batch_size,
+        search_space_size=min(n, s.search_space_size or s.search_space_batches * cfg.batch_size),
+        q=s.q,
+        q_start=q_start,
+        q_end=q_end,
+        total_epochs=max(1, math.ceil(cfg.steps * cfg.batch_size / n)),
+        seed=cfg.seed,
+        **derived_kwargs(s, HardnessSamplerConfig),
+    )
+
+
 def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
     """The batch sampler of ``cfg.sampler`` over ``n`` training items (FALCON's scheduler
     included for the ``falcon`` / ``batch_level`` modes)."""
     s = cfg.sampler
-    epochs = max(1, math.ceil(cfg.steps * cfg.batch_size / n))
     scheduler = None
     if s.mode in ("falcon", "batch_level"):
         scheduler = FalconScheduler(
-            FalconConfig(
-                m=s.falcon_m,
-                lr=s.falcon_lr,
-                update_interval=s.falcon_update_interval,
-                entropy_weight=s.falcon_entropy_weight,
-                instance_level=s.mode == "falcon",
-            )
+            FalconConfig(instance_level=s.mode == "falcon", **derived_kwargs(s, FalconConfig))
         )
-    q_start, q_end = s.progressive_endpoints()
-    config = HardnessSamplerConfig(
-        batch_size=cfg.batch_size,
-        search_space_size=min(n, s.search_space_size or s.search_space_batches * cfg.batch_size),
-        mode=s.mode,
-        q=s.q,
-        q_start=q_start,
-        q_end=q_end,
-        total_epochs=epochs,
-        seed=cfg.seed,
-    )
-    return HardnessBatchSampler(n, config, scheduler)
+    return HardnessBatchSampler(n, hardness_sampler_config(cfg, n), scheduler)
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -108,6 +110,17 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
 
 
+def image_tower_config(model: ModelConfig, image_size: int) -> ImageTowerConfig:
+    """The builtin image tower's configuration: ``model``'s tower settings, ``image_size``
+    pixels, the tower's own defaults for the rest.
+
+    Example:
+        >>> image_tower_config(ModelConfig(image_tower="vit"), 48).arch
+        'vit'
+    """
+    return ImageTowerConfig(image_size=image_size, **derived_kwargs(model, ImageTowerConfig))
+
+
 def build_crossmodal(
     model: ModelConfig,
     text_tower: TextTower,
@@ -122,13 +135,10 @@ def build_crossmodal(
         CrossModalConfig(
             text_dim=text_tower.input_embedding_dim,
             image_dim=image_tower.token_dim,
-            d_model=model.crossmodal_dim,
-            num_layers=model.crossmodal_layers,
-            num_heads=model.crossmodal_heads,
-            dropout=model.dropout,
             vocab_size=text_tower.vocab_size,
             max_text_len=max_text_len,
             special_token_ids=text_tower.special_token_ids,
             mlm_vocab=mlm_vocab,
+            **derived_kwargs(model, CrossModalConfig),
         )
     )

@@ -1,15 +1,16 @@
 """Type-check and coerce one config value from its dataclass annotation (``--set``, YAML).
 
 The configs of :mod:`hardneg.train.config` are built through :func:`coerce`, so a value of the
-wrong type fails with a one-line ``ValueError`` naming the dotted key and an example, before
-anything is built (ranges and combinations: :mod:`hardneg.train.validate`).
+wrong type, or outside the choices of a ``Literal``, fails with a one-line ``ValueError`` naming
+the dotted key and an example, before anything is built (declared ranges:
+:mod:`hardneg.train.settings`; combinations: :mod:`hardneg.train.validate`).
 """
 
 from __future__ import annotations
 
 import math
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 __all__ = ["coerce", "describe"]
 
@@ -43,8 +44,9 @@ def coerce(value: Any, hint: Any, key: str, default: Any) -> Any:
 
     int: an int (not a bool; no float, no string: YAML and ``--set`` give ints). float: an int
     or float, or a string that parses as one (PyYAML reads ``3e-4`` as a string: YAML 1.1 wants
-    a dot), finite. bool: a bool (YAML's true/false/yes/no). str: a string. ``X | None``: null
-    or X. ``list[str]``: a list of strings. ``dict[str, Any]``: a mapping with string keys.
+    a dot), finite. bool: a bool (YAML's true/false/yes/no). str: a string. ``Literal[...]``:
+    one of its values. ``X | None``: null or X. ``list[X]``: a list, each item an X.
+    ``dict[str, Any]``: a mapping with string keys.
 
     Args:
         value: the parsed value (YAML file or ``--set``).
@@ -58,6 +60,9 @@ def coerce(value: Any, hint: Any, key: str, default: Any) -> Any:
         >>> coerce("fast", float, "optim.lr", 1e-3)
         Traceback (most recent call last):
         ValueError: optim.lr must be a float, got 'fast' (str); e.g. --set optim.lr=0.001
+        >>> coerce("adam", Literal["adamw", "sgd"], "optim.name", "adamw")
+        Traceback (most recent call last):
+        ValueError: optim.name='adam' is unknown; choose one of ['adamw', 'sgd']
     """
     inner = _inner(hint)
     if inner is not hint:
@@ -88,10 +93,15 @@ def coerce(value: Any, hint: Any, key: str, default: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ValueError(f"{key} must be a string, got {describe(value)}; {fix} (quote numbers)")
+    if get_origin(hint) is Literal:
+        if isinstance(value, str) and value in get_args(hint):
+            return value
+        raise ValueError(f"{key}={value!r} is unknown; choose one of {list(get_args(hint))}")
     if get_origin(hint) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise ValueError(f"{key} must be a list of strings, got {describe(value)}; {fix}")
+        if isinstance(value, list):
+            (item,) = get_args(hint)
+            return [coerce(v, item, f"{key}[{i}]", None) for i, v in enumerate(value)]
+        raise ValueError(f"{key} must be a list, got {describe(value)}; {fix}")
     if get_origin(hint) is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)

