@@ -77,7 +77,7 @@ def _write_run(root: Path, method: str, seed: int) -> None:
     out.mkdir(parents=True)
     (out / "config.json").write_text(
         json.dumps({"method": method, "seed": seed, "steps": STEPS,
-                    "selector": {"curriculum": "default"}})
+                    "miner": {"curriculum": "default"}})
     )  # fmt: skip
     rows = _log_rows(method, seed)
     keys = list(dict.fromkeys(k for r in rows for k in r))

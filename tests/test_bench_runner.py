@@ -47,7 +47,7 @@ def test_a_method_keeps_its_defining_term_where_the_preset_turns_it_off(tmp_path
     assert aux["infonce"]["mlm_weight"] == 0 and aux["infonce"]["itm_weight"] == 0
     assert aux["falcon"]["mlm_weight"] > 0 and aux["falcon"]["itm_weight"] == 0
     assert presets.run_config(preset, "bacl", 0, tmp_path)["aux"]["cla_weight"] == 0.3
-    user = presets.run_config(preset, "falcon", 0, tmp_path, {"aux": {"mlm_weight": 0.2}})
+    user = presets.run_config(preset, "falcon", 0, tmp_path, {"crossmodal": {"mlm_weight": 0.2}})
     assert user["aux"]["mlm_weight"] == 0.2
 
 

@@ -13,7 +13,7 @@ from hardneg.models.crossmodal import CrossModalConfig
 from hardneg.models.image import ImageTowerConfig
 from hardneg.samplers import HardnessSamplerConfig
 from hardneg.train.builders import image_tower_config
-from hardneg.train.config import SELECTOR_SETTINGS, ModelConfig, SelectorConfig, TrainConfig
+from hardneg.train.config import ModelConfig, TrainConfig
 from hardneg.train.config_reference import render
 from hardneg.train.methods import METHODS
 from hardneg.train.settings import check_settings, declared, derived_kwargs, setting
@@ -38,8 +38,8 @@ def test_a_range_violation_names_the_key_the_range_and_a_fix():
     assert (
         str(err.value) == "model.dropout must be in [0, 1), got 1.5; e.g. --set model.dropout=0.1"
     )
-    with pytest.raises(ValueError, match=r"^aux\.cla_rho must be in \(0, 1\], got 0\.0"):
-        resolve_config("infonce", {"aux": {"cla_rho": 0}})
+    with pytest.raises(ValueError, match=r"^crossmodal\.cla_rho must be in \(0, 1\], got 0\.0"):
+        resolve_config("infonce", {"crossmodal": {"cla_rho": 0}})
     with pytest.raises(ValueError, match=r"^optim\.max_grad_norm must be > 0, got -1\.0"):
         resolve_config("infonce", {"optim": {"max_grad_norm": -1}})
 
@@ -47,7 +47,8 @@ def test_a_range_violation_names_the_key_the_range_and_a_fix():
 def test_a_config_built_directly_is_checked_against_the_same_declarations():
     with pytest.raises(ValueError, match=r"^steps must be ≥ 1, got 0; e\.g\. --set steps=300$"):
         validate_config(TrainConfig(steps=0))
-    bad = TrainConfig(sampler=dataclasses.replace(TrainConfig().sampler, mode="hardest"))
+    sampler = dataclasses.replace(TrainConfig().batch_sampler, mode="hardest")
+    bad = TrainConfig(batch_sampler=sampler)
     with pytest.raises(ValueError, match=r"sampler\.mode='hardest' is unknown; choose one of"):
         validate_config(bad)
 
@@ -58,8 +59,8 @@ def test_a_choice_error_lists_the_choices_of_the_literal():
     assert str(err.value) == "optim.name='adam' is unknown; choose one of ['adamw', 'sgd']"
     with pytest.raises(ValueError, match=r"pretrain\.negative_kinds\[0\]='nope'.*'swap_colours'"):
         resolve_config("infonce", {"pretrain": {"negative_kinds": ["nope"]}})
-    with pytest.raises(ValueError, match=r"selector\.curriculum='steep'.*'aggressive'"):
-        resolve_config("bacl", {"selector": {"curriculum": "steep"}})
+    with pytest.raises(ValueError, match=r"miner\.curriculum='steep'.*'aggressive'"):
+        resolve_config("bacl", {"miner": {"curriculum": "steep"}})
 
 
 def test_an_unknown_key_gets_the_closest_valid_one():
@@ -77,8 +78,6 @@ def test_every_key_is_declared_with_a_description_and_every_default_satisfies_it
             if dataclasses.is_dataclass(getattr(section, field.name)):
                 continue
             spec = declared(field)
-            if type(section) is SelectorConfig:
-                spec = SELECTOR_SETTINGS[field.name][1]
             assert spec is not None and spec.doc, f"{prefix}{field.name} has no declaration"
     check_settings(TrainConfig())
     for method in METHODS:
@@ -106,7 +105,7 @@ def test_model_settings_reach_the_built_model_configs():
     assert tower.num_heads == ImageTowerConfig().num_heads  # not a ModelConfig setting
     cross = CrossModalConfig(**derived_kwargs(model, CrossModalConfig))
     assert (cross.d_model, cross.num_layers, cross.num_heads, cross.dropout) == (128, 4, 8, 0.2)
-    mode = derived_kwargs(TrainConfig().sampler, HardnessSamplerConfig)
+    mode = derived_kwargs(TrainConfig().batch_sampler, HardnessSamplerConfig)
     assert mode == {"mode": "random"}
 
 
@@ -128,3 +127,13 @@ def test_the_committed_reference_is_the_rendered_one():
         for field in dataclasses.fields(section):
             if not dataclasses.is_dataclass(getattr(section, field.name)):
                 assert f"| `{prefix}{field.name}` |" in text
+
+
+def test_the_miner_section_takes_bnsconfig_defaults_and_its_checks():
+    from hardneg.miners import BNSConfig
+
+    assert TrainConfig().miner.k == BNSConfig().k and TrainConfig().miner.lr == BNSConfig().lr
+    with pytest.raises(ValueError, match=r"miner\.tau_end=2\.0 must be ≤ miner\.tau_start"):
+        resolve_config("bacl", {"miner": {"tau_end": 2.0}})
+    with pytest.raises(ValueError, match=r"miner\.k must be a positive int"):
+        resolve_config("bacl", {"miner": {"k": 0}})

@@ -59,14 +59,14 @@ BAD = [
     ("data.preset=huge", "data.preset"),
     ("data.max_text_len=1", "data.max_text_len"),
     ("model.spec=open_clip", "model.spec"),
-    ("sampler.q=2", "sampler.q"),
-    ("sampler.mode=hardest", "sampler.mode"),
-    ("sampler.falcon_m=1", "sampler.falcon_m"),
-    ("selector.k=0", "selector.k"),
-    ("selector.tau_end=5", "selector.tau_end"),
+    ("batch_sampler.q=2", "batch_sampler.q"),
+    ("batch_sampler.mode=hardest", "batch_sampler.mode"),
+    ("batch_sampler.falcon_m=1", "batch_sampler.falcon_m"),
+    ("miner.k=0", "miner.k"),
+    ("miner.tau_end=5", "miner.tau_end"),
     ("pretrain.batch_size=1", "pretrain.batch_size"),
     ("pretrain.negative_kinds=[nope]", "pretrain.negative_kinds"),
-    ("aux.cla_rho=0", "aux.cla_rho"),
+    ("crossmodal.cla_rho=0", "crossmodal.cla_rho"),
     ("loss.kwargs={nope: 1}", "loss.kwargs"),
     ("optim.lrr=0.1", "optim.lrr"),
     ("optim=3", "optim"),
@@ -96,11 +96,16 @@ def test_bad_value_is_one_line_naming_the_key(override, key, no_data, capsys):
         ["--steps", "0"],
         ["--data", "karpathy"],
         ["--model", "hf_clip"],
-        ["--method", "bacl", "--set", "batch_size=8", "selector.k=8"],
+        ["--method", "bacl", "--set", "batch_size=8", "miner.k=0"],
         ["--set", "model.spec=open_clip:ViT-B-32", "pretrain.steps=5"],
         ["--set", "model.freeze_image_tower=true"],
-        ["--set", "sampler.mode=progressive_hardening", "sampler.q_start=0.9", "sampler.q_end=0.6"],
-        ["--method", "bacl", "--set", "loss.name=siglip", "selector.denominator=weighted"],
+        [
+            "--set",
+            "batch_sampler.mode=progressive_hardening",
+            "batch_sampler.q_start=0.9",
+            "batch_sampler.q_end=0.6",
+        ],
+        ["--method", "bacl", "--set", "loss.name=siglip", "miner.denominator=weighted"],
         ["--set", "data.dataset=csv:x.csv", "data.false_negative_percent=1.0"],
         ["--set", "batch_size=4", "optim.grad_accum=4"],
         ["--set", "data.text_model=/no/such/dir"],
@@ -140,30 +145,30 @@ def test_scientific_notation_becomes_a_float():
     cfg = resolve_config(
         "infonce",
         {
-            "selector": {"tau_start": 2},
+            "miner": {"tau_start": 2},
             "steps": 12,
             "amp": False,
             "pretrain": {"negative_kinds": ["replace_digit"]},
             "data": {"text_model": None},
         },
     )
-    assert type(cfg.selector.tau_start) is float and cfg.selector.tau_start == 2.0
+    assert type(cfg.miner.tau_start) is float and cfg.miner.tau_start == 2.0
     assert cfg.steps == 12 and cfg.amp is False
     assert cfg.pretrain.negative_kinds == ["replace_digit"]
 
 
 def test_weighted_denominator_losses_are_the_infonce_form_ones():
     assert INFONCE_FORM_LOSSES == ("ega", "infonce", "negclip")
-    resolve_config("bacl_ega", {"selector": {"denominator": "weighted"}})
+    resolve_config("bacl_ega", {"miner": {"denominator": "weighted"}})
 
 
 def test_progressive_modes_accept_their_own_direction():
     hard = {"mode": "progressive_hardening", "q_start": 0.6, "q_end": 0.9}
     soft = {"mode": "progressive_softening", "q_start": 0.9, "q_end": 0.6}
-    assert resolve_config("infonce", {"sampler": hard}).sampler.q_end == 0.9
-    assert resolve_config("infonce", {"sampler": soft}).sampler.q_end == 0.6
+    assert resolve_config("infonce", {"batch_sampler": hard}).batch_sampler.q_end == 0.9
+    assert resolve_config("infonce", {"batch_sampler": soft}).batch_sampler.q_end == 0.6
     # defaults of the fields stand for the mode's own endpoints (softening: 1 → 0.5)
-    resolve_config("infonce", {"sampler": {"mode": "progressive_softening"}})
+    resolve_config("infonce", {"batch_sampler": {"mode": "progressive_softening"}})
 
 
 def test_train_options_map_onto_the_config(tmp_path):

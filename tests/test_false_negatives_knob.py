@@ -205,7 +205,7 @@ def test_grit_hardest_batches_hold_more_false_negatives_than_random_ones(run_dat
     are): GRIT's hardest batches gather them, so partial captions meet their matches. (The
     gain is bounded: the step's caption is drawn afresh, so GRIT's stored caption embeddings
     do not know which scenes carry a partial caption; about 1.5× here.)"""
-    over = {"sampler": {"mode": "grit", "search_space_size": 300}}
+    over = {"batch_sampler": {"mode": "grit", "search_space_size": 300}}
     trainer = _trainer(run_data, tiny_text_model, 1.0, **over)
     split = trainer.train_split
     n = len(split)

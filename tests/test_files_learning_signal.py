@@ -58,8 +58,8 @@ def _trainer(files, tmp_path, method: str, source: str = "csv", **over) -> Train
         "checkpoint_every": 0,
         "progress": False,
         "out_dir": str(tmp_path / "run"),
-        "sampler": {"search_space_batches": 2, "falcon_update_interval": 1},
-        "selector": {"k": 2},
+        "batch_sampler": {"search_space_batches": 2, "falcon_update_interval": 1},
+        "miner": {"k": 2},
         "model": {
             "spec": files["model"],
             "crossmodal_dim": 32,

@@ -62,7 +62,7 @@ def test_one_chunk_equals_the_plain_step_with_crossmodal_terms_and_dropout(
 def test_chunked_mlm_is_the_micro_batch_token_mean(tmp_path, tiny_text_model):
     """MLM's normaliser is the micro-batch's target count: the chunks' MLM terms add up to
     the plain step's (dropout off, so only the chunking differs)."""
-    over = {"model": {"dropout": 0.0}, "aux": {"itm_weight": 0.0, "cla_weight": 0.0}}
+    over = {"model": {"dropout": 0.0}, "crossmodal": {"itm_weight": 0.0, "cla_weight": 0.0}}
     plain = _step(tmp_path / "p", tiny_text_model, "infonce", 0, **over)
     cached = _step(tmp_path / "c", tiny_text_model, "infonce", 4, **over)
     assert cached[0]["mlm"] == pytest.approx(plain[0]["mlm"], abs=1e-5)

@@ -21,7 +21,7 @@ SUMMARY_KEYS = ("selected_fn_rate", "batch_fn_rate", "summary_steps")
 def test_interrupted_and_resumed_run_reports_the_uninterrupted_summaries(
     tmp_path, tiny_text_model, method
 ):
-    over = {"steps": 6, "sampler": {"search_space_size": 64}, "model": {"dropout": 0.0}}
+    over = {"steps": 6, "batch_sampler": {"search_space_size": 64}, "model": {"dropout": 0.0}}
     full_cfg = resolve_config(method, trainer_values(tmp_path, tiny_text_model, **over))
     full = train_and_evaluate(full_cfg)
     half_cfg = resolve_config(

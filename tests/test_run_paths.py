@@ -48,7 +48,7 @@ def test_a_run_trained_with_relative_paths_evaluates_from_another_directory(
     argv = ["train", "--data", f"csv:{os.path.relpath(table)}", "--out", "runs/x"]
     argv += ["--model", f"open_clip:{os.path.relpath(model)}", "--steps", "1"]
     argv += ["--set", "batch_size=4", "progress=false", "checkpoint_every=0"]
-    argv += ["aux.itm_weight=0", "aux.mlm_weight=0", f"data.eval_dataset=csv:{table}"]
+    argv += ["crossmodal.itm_weight=0", "crossmodal.mlm_weight=0", f"data.eval_dataset=csv:{table}"]
     assert cli.main(argv) == 0
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()

@@ -32,7 +32,7 @@ def _values(tmp_path, **over):
         "out_dir": str(tmp_path / "run"),
         "data": {"dataset": f"wds:{tmp_path}/shards/shard-{{000..003}}.tar"},
         "model": {"spec": f"open_clip:{write_open_clip_config(tmp_path)}", "dropout": 0.0},
-        "aux": {"itm_weight": 0.0, "mlm_weight": 0.0},
+        "crossmodal": {"itm_weight": 0.0, "mlm_weight": 0.0},
     }
     values.update(over)
     return values, {k for ks in keys.values() for k in ks}, keys

@@ -20,22 +20,22 @@ from tests.trainer_values import trainer_values as _values
 def test_bad_config_fails_before_training():
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         resolve_config("nope")
-    with pytest.raises(ValueError, match=r"selector.k=64 .* at most 15"):
-        resolve_config("bacl", {"batch_size": 16, "selector": {"k": 64}})
-    with pytest.raises(ValueError, match=r"aux\.cla_weight must be ≥ 0"):
-        resolve_config("bacl", {"aux": {"cla_weight": -0.3}})
+    with pytest.raises(ValueError, match=r"miner\.k must be a positive int"):
+        resolve_config("bacl", {"batch_size": 16, "miner": {"k": -1}})
+    with pytest.raises(ValueError, match=r"crossmodal\.cla_weight must be ≥ 0"):
+        resolve_config("bacl", {"crossmodal": {"cla_weight": -0.3}})
     with pytest.raises(ValueError, match="chunk_size cannot be combined"):
         resolve_config("bacl", {"loss": {"kwargs": {"chunk_size": 8}}})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr'\]"):
         resolve_config("infonce", {"lr": 0.1})
     with pytest.raises(ValueError, match="MLM-loss gain"):
-        resolve_config("falcon", {"aux": {"mlm_weight": 0.0}})
+        resolve_config("falcon", {"crossmodal": {"mlm_weight": 0.0}})
 
 
 def test_methods_compose_loss_selector_aux_and_sampler():
     cfg = resolve_config("bacl_ega")
-    assert (cfg.loss.name, cfg.selector.name, cfg.aux.cla_weight) == ("ega", "bns", 0.3)
-    assert resolve_config("falcon_ega").sampler.mode == "falcon"
+    assert (cfg.loss.name, cfg.miner.name, cfg.crossmodal.cla_weight) == ("ega", "bns", 0.3)
+    assert resolve_config("falcon_ega").batch_sampler.mode == "falcon"
     assert resolve_config("negclip").data.hard_negative_captions
 
 
@@ -56,7 +56,7 @@ def _resume_script(config: dict, out: str) -> str:
 def test_resume_in_new_process_reproduces_uninterrupted_run(
     tmp_path, tiny_text_model, method, steps, half
 ):
-    over = {"steps": steps, "sampler": {"falcon_update_interval": 2, "search_space_size": 64}}
+    over = {"steps": steps, "batch_sampler": {"falcon_update_interval": 2, "search_space_size": 64}}
     full = Trainer(resolve_config(method, _values(tmp_path, tiny_text_model, **over)))
     full.fit()
     values = _values(tmp_path, tiny_text_model, out_dir=str(tmp_path / "half"), **over)

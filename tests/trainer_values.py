@@ -27,7 +27,7 @@ def trainer_values(tmp_path: Path, text_model: str, **over: Any) -> dict[str, An
             "crossmodal_heads": 2,
             "dropout": 0.1,
         },
-        "selector": {"k": 4},
+        "miner": {"k": 4},
         "optim": {"warmup_steps": 2},
     }
     for key, value in over.items():

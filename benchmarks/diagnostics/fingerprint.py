@@ -37,7 +37,7 @@ def run(out: Path) -> None:
                 "progress": False,
                 "out_dir": str(root / method),
                 "data": {"encode_all": True},
-                "sampler": {"search_space_batches": 2, "falcon_update_interval": 4},
+                "batch_sampler": {"search_space_batches": 2, "falcon_update_interval": 4},
             },
         )
         trainer = Trainer(cfg, data=data)

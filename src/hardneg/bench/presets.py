@@ -65,9 +65,9 @@ _COMPOSITIONAL = {
         "augment": True,
         "object_loss_weight": 1.0,
     },
-    "aux": {"itm_weight": 0.0, "mlm_weight": 0.0},
+    "crossmodal": {"itm_weight": 0.0, "mlm_weight": 0.0},
     "optim": {"lr": 3e-3, "warmup_steps": 10},
-    "selector": {"k": 8},
+    "miner": {"k": 8},
     "data": {"false_negative_source": "repeats", "false_negative_percent": 1.0},
 }
 # 2 % of the ordered in-batch pairs of random batches are false negatives (captions that name
@@ -96,7 +96,7 @@ PRESETS = {
         "small", steps=100, batch_size=64, seeds=1,
         methods=["infonce", "siglip", "hcl", "negclip", "ega", "bacl", "grit", "falcon"],
         overrides={"checkpoint_every": 40, "log_every": 5, "optim": {"lr": 2e-3},
-                   "selector": {"k": 8}, "model": {"dropout": 0.0}, **_FALSE_NEGATIVES},
+                   "miner": {"k": 8}, "model": {"dropout": 0.0}, **_FALSE_NEGATIVES},
     ),
     "full": BenchPreset(
         "quick", steps=600, batch_size=128, seeds=3, methods=list(ALL_METHODS),

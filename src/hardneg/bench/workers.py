@@ -30,12 +30,12 @@ def default_jobs() -> int:
 def expected_cost(config: dict[str, Any]) -> float:
     """Relative training time of a run, to start the longest first (FALCON's reward forwards
     cost ≈ +30 %; GRIT-style search spaces and BNS/CLA a little)."""
-    mode = config["sampler"]["mode"]
+    mode = config["batch_sampler"]["mode"]
     return (
         1.0
         + 0.3 * (mode in ("falcon", "batch_level"))
         + 0.05 * (mode != "random")
-        + 0.05 * (config["selector"]["name"] != "none")
+        + 0.05 * (config["miner"]["name"] != "none")
     )
 
 

@@ -38,7 +38,7 @@ class BNSConfig:
             with 1/0.07, 36 % / 55 % (the tests require ≥ 25 %).
     """
 
-    k: int = 8
+    k: int = 16
     hidden: int = 64
     tau_start: float = 1.0
     tau_end: float = 0.1
@@ -58,6 +58,11 @@ class BNSConfig:
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ValueError(
                 f"BNSConfig.tau_start and tau_end must be > 0, got {self.tau_start}, {self.tau_end}"
+            )
+        if self.tau_end > self.tau_start:
+            raise ValueError(
+                f"BNSConfig.tau_end={self.tau_end} must be ≤ BNSConfig.tau_start={self.tau_start} "
+                "(the Gumbel temperature anneals down); swap them"
             )
         if self.entropy_weight < 0:
             raise ValueError(f"BNSConfig.entropy_weight must be ≥ 0, got {self.entropy_weight}")

@@ -39,27 +39,16 @@ def build_loss(cfg: TrainConfig, logit_scale: float | None = None) -> nn.Module:
 
 
 def build_miner(cfg: TrainConfig) -> BoundaryAwareMiner | None:
-    """BACL's boundary-aware miner when ``selector.name == "bns"``, else None."""
-    s = cfg.selector
-    if s.name != "bns":
+    """BACL's boundary-aware miner when ``miner.name == "bns"``, else None."""
+    if cfg.miner.name != "bns":
         return None
-    return BoundaryAwareMiner(
-        BNSConfig(
-            k=s.k,
-            curriculum=s.curriculum,
-            tau_start=s.tau_start,
-            tau_end=s.tau_end,
-            entropy_weight=s.entropy_weight,
-            lr=s.lr,
-            seed=cfg.seed,
-        )
-    )
+    return BoundaryAwareMiner(BNSConfig(seed=cfg.seed, **derived_kwargs(cfg.miner, BNSConfig)))
 
 
 def hardness_sampler_config(cfg: TrainConfig, n: int) -> HardnessSamplerConfig:
-    """The batch sampler's configuration of ``cfg.sampler`` over ``n`` training items (its
-    ``ValueError`` names a ``sampler`` key without the ``sampler.`` prefix)."""
-    s = cfg.sampler
+    """The batch sampler's configuration of ``cfg.batch_sampler`` over ``n`` training items (its
+    ``ValueError`` names a ``batch_sampler`` key without the ``batch_sampler.`` prefix)."""
+    s = cfg.batch_sampler
     q_start, q_end = s.progressive_endpoints()
     return HardnessSamplerConfig(
         batch_size=cfg.batch_size,
@@ -74,9 +63,9 @@ def hardness_sampler_config(cfg: TrainConfig, n: int) -> HardnessSamplerConfig:
 
 
 def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
-    """The batch sampler of ``cfg.sampler`` over ``n`` training items (FALCON's scheduler
+    """The batch sampler of ``cfg.batch_sampler`` over ``n`` training items (FALCON's scheduler
     included for the ``falcon`` / ``batch_level`` modes)."""
-    s = cfg.sampler
+    s = cfg.batch_sampler
     scheduler = None
     if s.mode in ("falcon", "batch_level"):
         scheduler = FalconScheduler(

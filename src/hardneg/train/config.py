@@ -1,7 +1,7 @@
 """Training configuration: dataclasses, loadable from YAML and overridable from the CLI.
 
 A run is ``TrainConfig``; a *method* (``hardneg.train.methods``) is a named preset of its
-``loss``, ``selector``, ``aux`` and ``sampler`` sections, so methods compose without code.
+``loss``, ``miner``, ``crossmodal`` and ``batch_sampler`` sections, so methods compose without code.
 Each setting is declared once, with :func:`~hardneg.train.settings.setting`: its default,
 range and description (``docs/config.md`` is rendered from them); its choices are its
 ``Literal`` annotation.
@@ -19,12 +19,13 @@ import yaml
 from hardneg.data.digitscenes import PRESETS
 from hardneg.data.digitscenes.captions import PERTURBATIONS
 from hardneg.losses import LOSSES
+from hardneg.miners import BNSConfig
 from hardneg.miners.curriculum import CURRICULUM_PRESETS
 from hardneg.models.crossmodal_config import CrossModalConfig
 from hardneg.models.image import ImageArch, ImageTowerConfig
 from hardneg.samplers.batch_config import SEARCH_SPACE_BATCHES, BatchMode, HardnessSamplerConfig
 from hardneg.samplers.falcon import FalconConfig
-from hardneg.train.settings import Setting, build, setting
+from hardneg.train.settings import build, setting
 
 #: Choices that a registry elsewhere declares (its keys), as ``Literal`` types.
 PresetName = Literal[tuple(PRESETS)]  # DigitScenes size presets
@@ -203,62 +204,51 @@ class LossConfig:
 
 
 @dataclass
-class SelectorConfig:
-    """Negative selector: ``"none"`` or ``"bns"`` (BACL boundary-aware sampler).
+class MinerConfig:
+    """In-batch negative miner: ``none`` or ``bns`` (BACL's boundary-aware miner,
+    :class:`~hardneg.miners.BoundaryAwareMiner`); its fields take
+    :class:`~hardneg.miners.BNSConfig`'s defaults and are checked by it.
 
     ``denominator`` decides which negatives the contrastive loss scores (BACL, arXiv:2511.08399,
     §3: "contrastive loss over {positive ∪ selected k negatives}, plus optionally the full batch
     with selected ones weighted by their relaxed selection weight"):
 
     - ``"selected"`` (default): only the positive and the k picked negatives. This is the
-      paper's main statement and what a *sampler* means (it decides which negatives the loss
-      sees; the curriculum then really changes the loss's negatives).
+      paper's main statement (the curriculum then really changes the loss's negatives).
     - ``"weighted"``: every in-batch negative, each counted ``w·e^z`` with w its relaxed
       Gumbel top-k weight (detached, rows sum to k). Early (Gumbel τ = 1) the relaxation is
       diffuse and non-picked negatives still count; as τ anneals it approaches ``"selected"``.
       InfoNCE-form losses only (``infonce``, ``negclip``, ``ega``).
     """
 
-    name: str = "none"
-    k: int = 16
-    curriculum: str = "default"
-    tau_start: float = 1.0
-    tau_end: float = 0.1
-    entropy_weight: float = 0.01
-    lr: float = 1e-3
-    denominator: str = "selected"
-
-
-#: Declarations of the ``selector`` keys (type with choices, :class:`Setting`), kept beside
-#: :class:`SelectorConfig`, whose fields stay plain until the miner configuration that replaces
-#: it declares them with :func:`setting`; read by ``validate`` and ``docs/config.md``.
-SELECTOR_SETTINGS: dict[str, tuple[Any, Setting]] = {
-    "name": (
-        Literal["none", "bns"],
-        Setting("``bns``: BACL's boundary-aware sampler picks negatives"),
-    ),
-    "k": (int, Setting("negatives selected per anchor", ge=1)),
-    "curriculum": (
-        Literal[tuple(CURRICULUM_PRESETS)],
-        Setting("curriculum preset of the selection (``hardneg.samplers.CURRICULUM_PRESETS``)"),
-    ),
-    "tau_start": (float, Setting("Gumbel-Softmax temperature at the start of training", gt=0)),
-    "tau_end": (float, Setting("temperature at the end (annealed geometrically)", gt=0)),
-    "entropy_weight": (float, Setting("weight of the entropy bonus of the policy", ge=0)),
-    "lr": (float, Setting("Adam learning rate of the policy", gt=0, example="1e-3")),
-    "denominator": (
-        Literal["selected", "weighted"],
-        Setting(
-            "negatives the loss scores: ``selected`` (the positive and the k picked) or "
-            "``weighted`` (every in-batch negative, weighted by its relaxed selection weight; "
-            "InfoNCE-form losses only)"
-        ),
-    ),
-}
+    name: Literal["none", "bns"] = setting(
+        "none", doc="``bns``: BACL's boundary-aware miner picks each anchor's negatives"
+    )
+    k: int = setting(sets=(BNSConfig, "k"), doc="negatives picked per anchor")
+    curriculum: Literal[tuple(CURRICULUM_PRESETS)] = setting(
+        sets=(BNSConfig, "curriculum"),
+        doc="curriculum preset (``hardneg.miners.CURRICULUM_PRESETS``)",
+    )
+    tau_start: float = setting(
+        sets=(BNSConfig, "tau_start"), doc="Gumbel-Softmax temperature at the start of training"
+    )
+    tau_end: float = setting(
+        sets=(BNSConfig, "tau_end"), doc="temperature at the end (annealed geometrically)"
+    )
+    entropy_weight: float = setting(
+        sets=(BNSConfig, "entropy_weight"), doc="weight of the entropy bonus of the policy"
+    )
+    lr: float = setting(sets=(BNSConfig, "lr"), doc="Adam learning rate of the policy")
+    denominator: Literal["selected", "weighted"] = setting(
+        "selected",
+        doc="negatives the loss scores: ``selected`` (the positive and the k picked) or "
+        "``weighted`` (every in-batch negative, weighted by its relaxed selection weight; "
+        "InfoNCE-form losses only)",
+    )
 
 
 @dataclass
-class AuxConfig:
+class CrossModalTermsConfig:
     """Auxiliary losses on the cross-modal transformer."""
 
     cla_weight: float = setting(
@@ -277,14 +267,14 @@ class AuxConfig:
 
 
 @dataclass
-class SamplerConfig:
+class BatchSamplerConfig:
     """Batch construction (``hardneg.samplers.batches.HardnessBatchSampler`` modes)."""
 
     mode: BatchMode = setting(
         sets=(HardnessSamplerConfig, "mode"), doc="batch construction (see ``docs/methods.md``)"
     )
     search_space_size: int | None = setting(
-        None, doc="|M|, items per search space; null: ``sampler.search_space_batches`` × B"
+        None, doc="|M|, items per search space; null: ``batch_sampler.search_space_batches`` × B"
     )
     search_space_batches: int = setting(
         SEARCH_SPACE_BATCHES, ge=1, doc="|M| in batches when its size is null"
@@ -316,7 +306,7 @@ class SamplerConfig:
         mode's own default (hardening 0.5 → 1, softening 1 → 0.5); other modes: (None, None).
 
         Example:
-            >>> SamplerConfig(mode="progressive_softening", q_end=0.2).progressive_endpoints()
+            >>> BatchSamplerConfig(mode="progressive_softening", q_end=0.2).progressive_endpoints()
             (None, 0.2)
         """
         if not self.mode.startswith("progressive"):
@@ -401,9 +391,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    selector: SelectorConfig = field(default_factory=SelectorConfig)
-    aux: AuxConfig = field(default_factory=AuxConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    miner: MinerConfig = field(default_factory=MinerConfig)
+    crossmodal: CrossModalTermsConfig = field(default_factory=CrossModalTermsConfig)
+    batch_sampler: BatchSamplerConfig = field(default_factory=BatchSamplerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def to_dict(self) -> dict[str, Any]:

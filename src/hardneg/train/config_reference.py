@@ -15,7 +15,7 @@ import sys
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from hardneg.train.config import SELECTOR_SETTINGS, SelectorConfig, TrainConfig
+from hardneg.train.config import TrainConfig
 from hardneg.train.settings import Setting, declared
 
 __all__ = ["main", "render"]
@@ -84,14 +84,11 @@ def _intro(cls: type) -> str:
 def _rows(cls: type, where: str) -> list[str]:
     """One table row per leaf key of ``cls`` (sections are rendered separately)."""
     hints, defaults, rows = get_type_hints(cls), cls(), []
-    undeclared = SELECTOR_SETTINGS if cls is SelectorConfig else {}
     for field in dataclasses.fields(cls):
         default = getattr(defaults, field.name)
         if dataclasses.is_dataclass(default):
             continue
         hint, spec = hints[field.name], declared(field)
-        if field.name in undeclared:
-            hint, spec = undeclared[field.name]
         doc = spec.doc if spec is not None else ""
         if spec is not None and spec.sets is not None:
             doc += f" (passed on as `{spec.sets[0].__name__}.{spec.sets[1]}`)"

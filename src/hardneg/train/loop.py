@@ -106,9 +106,9 @@ class Engine:
             miner = build_miner(cfg)
             objective = Objective(
                 loss_fn,
-                cfg.aux,
+                cfg.crossmodal,
                 None if miner is None else miner.to(device),
-                cfg.selector.denominator,
+                cfg.miner.denominator,
             )
         self.objective = objective
         self.loss_fn = objective.loss_fn

@@ -1,6 +1,6 @@
-"""Methods as compositions: each name picks a loss, a selector, auxiliary losses and a sampler.
+"""Methods as compositions: each name picks a loss, a miner, cross-modal terms and a batch sampler.
 
-BACL = BNS selector + CLA auxiliary loss (+ any contrastive loss); FALCON = FALCON batch
+BACL = BNS miner + CLA cross-modal term (+ any contrastive loss); FALCON = FALCON batch
 sampler (+ any loss); EGA = a loss. Combinations need no new code, only a new entry here.
 """
 
@@ -15,14 +15,14 @@ __all__ = ["LOSSES", "METHODS", "method_overrides"]
 # EGA's default (P̄ renormalised per row); ega_unnormalized is the literal form, an ablation
 # that keeps the embeddings collapsed when training from scratch (EGALoss(renormalize=False))
 _EGA = {"name": "ega"}
-_BNS = {"selector": {"name": "bns"}}
-_CLA = {"aux": {"cla_weight": 0.3}}
-_BACL = {"selector": {"name": "bns"}, "aux": {"cla_weight": 0.3}}
+_BNS = {"miner": {"name": "bns"}}
+_CLA = {"crossmodal": {"cla_weight": 0.3}}
+_BACL = {"miner": {"name": "bns"}, "crossmodal": {"cla_weight": 0.3}}
 # CLA with ΔA detached (the default differentiates it): the ablation behind that default
-_CLA_DETACHED = {"aux": {"cla_weight": 0.3, "cla_detach_delta": True}}
+_CLA_DETACHED = {"crossmodal": {"cla_weight": 0.3, "cla_detach_delta": True}}
 # FALCON's scheduler reward is the decrease of the MLM loss, so its MLM term is part of the
 # method (a preset that turns the cross-modal terms off keeps it for FALCON)
-_FALCON_MLM = {"aux": {"mlm_weight": 0.5}}
+_FALCON_MLM = {"crossmodal": {"mlm_weight": 0.5}}
 
 METHODS: dict[str, dict[str, Any]] = {
     "infonce": {},
@@ -42,18 +42,24 @@ METHODS: dict[str, dict[str, Any]] = {
     "bacl": _BACL,
     "cla_detached": _CLA_DETACHED,
     "bacl_cla_detached": {**_BACL, **_CLA_DETACHED},
-    "bacl_aggressive": {**_BACL, "selector": {"name": "bns", "curriculum": "aggressive"}},
-    "bacl_shallow": {**_BACL, "selector": {"name": "bns", "curriculum": "shallow"}},
+    "bacl_aggressive": {**_BACL, "miner": {"name": "bns", "curriculum": "aggressive"}},
+    "bacl_shallow": {**_BACL, "miner": {"name": "bns", "curriculum": "shallow"}},
     "bacl_ega": {**_BACL, "loss": _EGA},
-    "grit": {"sampler": {"mode": "grit"}},
-    "fixed_q": {"sampler": {"mode": "fixed", "q": 0.5}},
-    "progressive": {"sampler": {"mode": "progressive_hardening"}},
-    "falcon": {"sampler": {"mode": "falcon"}, **_FALCON_MLM},
-    "falcon_batch": {"sampler": {"mode": "batch_level"}, **_FALCON_MLM},
-    "falcon_ega": {"sampler": {"mode": "falcon"}, "loss": _EGA, **_FALCON_MLM},
+    "grit": {"batch_sampler": {"mode": "grit"}},
+    "fixed_q": {"batch_sampler": {"mode": "fixed", "q": 0.5}},
+    "progressive": {"batch_sampler": {"mode": "progressive_hardening"}},
+    "falcon": {"batch_sampler": {"mode": "falcon"}, **_FALCON_MLM},
+    "falcon_batch": {"batch_sampler": {"mode": "batch_level"}, **_FALCON_MLM},
+    "falcon_ega": {"batch_sampler": {"mode": "falcon"}, "loss": _EGA, **_FALCON_MLM},
     # |M| ablation (FALCON §4.3): search spaces of 2·B and 32·B items (default 8·B)
-    "falcon_space2": {"sampler": {"mode": "falcon", "search_space_batches": 2}, **_FALCON_MLM},
-    "falcon_space32": {"sampler": {"mode": "falcon", "search_space_batches": 32}, **_FALCON_MLM},
+    "falcon_space2": {
+        "batch_sampler": {"mode": "falcon", "search_space_batches": 2},
+        **_FALCON_MLM,
+    },
+    "falcon_space32": {
+        "batch_sampler": {"mode": "falcon", "search_space_batches": 32},
+        **_FALCON_MLM,
+    },
 }
 
 

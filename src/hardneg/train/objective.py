@@ -34,13 +34,13 @@ from hardneg.models.crossmodal import last_layer_attention
 from hardneg.models.inputs import Texts
 from hardneg.models.outputs import TextOutput
 from hardneg.train.batch import Batch
-from hardneg.train.config import AuxConfig
+from hardneg.train.config import CrossModalTermsConfig
 from hardneg.train.gradcache import Chunk, check_chunkable, chunk_slices, gradcache_backward
 
 
-def has_crossmodal_terms(aux: AuxConfig) -> bool:
-    """Whether ``aux`` turns on ITM, CLA or MLM (the model then needs a cross-modal head)."""
-    return bool(aux.itm_weight or aux.cla_weight or aux.mlm_weight)
+def has_crossmodal_terms(terms: CrossModalTermsConfig) -> bool:
+    """Whether ``terms`` turns on ITM, CLA or MLM (the model then needs a cross-modal head)."""
+    return bool(terms.itm_weight or terms.cla_weight or terms.mlm_weight)
 
 
 @dataclass
@@ -62,11 +62,11 @@ class ObjectiveOutput:
 
 @dataclass
 class Objective:
-    """A contrastive loss, an optional BNS miner and the cross-modal terms of ``aux``.
+    """A contrastive loss, an optional BNS miner and the cross-modal terms of ``terms``.
 
     Args:
         loss_fn: a hardneg contrastive loss (``prepare`` / ``loss`` / ``scale``).
-        aux: the cross-modal terms' weights (``itm_weight``, ``cla_weight``, ``mlm_weight``)
+        terms: the cross-modal terms' weights (``itm_weight``, ``cla_weight``, ``mlm_weight``)
             and CLA's ρ, β.
         miner: BACL's boundary-aware miner, or None (its policy steps once per optimiser step:
             ``defer_policy_step`` is set here, the loop's callback steps it).
@@ -76,7 +76,7 @@ class Objective:
     """
 
     loss_fn: torch.nn.Module
-    aux: AuxConfig
+    terms: CrossModalTermsConfig
     miner: BoundaryAwareMiner | None = None
     denominator: str = "selected"
     bs_samples: int = 64
@@ -86,13 +86,13 @@ class Objective:
         if self.miner is not None:
             self.miner.defer_policy_step = True
         self.cla = ContrastiveLocalAttentionLoss(
-            self.aux.cla_rho, self.aux.cla_beta, detach_delta=self.aux.cla_detach_delta
+            self.terms.cla_rho, self.terms.cla_beta, detach_delta=self.terms.cla_detach_delta
         )
 
     @property
     def crossmodal(self) -> bool:
         """Whether any cross-modal term is on (the model then needs its cross-modal head)."""
-        return has_crossmodal_terms(self.aux)
+        return has_crossmodal_terms(self.terms)
 
     @staticmethod
     def _encode(model: AlignmentModel, batch: Batch, rows: slice = slice(None)):
@@ -243,7 +243,7 @@ class Objective:
         """ITM (positive vs hardest negative image), CLA on their attention maps, and MLM.
         ``share``: the rows' share of the micro-batch (ITM and CLA are means over rows, so a
         GradCache chunk weighs its means by it; logs are summed over chunks)."""
-        aux, cross = self.aux, model.crossmodal
+        weights, cross = self.terms, model.crossmodal
         all_tokens = gather_with_grad(image_tokens)
         with torch.no_grad():
             sim = pairs.text @ pairs.all_image.T
@@ -255,22 +255,22 @@ class Objective:
             neg_idx = sim.masked_fill(~neg_ok, float("-inf")).argmax(dim=1)
         total = image_tokens.new_zeros((), dtype=torch.float32)
         terms = []
-        if aux.itm_weight or aux.cla_weight:
+        if weights.itm_weight or weights.cla_weight:
             # positives and hardest negatives in one forward of 2R pairs
             both = model.crossmodal_text(text).select(torch.arange(len(text)).repeat(2))
             out = cross(both, torch.cat([image_tokens, all_tokens[neg_idx]]))
             r = len(text)
             attn = last_layer_attention(out)
-            if aux.itm_weight:
+            if weights.itm_weight:
                 logit = out.itm_logit.float()
                 target = torch.cat([torch.ones(r), torch.zeros(r)]).to(logit)
                 itm = F.binary_cross_entropy_with_logits(logit, target)
-                terms.append(("itm", aux.itm_weight, share * itm))
-            if aux.cla_weight:
+                terms.append(("itm", weights.itm_weight, share * itm))
+            if weights.cla_weight:
                 cla = self.cla(attn[:r].float(), attn[r:].float(), text.mask)
-                terms.append(("cla", aux.cla_weight, share * cla))
-        if aux.mlm_weight:
-            terms.append(("mlm", aux.mlm_weight, self.mlm(model, text, image_tokens, batch)))
+                terms.append(("cla", weights.cla_weight, share * cla))
+        if weights.mlm_weight:
+            terms.append(("mlm", weights.mlm_weight, self.mlm(model, text, image_tokens, batch)))
         for name, w, value in terms:
             logs[name] = logs.get(name, 0.0) + float(value.detach())
             total = total + w * value

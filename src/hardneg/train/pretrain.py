@@ -50,7 +50,7 @@ from hardneg.models.alignment import AlignmentModel
 from hardneg.models.dual import DualEncoder
 from hardneg.models.inputs import Images, Texts
 from hardneg.train.batch import Batch, StepDraw
-from hardneg.train.config import AuxConfig, OptimConfig, PretrainConfig, TrainConfig
+from hardneg.train.config import CrossModalTermsConfig, OptimConfig, PretrainConfig, TrainConfig
 from hardneg.train.grounding import ObjectHeads, ObjectTargets, warp_boxes
 from hardneg.train.loop import Engine
 from hardneg.train.objective import Objective, ObjectiveOutput
@@ -402,7 +402,7 @@ def _train(
         heads = ObjectHeads(dual.image_tower.token_dim).to(dual.device)
     objective = StageObjective(
         StageLoss(contrastive, heads),
-        AuxConfig(itm_weight=0.0, mlm_weight=0.0),
+        CrossModalTermsConfig(itm_weight=0.0, mlm_weight=0.0),
         object_weight=config.object_loss_weight,
     )
     recipe = StageRecipe(dual, split, bank, config, negatives)

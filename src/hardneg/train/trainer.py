@@ -62,8 +62,8 @@ def build_recipe(
     from hardneg.train.recipes.stream import StreamRecipe
 
     if cfg.data.dataset.startswith("wds:"):
-        return StreamRecipe(cfg, device, crossmodal=has_crossmodal_terms(cfg.aux))
-    return FilesRecipe(cfg, device, crossmodal=has_crossmodal_terms(cfg.aux))
+        return StreamRecipe(cfg, device, crossmodal=has_crossmodal_terms(cfg.crossmodal))
+    return FilesRecipe(cfg, device, crossmodal=has_crossmodal_terms(cfg.crossmodal))
 
 
 class Trainer(Engine):

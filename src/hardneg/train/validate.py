@@ -10,7 +10,7 @@ file is read beyond a stat, nothing is downloaded or encoded). Every problem is 
 
 Example:
     >>> cfg = resolve_config("bacl", {"optim": {"lr": "3e-4"}})
-    >>> cfg.optim.lr, cfg.selector.name
+    >>> cfg.optim.lr, cfg.miner.name
     (0.0003, 'bns')
     >>> resolve_config("infonce", {"steps": 0})
     Traceback (most recent call last):
@@ -27,15 +27,14 @@ from typing import Any
 from hardneg.data.digitscenes.captions import PERTURBATIONS
 from hardneg.data.sources import check_data_config
 from hardneg.losses.infonce import InfoNCELoss
+from hardneg.miners import BNSConfig
 from hardneg.models.crossmodal_config import CrossModalConfig
 from hardneg.models.heads import AttentionPoolHead
 from hardneg.models.image import ImageTowerConfig
 from hardneg.models.specs import parse_model_spec
 from hardneg.train.builders import hardness_sampler_config
 from hardneg.train.config import (
-    SELECTOR_SETTINGS,
     ModelConfig,
-    SelectorConfig,
     TrainConfig,
     config_from_dict,
     merge,
@@ -43,7 +42,6 @@ from hardneg.train.config import (
 from hardneg.train.methods import LOSSES, method_overrides
 from hardneg.train.settings import (
     check_settings,
-    check_value,
     derived_fields,
     derived_kwargs,
 )
@@ -51,7 +49,7 @@ from hardneg.train.settings import (
 __all__ = ["INFONCE_FORM_LOSSES", "resolve_config", "validate_config"]
 
 #: Loss names whose class is an :class:`~hardneg.losses.InfoNCELoss` (a softmax denominator
-#: that ``selector.denominator='weighted'`` can reweight).
+#: that ``miner.denominator='weighted'`` can reweight).
 INFONCE_FORM_LOSSES: tuple[str, ...] = tuple(
     sorted(name for name, cls in LOSSES.items() if issubclass(cls, InfoNCELoss))
 )
@@ -64,7 +62,7 @@ def resolve_config(method: str, values: dict[str, Any] | None = None) -> TrainCo
     """The method's preset, then ``values`` on top; type-checked and validated.
 
     Example:
-        >>> resolve_config("falcon", {"steps": 10}).sampler.mode
+        >>> resolve_config("falcon", {"steps": 10}).batch_sampler.mode
         'falcon'
     """
     values = values or {}
@@ -152,41 +150,33 @@ def _check_losses(cfg: TrainConfig) -> None:
         raise ValueError(f"loss.kwargs: {err}") from None
 
 
-def _check_selector(cfg: TrainConfig) -> None:
-    s, defaults = cfg.selector, SelectorConfig()
-    for name, (hint, spec) in SELECTOR_SETTINGS.items():
-        check_value(getattr(s, name), hint, spec, f"selector.{name}", getattr(defaults, name))
-    if s.tau_end > s.tau_start:
-        raise ValueError(
-            f"selector.tau_end={s.tau_end} must be ≤ selector.tau_start={s.tau_start} (the "
-            "Gumbel temperature anneals down); swap them"
-        )
-    if s.name != "bns":
+def _check_miner(cfg: TrainConfig) -> None:
+    m = cfg.miner
+    try:  # the miner's own checks of the values miner.* sets
+        BNSConfig(**derived_kwargs(m, BNSConfig))
+    except ValueError as err:
+        raise ValueError(str(err).replace("BNSConfig.", "miner.")) from None
+    if m.name != "bns":
         return
-    micro = cfg.batch_size // cfg.optim.grad_accum
-    if not 1 <= s.k <= micro - 1:
-        raise ValueError(
-            f"selector.k={s.k} but each anchor has at most {micro - 1} in-batch "
-            f"negatives (batch {micro}); use k between 1 and {micro - 1}"
-        )
+    # a batch with fewer than k negatives per anchor is mined with k clipped (one warning)
     if cfg.loss.kwargs.get("chunk_size"):
-        raise ValueError("loss.kwargs.chunk_size cannot be combined with the BNS selector")
-    if s.denominator == "weighted" and cfg.loss.name not in INFONCE_FORM_LOSSES:
+        raise ValueError("loss.kwargs.chunk_size cannot be combined with the BNS miner")
+    if m.denominator == "weighted" and cfg.loss.name not in INFONCE_FORM_LOSSES:
         raise ValueError(
-            f"selector.denominator='weighted' needs an InfoNCE-form loss "
+            f"miner.denominator='weighted' needs an InfoNCE-form loss "
             f"({', '.join(INFONCE_FORM_LOSSES)}), got loss.name={cfg.loss.name!r}; use "
             "denominator='selected'"
         )
 
 
 def _check_sampler(cfg: TrainConfig) -> None:
-    s = cfg.sampler
+    s = cfg.batch_sampler
     try:  # the sampler's own checks (progressive direction, search space ≥ a batch)
         hardness_sampler_config(cfg, sys.maxsize)
     except ValueError as err:
         raise ValueError(f"sampler.{err}") from None
-    if s.mode in ("falcon", "batch_level") and cfg.aux.mlm_weight <= 0:
-        raise ValueError("FALCON's reward is the MLM-loss gain: set aux.mlm_weight > 0")
+    if s.mode in ("falcon", "batch_level") and cfg.crossmodal.mlm_weight <= 0:
+        raise ValueError("FALCON's reward is the MLM-loss gain: set crossmodal.mlm_weight > 0")
 
 
 def _check_specs(cfg: TrainConfig) -> None:
@@ -195,11 +185,12 @@ def _check_specs(cfg: TrainConfig) -> None:
     (DigitScenes data with the builtin model)."""
     data = check_data_config(cfg.data)
     model = parse_model_spec(cfg.model.spec, cfg.model.pretrained, key="model.spec")
-    if data.kind == "wds" and cfg.sampler.mode != "random":
+    if data.kind == "wds" and cfg.batch_sampler.mode != "random":
         raise ValueError(
-            f"sampler.mode={cfg.sampler.mode!r} needs random access to the items (its search "
-            "spaces index the whole dataset); a wds stream has none: use a map-style source "
-            "(karpathy / csv / hf) or sampler.mode=random"
+            f"batch_sampler.mode={cfg.batch_sampler.mode!r} needs random access to the items "
+            "(its search spaces index the whole dataset); a wds stream has none: use a map-style "
+            "source "
+            "(karpathy / csv / hf) or batch_sampler.mode=random"
         )
     if data.kind == "digitscenes" and model.kind == "builtin":
         return
@@ -240,7 +231,7 @@ def validate_config(cfg: TrainConfig) -> None:
         _check_model,
         _check_data,
         _check_losses,
-        _check_selector,
+        _check_miner,
         _check_sampler,
         _check_specs,
     ):
