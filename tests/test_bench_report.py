@@ -106,7 +106,8 @@ def _write_run(root: Path, method: str, seed: int) -> None:
     if method == "bacl":
         rng = np.random.default_rng(seed)
         steps = np.repeat(np.arange(STEPS), 4).astype(float)
-        np.save(out / "selected_bs.npy", np.stack([steps, rng.normal(size=len(steps))], 1))
+        scores = np.stack([steps, rng.normal(size=len(steps))], 1)
+        np.save(out / "selected_boundary_scores.npy", scores)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from scipy import stats
 
 from hardneg.samplers import (
     FalconConfig,
-    FalconScheduler,
+    FalconPolicy,
     HardnessBatchSampler,
     HardnessSamplerConfig,
 )
@@ -19,9 +19,9 @@ from hardneg.samplers import (
 SMALL = {"m": 8, "hidden": 16}
 
 
-def make_scheduler(seed: int = 0, **overrides) -> FalconScheduler:
+def make_scheduler(seed: int = 0, **overrides) -> FalconPolicy:
     torch.manual_seed(seed)
-    return FalconScheduler(FalconConfig(**{**SMALL, **overrides}))
+    return FalconPolicy(FalconConfig(**{**SMALL, **overrides}))
 
 
 def rows(n: int = 6, length: int = 30, seed: int = 0) -> torch.Tensor:
@@ -159,7 +159,7 @@ def train_epoch(sampler, epoch, limit=None):
         g = torch.Generator().manual_seed(sum(batch))
         emb = torch.randn(len(batch), 8, generator=g)
         sampler.update_embeddings(torch.as_tensor(batch), emb, emb)
-        sampler.scheduler.reinforce(float(np.sin(sum(batch))))
+        sampler.policy.reinforce(float(np.sin(sum(batch))))
         if limit is not None and len(out) == limit:
             break
     return out
@@ -170,7 +170,7 @@ def falcon_sampler(
 ) -> HardnessBatchSampler:
     sched = make_scheduler(seed=init_seed, update_interval=2, instance_level=mode == "falcon")
     config = HardnessSamplerConfig(4, search_space_size=16, mode=mode, seed=seed)
-    return HardnessBatchSampler(n, config, scheduler=sched)
+    return HardnessBatchSampler(n, config, policy=sched)
 
 
 def test_falcon_mode_builds_valid_batches_with_one_decision_per_anchor():
@@ -181,8 +181,8 @@ def test_falcon_mode_builds_valid_batches_with_one_decision_per_anchor():
     batch = next(iterator)
     assert len(set(batch)) == 4
     # the first search space (16 items → 4 batches) was built: 4 batches queued, 3 q each
-    assert sampler.scheduler.pending_batches == 4
-    assert all(q.shape == (3,) for _, q in sampler.scheduler._pending)
+    assert sampler.policy.pending_batches == 4
+    assert all(q.shape == (3,) for _, q in sampler.policy._pending)
     stats = sampler.last_batch_stats
     assert 0.0 < stats["q_p10"] <= stats["q_p50"] <= stats["q_p90"] < 1.0
     rest = list(iterator)
@@ -196,13 +196,13 @@ def test_batch_level_mode_uses_one_q_per_batch():
     for _ in sampler:
         s = sampler.last_batch_stats
         assert s["q_p10"] == s["q_p90"] == s["q_mean"]
-    assert all(q.shape == (1,) for _, q in sampler.scheduler._pending)
+    assert all(q.shape == (1,) for _, q in sampler.policy._pending)
 
 
 def test_mode_and_scheduler_granularity_must_agree():
     sched = make_scheduler(instance_level=False)
     with pytest.raises(ValueError, match="instance_level"):
-        HardnessBatchSampler(20, HardnessSamplerConfig(4, mode="falcon"), scheduler=sched)
+        HardnessBatchSampler(20, HardnessSamplerConfig(4, mode="falcon"), policy=sched)
 
 
 def test_falcon_sampler_is_deterministic_and_resumes_mid_epoch():

@@ -297,7 +297,7 @@ def test_config_and_constructor_validation():
         HardnessSamplerConfig(4, mode="progressive_softening", q_start=0.2, q_end=0.9)
     with pytest.raises(ValueError, match="search_space_size"):
         HardnessSamplerConfig(8, search_space_size=4)
-    with pytest.raises(ValueError, match="FalconScheduler"):
+    with pytest.raises(ValueError, match="FalconPolicy"):
         HardnessBatchSampler(20, HardnessSamplerConfig(4, mode="falcon"))
     with pytest.raises(ValueError, match="semantic_ids"):
         HardnessBatchSampler(20, HardnessSamplerConfig(4), semantic_ids=[1, 2])

@@ -33,8 +33,8 @@ def test_interrupted_and_resumed_run_reports_the_uninterrupted_summaries(
     resumed = train_and_evaluate(half_cfg)
     assert resumed["metrics"] == full["metrics"]
     if method == "bacl":
-        bs_full = np.load(tmp_path / "run" / "selected_bs.npy")
-        bs_half = np.load(tmp_path / "half" / "selected_bs.npy")
+        bs_full = np.load(tmp_path / "run" / "selected_boundary_scores.npy")
+        bs_half = np.load(tmp_path / "half" / "selected_boundary_scores.npy")
         assert bs_full.shape[0] > 6
         assert bs_half.shape == bs_full.shape and np.array_equal(bs_full, bs_half)
     for key in SUMMARY_KEYS:

@@ -229,11 +229,11 @@ def plot_selected_hardness(tree: BenchTree, path: Path) -> Path | None:
     """Histograms of the selected negatives' boundary scores, first vs last third of steps."""
     panels = []
     for method in tree.methods:
-        runs = [r for r in tree.runs_of(method) if r.selected_bs is not None]
-        runs = [r for r in runs if len(r.selected_bs)]
+        runs = [r for r in tree.runs_of(method) if r.selected_boundary_scores is not None]
+        runs = [r for r in runs if len(r.selected_boundary_scores)]
         early, late = [], []
         for run in runs:
-            steps, scores = run.selected_bs[:, 0], run.selected_bs[:, 1]
+            steps, scores = run.selected_boundary_scores[:, 0], run.selected_boundary_scores[:, 1]
             total = run.total_steps or float(np.nanmax(steps) + 1)
             ok = np.isfinite(scores)
             early.append(scores[ok & (steps < total / 3)])

@@ -8,7 +8,8 @@ Reads the tree ``hardneg bench`` leaves (README, "Results")::
     RUN/<method>/seed<k>/train_log.csv   one row per logged step (empty cell = not logged)
     RUN/<method>/seed<k>/metrics.json    test / test_novel metrics, step time, peak memory, FN rate
     RUN/<method>/seed<k>/per_item.npz    per-query / per-probe outcomes (hardneg.eval.items)
-    RUN/<method>/seed<k>/selected_bs.npy (BNS methods) (step, boundary score) of selected negatives
+    RUN/<method>/seed<k>/selected_boundary_scores.npy
+                                         (BNS methods) (step, boundary score) of the picks
 
 A run directory without ``metrics.json`` is unfinished (or failed): it is skipped and named
 in the report. :mod:`hardneg.bench.aggregate` aggregates the runs per method over seeds.
@@ -57,7 +58,8 @@ class BenchRun:
         metrics: ``metrics.json`` as loaded.
         config: ``config.json`` ({} when absent).
         log: ``train_log.csv`` as columns of floats (NaN where a cell is empty; {} when absent).
-        selected_bs: ``selected_bs.npy`` (n, 2) of (step, boundary score), or None.
+        selected_boundary_scores: ``selected_boundary_scores.npy`` (n, 2) of (step, boundary
+            score), or None.
         items: ``per_item.npz`` as ``{split: {item: array}}`` ({} when absent), read on use.
     """
 
@@ -67,7 +69,7 @@ class BenchRun:
     metrics: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
     log: dict[str, np.ndarray] = field(default_factory=dict)
-    selected_bs: np.ndarray | None = None
+    selected_boundary_scores: np.ndarray | None = None
 
     @cached_property
     def items(self) -> dict[str, dict[str, np.ndarray]]:
@@ -170,13 +172,13 @@ def _load_run(method: str, seed_dir: Path) -> BenchRun:
     match = _SEED_DIR.search(seed_dir.name)
     seed = metrics.get("seed", int(match.group(1)) if match else 0)
     config_path = seed_dir / "config.json"
-    bs_path = seed_dir / "selected_bs.npy"
-    selected_bs = None
+    bs_path = seed_dir / "selected_boundary_scores.npy"
+    selected_boundary_scores = None
     if bs_path.is_file():
-        selected_bs = np.load(bs_path)
-        if selected_bs.ndim != 2 or selected_bs.shape[1] != 2:
+        selected_boundary_scores = np.load(bs_path)
+        if selected_boundary_scores.ndim != 2 or selected_boundary_scores.shape[1] != 2:
             raise ValueError(
-                f"{bs_path} has shape {selected_bs.shape}; "
+                f"{bs_path} has shape {selected_boundary_scores.shape}; "
                 "expected (n, 2) columns (step, boundary score)"
             )
     return BenchRun(
@@ -186,7 +188,7 @@ def _load_run(method: str, seed_dir: Path) -> BenchRun:
         metrics=metrics,
         config=_read_json(config_path) if config_path.is_file() else {},
         log=read_train_log(seed_dir / "train_log.csv"),
-        selected_bs=selected_bs,
+        selected_boundary_scores=selected_boundary_scores,
     )
 
 

@@ -42,7 +42,7 @@ class HardnessSamplerConfig:
             hardest pick on the symmetric S, per batch); ``progressive_hardening`` /
             ``progressive_softening`` q moves linearly from ``q_start`` to ``q_end`` over
             ``total_epochs`` (defaults 0.5→1 and 1→0.5); ``falcon`` q per anchor from a
-            :class:`FalconScheduler`; ``batch_level`` one scheduler q per batch (scheduler
+            :class:`FalconPolicy`; ``batch_level`` one policy q per batch (policy
             with ``instance_level=False``).
         q: the quantile of mode ``fixed``.
         q_start, q_end: endpoints of the progressive modes (None = mode default).

@@ -26,11 +26,11 @@ from torch.utils.data import Sampler
 from hardneg.samplers.batch_config import HardnessSamplerConfig
 from hardneg.samplers.batch_stats import batch_stats
 from hardneg.samplers.chain import chain_batches, grit_chain
-from hardneg.samplers.falcon import FalconScheduler
+from hardneg.samplers.falcon import FalconPolicy
 from hardneg.samplers.quantile_rules import quantile_rule
 from hardneg.samplers.store import EmbeddingStore
 
-SCHEDULER_MODES = ("batch_level", "falcon")
+POLICY_MODES = ("batch_level", "falcon")
 RESUME_KEYS = ("batch_size", "search_space_size", "mode", "seed")
 """Config fields that must match between a saved sampler state and the sampler loading it."""
 
@@ -56,7 +56,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
     Each epoch (seeded by ``(seed, epoch)``), the items are shuffled and cut into search spaces
     of |M| items (``⌊N/|M|⌋`` spaces, the remainder joining the last one; mode ``random``: one
     space of all items). A space's batches are built when the iteration reaches it (so a
-    FALCON scheduler updated during the epoch is used for later spaces) from the embedding
+    FALCON policy updated during the epoch is used for later spaces) from the embedding
     store: mode ``grit`` cuts GRIT-VLP's alternating chain on ``U Vᵀ`` into batches
     (:func:`~hardneg.samplers.chain.grit_chain`); the quantile modes run
     :func:`~hardneg.samplers.chain.chain_batches` on ``S = U Vᵀ + V Uᵀ`` with the mode's q. The
@@ -67,7 +67,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
     Training protocol: ``set_epoch(e)`` before iterating; after each step
     ``update_embeddings(batch_indices, image_emb, text_emb)`` with the detached pooled
     embeddings already computed (the global batch under DDP, so all ranks hold the same store);
-    in modes ``falcon``/``batch_level``, ``scheduler.reinforce(Δ)`` once per trained batch (Δ
+    in modes ``falcon``/``batch_level``, ``policy.reinforce(Δ)`` once per trained batch (Δ
     identical on all ranks).
 
     DDP: every rank holds an identical sampler (no rank in any seed) and iterates the same
@@ -83,7 +83,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
     Args:
         num_items: dataset size N (≥ B).
         config: :class:`HardnessSamplerConfig`.
-        scheduler: the :class:`FalconScheduler` of modes ``falcon`` (instance level) and
+        policy: the :class:`FalconPolicy` of modes ``falcon`` (instance level) and
             ``batch_level`` (``instance_level=False``); None otherwise.
         semantic_ids: optional (N,) ground-truth semantic ids for the FN-rate diagnostic.
 
@@ -103,7 +103,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
         self,
         num_items: int,
         config: HardnessSamplerConfig,
-        scheduler: FalconScheduler | None = None,
+        policy: FalconPolicy | None = None,
         semantic_ids: ArrayLike | None = None,
     ) -> None:
         if num_items < config.batch_size:
@@ -111,18 +111,18 @@ class HardnessBatchSampler(Sampler[list[int]]):
                 f"num_items={num_items} is smaller than batch_size={config.batch_size}; use a "
                 "smaller batch or a larger dataset"
             )
-        if config.mode in SCHEDULER_MODES:
-            if scheduler is None:
-                raise ValueError(f"mode={config.mode!r} needs a FalconScheduler (scheduler=...)")
+        if config.mode in POLICY_MODES:
+            if policy is None:
+                raise ValueError(f"mode={config.mode!r} needs a FalconPolicy (policy=...)")
             wanted = config.mode == "falcon"
-            if scheduler.config.instance_level != wanted:
+            if policy.config.instance_level != wanted:
                 raise ValueError(
-                    f"mode={config.mode!r} needs a scheduler with instance_level={wanted}, got "
-                    f"{scheduler.config.instance_level}; set FalconConfig.instance_level"
+                    f"mode={config.mode!r} needs a policy with instance_level={wanted}, got "
+                    f"{policy.config.instance_level}; set FalconConfig.instance_level"
                 )
-        elif scheduler is not None:
+        elif policy is not None:
             raise ValueError(
-                f"scheduler is only used in modes {SCHEDULER_MODES}, but mode={config.mode!r}"
+                f"policy is only used in modes {POLICY_MODES}, but mode={config.mode!r}"
             )
         if semantic_ids is not None:
             semantic_ids = np.asarray(semantic_ids)
@@ -134,7 +134,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
         super().__init__()
         self.num_items = num_items
         self.config = config
-        self.scheduler = scheduler
+        self.policy = policy
         self.semantic_ids = semantic_ids
         self.store = EmbeddingStore(num_items)
         self.epoch = 0
@@ -177,7 +177,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
         p.finished = True
 
     def state_dict(self, consumed: int | None = None) -> dict:
-        """Everything needed to continue the run: epoch position, RNG, store, scheduler.
+        """Everything needed to continue the run: epoch position, RNG, store, policy.
 
         Args:
             consumed: batches of the current epoch actually trained, when a DataLoader
@@ -209,7 +209,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
             "epoch": self.epoch,
             "progress": progress,
             "store": self.store.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "policy": None if self.policy is None else self.policy.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -225,15 +225,15 @@ class HardnessBatchSampler(Sampler[list[int]]):
                     f"sampler state has {key}={state['config'][key]!r} but this sampler has "
                     f"{getattr(self.config, key)!r}; resume with the same HardnessSamplerConfig"
                 )
-        if (state["scheduler"] is None) != (self.scheduler is None):
+        if (state["policy"] is None) != (self.policy is None):
             raise ValueError(
-                "sampler state and this sampler disagree on having a scheduler; "
+                "sampler state and this sampler disagree on having a policy; "
                 "resume with the same mode"
             )
         self.epoch = int(state["epoch"])
         self.store.load_state_dict(state["store"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state["policy"])
         saved = state["progress"]
         if saved is None:
             self._progress = None
@@ -271,8 +271,8 @@ class HardnessBatchSampler(Sampler[list[int]]):
             for start in range(0, len(items) - bsz + 1, bsz):
                 batch = [int(i) for i in items[start : start + bsz]]
                 self._append(p, batch, None, None)
-                if self.scheduler is not None:
-                    self.scheduler.record(torch.zeros(0, self.scheduler.config.m), torch.zeros(0))
+                if self.policy is not None:
+                    self.policy.record(torch.zeros(0, self.policy.config.m), torch.zeros(0))
             return
         if self.config.mode == "grit":
             i2t = self.store.image_text_similarity(items).numpy()
@@ -281,7 +281,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
             sim = self.store.similarity(items)
             position = p.epoch + index / len(p.spaces)
             q_of, decide = quantile_rule(
-                self.config, self.scheduler, position, sim, len(items) // bsz, p.rng
+                self.config, self.policy, position, sim, len(items) // bsz, p.rng
             )
             chain = chain_batches(sim.numpy(), bsz, q_of, p.rng)
         for number in p.rng.permutation(len(chain.batches)):

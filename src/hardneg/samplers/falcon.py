@@ -1,7 +1,7 @@
-r"""FALCON's negative-mining scheduler: a Beta policy over the hardness quantile q.
+r"""FALCON's negative-mining policy: a Beta policy over the hardness quantile q.
 
 Reference: "FALCON: False-Negative Aware Learning of Contrastive Negatives in Vision-Language
-Alignment" (CVPR 2026, arXiv:2505.11192), §3 "Learnable hardness scheduler", "Compact
+Alignment" (CVPR 2026, arXiv:2505.11192), §3 "Learnable hardness policy", "Compact
 similarity input", "Permutation equivariance", and the REINFORCE objective. No code is
 public; the choices left open are documented on the classes below and in ``docs/methods.md``.
 """
@@ -26,13 +26,13 @@ Q_CLAMP = 1e-6
 
 @dataclass
 class FalconConfig:
-    """Configuration of :class:`FalconScheduler` (defaults: the paper's).
+    """Configuration of :class:`FalconPolicy` (defaults: the paper's).
 
     Attributes:
         m: number of uniformly spaced quantiles summarising a similarity row (m ≪ |M|).
         hidden: width of the residual MLP.
         n_layers: linear layers of the MLP (input, ``n_layers − 2`` residual blocks, output).
-        lr: Adam learning rate of the scheduler.
+        lr: Adam learning rate of the policy.
         entropy_weight: weight of the Beta entropy bonus.
         update_interval: reinforce() calls (training steps) between two Adam steps.
         baseline_momentum: momentum of the moving-average reward baseline.
@@ -80,8 +80,8 @@ class FalconConfig:
             )
 
 
-class FalconScheduler(nn.Module):
-    r"""Hardness scheduler π_φ: similarity-row shape → Beta(a, b) → quantile q (FALCON §3).
+class FalconPolicy(nn.Module):
+    r"""Hardness policy π_φ: similarity-row shape → Beta(a, b) → quantile q (FALCON §3).
 
     Input of an anchor: its similarity row ``S_i·`` within the search space (itself excluded),
     ``S = S_i2t + S_t2i``. The row is **sorted** (this is the paper's row sort: it makes the
@@ -119,9 +119,9 @@ class FalconScheduler(nn.Module):
         config: :class:`FalconConfig`.
 
     Example:
-        >>> scheduler = FalconScheduler(FalconConfig(m=8, hidden=16))
+        >>> policy = FalconPolicy(FalconConfig(m=8, hidden=16))
         >>> rows = torch.rand(5, 40)
-        >>> q, log_prob = scheduler.sample(rows, np.random.default_rng(0))
+        >>> q, log_prob = policy.sample(rows, np.random.default_rng(0))
         >>> q.shape, bool(((q > 0) & (q < 1)).all())
         (torch.Size([5]), True)
     """
@@ -147,7 +147,7 @@ class FalconScheduler(nn.Module):
         self._buffer: list[tuple[Tensor, Tensor, float]] = []
 
     def summarize(self, rows: Tensor) -> Tensor:
-        """(n, m) scheduler input of n similarity rows of length L ≥ 2 (see class docstring).
+        """(n, m) policy input of n similarity rows of length L ≥ 2 (see class docstring).
 
         With ``instance_level=False`` the n summaries are mean-pooled into one (1, m) input.
         """

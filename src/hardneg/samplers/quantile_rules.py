@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from hardneg.samplers.batch_config import PROGRESSIVE_DEFAULTS, HardnessSamplerConfig
-from hardneg.samplers.falcon import FalconScheduler
+from hardneg.samplers.falcon import FalconPolicy
 
 __all__ = ["off_diagonal_rows", "quantile_rule"]
 
@@ -30,17 +30,17 @@ def off_diagonal_rows(sim: Tensor) -> Tensor:
 
 def quantile_rule(
     cfg: HardnessSamplerConfig,
-    scheduler: FalconScheduler | None,
+    policy: FalconPolicy | None,
     position: float,
     sim: Tensor,
     n_batches: int,
     rng: np.random.Generator,
 ) -> tuple[Callable[[int, int], float], Callable[[int, list[int]], None] | None]:
-    """``q_of(anchor, batch)`` of a quantile mode, and a hook recording scheduler decisions.
+    """``q_of(anchor, batch)`` of a quantile mode, and a hook recording the policy's decisions.
 
     Args:
         cfg: the sampler's config (its mode and quantiles).
-        scheduler: FALCON's scheduler (modes ``falcon`` / ``batch_level``), else None.
+        policy: FALCON's policy (modes ``falcon`` / ``batch_level``), else None.
         position: where the search space sits in training, in epochs (``epoch + space /
             spaces``; the progressive modes' schedule).
         sim: the space's symmetric similarity ``S`` (n, n).
@@ -54,22 +54,22 @@ def quantile_rule(
         frac = position / cfg.total_epochs
         q = cfg.q_start + (cfg.q_end - cfg.q_start) * min(max(frac, 0.0), 1.0)
         return (lambda anchor, number: q), None
-    assert scheduler is not None  # checked by HardnessBatchSampler
+    assert policy is not None  # checked by HardnessBatchSampler
     rows = off_diagonal_rows(sim)
     with torch.no_grad():
-        feats = scheduler.summarize(rows)
+        feats = policy.summarize(rows)
         if cfg.mode == "falcon":
-            q_all = scheduler.sample_features(feats, rng)[0].cpu()
+            q_all = policy.sample_features(feats, rng)[0].cpu()
             q_np = q_all.numpy()
 
             def record(number: int, anchors: list[int]) -> None:
                 index = torch.as_tensor(anchors)
-                scheduler.record(feats[index.to(feats.device)], q_all[index])
+                policy.record(feats[index.to(feats.device)], q_all[index])
 
             return (lambda anchor, number: float(q_np[anchor])), record
-        q_batch = scheduler.sample_features(feats.expand(n_batches, -1), rng)[0].cpu()
+        q_batch = policy.sample_features(feats.expand(n_batches, -1), rng)[0].cpu()
 
     def record_batch(number: int, anchors: list[int]) -> None:
-        scheduler.record(feats, q_batch[number : number + 1])
+        policy.record(feats, q_batch[number : number + 1])
 
     return (lambda anchor, number: float(q_batch[number])), record_batch

@@ -17,7 +17,7 @@ from hardneg.models.image import ImageTowerConfig
 from hardneg.models.text import TextTower
 from hardneg.samplers import (
     FalconConfig,
-    FalconScheduler,
+    FalconPolicy,
     HardnessBatchSampler,
     HardnessSamplerConfig,
 )
@@ -63,15 +63,15 @@ def hardness_sampler_config(cfg: TrainConfig, n: int) -> HardnessSamplerConfig:
 
 
 def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
-    """The batch sampler of ``cfg.batch_sampler`` over ``n`` training items (FALCON's scheduler
+    """The batch sampler of ``cfg.batch_sampler`` over ``n`` training items (FALCON's policy
     included for the ``falcon`` / ``batch_level`` modes)."""
     s = cfg.batch_sampler
-    scheduler = None
+    policy = None
     if s.mode in ("falcon", "batch_level"):
-        scheduler = FalconScheduler(
+        policy = FalconPolicy(
             FalconConfig(instance_level=s.mode == "falcon", **derived_kwargs(s, FalconConfig))
         )
-    return HardnessBatchSampler(n, hardness_sampler_config(cfg, n), scheduler)
+    return HardnessBatchSampler(n, hardness_sampler_config(cfg, n), policy)
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:

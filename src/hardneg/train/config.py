@@ -290,13 +290,13 @@ class BatchSamplerConfig:
         sets=(FalconConfig, "m"), ge=2, doc="FALCON's number of quantile actions"
     )
     falcon_lr: float = setting(
-        sets=(FalconConfig, "lr"), gt=0, example="1e-2", doc="FALCON scheduler learning rate"
+        sets=(FalconConfig, "lr"), gt=0, example="1e-2", doc="FALCON policy learning rate"
     )
     falcon_update_interval: int = setting(
-        sets=(FalconConfig, "update_interval"), ge=1, doc="steps between FALCON scheduler updates"
+        sets=(FalconConfig, "update_interval"), ge=1, doc="steps between FALCON policy updates"
     )
     falcon_entropy_weight: float = setting(
-        sets=(FalconConfig, "entropy_weight"), ge=0, doc="entropy bonus of the FALCON scheduler"
+        sets=(FalconConfig, "entropy_weight"), ge=0, doc="entropy bonus of the FALCON policy"
     )
 
     def progressive_endpoints(self) -> tuple[float | None, float | None]:

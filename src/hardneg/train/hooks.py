@@ -6,7 +6,7 @@
 - :class:`MinerPolicyStep`: BACL's miner takes its policy step after the model's;
 - :class:`FalconReward`: FALCON's reward, the MLM-loss gain of the step's update on the step's
   own draw (the loss before the update minus the loss after it, both in eval mode), and the
-  scheduler's REINFORCE update;
+  policy's REINFORCE update;
 - :class:`Diagnostics`: the batch sampler's statistics, the batch's false-negative rate and a
   sample of the selected negatives' boundary scores.
 
@@ -31,7 +31,7 @@ from torch import Tensor
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.inputs import Texts
 from hardneg.models.outputs import TextOutput
-from hardneg.samplers import FalconScheduler, HardnessBatchSampler
+from hardneg.samplers import FalconPolicy, HardnessBatchSampler
 from hardneg.train.batch import Batch, StepDraw
 from hardneg.train.objective import ObjectiveOutput
 from hardneg.train.recipes import BatchSampler
@@ -153,16 +153,16 @@ class FalconReward(Hook):
     """FALCON's reward (arXiv:2505.11192 §3.3): ``MLM(before) − MLM(after)`` on the step's draw.
 
     Args:
-        scheduler: FALCON's scheduler, which the reward updates.
+        policy: FALCON's policy, which the reward updates.
         model: the model whose MLM loss is measured.
         mlm: the objective's MLM loss.
         autocast: the step's autocast context factory.
     """
 
     def __init__(
-        self, scheduler: FalconScheduler, model: AlignmentModel, mlm: MLMLoss, autocast: Autocast
+        self, policy: FalconPolicy, model: AlignmentModel, mlm: MLMLoss, autocast: Autocast
     ) -> None:
-        self.scheduler, self.model, self.mlm, self.autocast = scheduler, model, mlm, autocast
+        self.policy, self.model, self.mlm, self.autocast = policy, model, mlm, autocast
         self.before: float | None = None
 
     def before_update(self, state: TrainState, draw: StepDraw, batches: list[Batch]) -> None:
@@ -174,7 +174,7 @@ class FalconReward(Hook):
         assert self.before is not None
         reward = self.before - self.eval_mlm(state, batches)
         logs["falcon_reward"] = reward
-        update = self.scheduler.reinforce(reward)
+        update = self.policy.reinforce(reward)
         if update:
             logs.update({f"falcon_{k}": v for k, v in update.items()})
 
@@ -206,18 +206,19 @@ class Diagnostics(Hook):
         sampler: the batch sampler whose ``last_batch_stats`` are logged.
 
     Attributes:
-        selected_bs: ``(n, 2)`` rows ``(step, BS)`` of the selected negatives' boundary scores,
-            one tensor per micro-batch that had a miner's sample.
+        selected_boundary_scores: ``(n, 2)`` rows ``(step, BS)`` of the selected negatives'
+            boundary scores, one tensor per micro-batch that had a miner's sample.
     """
 
     def __init__(self, sampler: BatchSampler) -> None:
         self.sampler = sampler
-        self.selected_bs: list[Tensor] = []
+        self.selected_boundary_scores: list[Tensor] = []
 
     def after_forward(self, state: TrainState, batch: Batch, out: ObjectiveOutput) -> None:
-        if out.selected_bs is not None:
-            sample = out.selected_bs
-            self.selected_bs.append(torch.stack([torch.full_like(sample, state.step), sample], 1))
+        if out.selected_boundary_scores is not None:
+            sample = out.selected_boundary_scores
+            steps = torch.full_like(sample, state.step)
+            self.selected_boundary_scores.append(torch.stack([steps, sample], 1))
 
     def after_update(
         self, state: TrainState, draw: StepDraw, batches: list[Batch], logs: dict[str, Any]

@@ -137,14 +137,14 @@ class Engine:
             )
         if self.objective.miner is not None:
             self.hooks.append(MinerPolicyStep(self.objective.miner))
-        if hardness is not None and hardness.scheduler is not None:
+        if hardness is not None and hardness.policy is not None:
             self.hooks.append(
-                FalconReward(hardness.scheduler, self.model, self.objective.mlm, self.autocast)
+                FalconReward(hardness.policy, self.model, self.objective.mlm, self.autocast)
             )
         named = list(self.model.named_parameters())
         named += [(f"loss_fn.{n}", p) for n, p in self.loss_fn.named_parameters()]
         self.optimizer = build_optimizer(cfg, named, exclude_from_decay=recipe.exclude_from_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         # running sums of the figures a run reports (checkpointed: a resumed run reports
         # what the uninterrupted run would)
         self.sums: dict[str, float] = {}
@@ -170,10 +170,10 @@ class Engine:
         return self.state.epoch
 
     @property
-    def selected_bs(self) -> list[Tensor]:
+    def selected_boundary_scores(self) -> list[Tensor]:
         """(step, BS) rows of the selected negatives' boundary scores (see
         :class:`~hardneg.train.hooks.Diagnostics`)."""
-        return self.diagnostics.selected_bs
+        return self.diagnostics.selected_boundary_scores
 
     @property
     def miner(self):
@@ -247,7 +247,7 @@ class Engine:
         for hook in self.hooks:
             hook.after_update(self.state, draw, batches, logs)
         self.state.step += 1
-        logs["lr"] = self.scheduler.get_last_lr()[0]
+        logs["lr"] = self.lr_schedule.get_last_lr()[0]
         logs["temperature"] = float(1.0 / self.loss_fn.scale().detach())
         logs["step_time"] = time.perf_counter() - t0
         logs = self._global_logs(logs)
@@ -267,7 +267,7 @@ class Engine:
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.lr_schedule.step()
 
     def _global_logs(self, logs: dict[str, float]) -> dict[str, float]:
         """Under DDP, every logged figure as the mean over ranks: a shard's loss becomes the
@@ -344,7 +344,7 @@ class Engine:
             "loss_fn": self.loss_fn.state_dict(),
             "miner": None if self.miner is None else self.miner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
             "overflow": self.overflow.state_dict(),
             "sampler": self.sampler.state_dict(),
@@ -354,7 +354,7 @@ class Engine:
                 "sums": self.sums,
                 "counts": self.counts,
                 "step_times": self.step_times,
-                "selected_bs": self.selected_bs,
+                "selected_boundary_scores": self.selected_boundary_scores,
             },
         }
 
@@ -374,7 +374,7 @@ class Engine:
         if self.miner is not None:
             self.miner.load_state_dict(state["miner"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.overflow.load_state_dict(state["overflow"])
         self.sampler.load_state_dict(state["sampler"])
@@ -384,7 +384,7 @@ class Engine:
         summary = state["summary"]
         self.sums, self.counts = dict(summary["sums"]), dict(summary["counts"])
         self.step_times = list(summary["step_times"])
-        self.diagnostics.selected_bs = list(summary["selected_bs"])
+        self.diagnostics.selected_boundary_scores = list(summary["selected_boundary_scores"])
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""

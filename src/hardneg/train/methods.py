@@ -20,7 +20,7 @@ _CLA = {"crossmodal": {"cla_weight": 0.3}}
 _BACL = {"miner": {"name": "bns"}, "crossmodal": {"cla_weight": 0.3}}
 # CLA with ΔA detached (the default differentiates it): the ablation behind that default
 _CLA_DETACHED = {"crossmodal": {"cla_weight": 0.3, "cla_detach_delta": True}}
-# FALCON's scheduler reward is the decrease of the MLM loss, so its MLM term is part of the
+# FALCON's policy reward is the decrease of the MLM loss, so its MLM term is part of the
 # method (a preset that turns the cross-modal terms off keeps it for FALCON)
 _FALCON_MLM = {"crossmodal": {"mlm_weight": 0.5}}
 

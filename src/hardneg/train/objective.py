@@ -51,13 +51,13 @@ class ObjectiveOutput:
         loss: the model's loss (contrastive + cross-modal terms).
         logs: figures of this micro-batch (this rank's view).
         pairs: the loss's prepared pairs (global features, detached copies feed the store).
-        selected_bs: boundary scores of a sample of the miner's picks (for histograms).
+        selected_boundary_scores: boundary scores of a sample of the miner's picks (for histograms).
     """
 
     loss: Tensor
     logs: dict[str, float]
     pairs: object
-    selected_bs: Tensor | None = None
+    selected_boundary_scores: Tensor | None = None
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Objective:
         if self.miner is not None:
             mined = self.miner(pairs, *progress, logit_scale=self.loss_fn.scale())
             out.keep_t2i = mined.t2i_keep
-            out.selected_bs = self._mining_logs(mined, pairs, batch, out.logs)
+            out.selected_boundary_scores = self._mining_logs(mined, pairs, batch, out.logs)
             weighted = self.denominator == "weighted"
             pairs = mined.reweight(pairs) if weighted else mined.restrict(pairs)
             out.pairs = pairs
@@ -138,7 +138,7 @@ class Objective:
                     model, c.pairs, text, img_out.tokens, c.keep_t2i, batch, c.logs
                 )
         c.logs["loss"] = float(total.detach())
-        return ObjectiveOutput(total, c.logs, c.pairs, c.selected_bs)
+        return ObjectiveOutput(total, c.logs, c.pairs, c.selected_boundary_scores)
 
     def gradcache(
         self,
@@ -205,7 +205,7 @@ class Objective:
         logs = c.logs | chunk_logs
         total = c.loss.detach() + sum(v / weight for v in result.chunk_losses)
         logs["loss"] = float(total)
-        return ObjectiveOutput(total, logs, c.pairs, c.selected_bs)
+        return ObjectiveOutput(total, logs, c.pairs, c.selected_boundary_scores)
 
     def _mining_logs(
         self, mined: MinedNegatives, pairs, batch: Batch, logs: dict[str, float]
@@ -217,7 +217,7 @@ class Objective:
         bs = mined.t2i.boundary[picked]
         logs["alpha"] = mined.alpha
         logs["gumbel_tau"] = mined.tau
-        logs["selected_bs_mean"] = float(bs.mean())
+        logs["selected_boundary_score_mean"] = float(bs.mean())
         logs["policy_entropy"] = float(mined.i2t.entropy)
         if batch.relevance is not None:
             # false negative: caption i (a text anchor) is true of the picked image j
@@ -284,5 +284,5 @@ class _Contrastive:
     pairs: Any
     loss: Tensor | None = None
     keep_t2i: Tensor | None = None
-    selected_bs: Tensor | None = None
+    selected_boundary_scores: Tensor | None = None
     logs: dict[str, float] = field(default_factory=dict)

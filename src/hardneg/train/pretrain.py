@@ -361,7 +361,7 @@ class StageObjective(Objective):
             c.logs["object_loss"] = float(aux.detach())
             total = total + self.object_weight * aux
         c.logs["loss"] = float(total.detach())
-        return ObjectiveOutput(total, c.logs, c.pairs, c.selected_bs)
+        return ObjectiveOutput(total, c.logs, c.pairs, c.selected_boundary_scores)
 
 
 def stage_config(config: PretrainConfig, batch: int, out_dir: str, progress: bool) -> TrainConfig:

@@ -98,9 +98,9 @@ def _train_and_evaluate(
     for name, evaluation in trainer.recipe.evaluate().items():
         result["metrics"][name], items[name] = evaluation.metrics, evaluation.items
     atomic_write(out / "per_item.npz", lambda f: np.savez(f, **pack_items(items)))
-    if trainer.selected_bs:
-        bs = torch.cat(trainer.selected_bs).numpy()
-        atomic_write(out / "selected_bs.npy", lambda f: np.save(f, bs))
+    if trainer.selected_boundary_scores:
+        bs = torch.cat(trainer.selected_boundary_scores).numpy()
+        atomic_write(out / "selected_boundary_scores.npy", lambda f: np.save(f, bs))
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     return result
 
