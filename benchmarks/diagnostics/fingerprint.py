@@ -1,7 +1,10 @@
 """Fingerprint the trainer: per-step logs and final metrics of short runs of a few methods.
 
 Run it on two commits (e.g. before and after a refactor) and compare: a change that must not
-alter training shows identical logs and metrics, bit for bit.
+alter training shows identical logs and metrics, bit for bit. It runs on one thread: with two,
+the order of parallel float sums varies between runs of the same commit on a busy machine (the
+last digits of the losses differ, and near-chance ITM probe scores flip), so only a one-thread
+run is comparable bit for bit.
 
     python benchmarks/diagnostics/fingerprint.py run before.json      # on commit A
     python benchmarks/diagnostics/fingerprint.py run after.json       # on commit B
@@ -20,6 +23,9 @@ METHODS = ["infonce", "bacl", "falcon", "negclip", "grit", "ega"]
 
 
 def run(out: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
     from hardneg.train.run import train_and_evaluate
     from hardneg.train.trainer import Trainer
     from hardneg.train.validate import resolve_config
