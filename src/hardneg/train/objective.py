@@ -132,13 +132,18 @@ class Objective:
             embeddings, img_out, text = self._encode(model, batch)
         c = self._contrastive(embeddings, batch, progress)
         total = c.loss
-        if self.crossmodal:
-            with autocast():
-                total = total + self._crossmodal(
-                    model, c.pairs, text, img_out.tokens, c.keep_t2i, batch, c.logs
-                )
+        with autocast():
+            extra = self._extra_terms(model, c, text, img_out, batch)
+        if extra is not None:
+            total = total + extra
         c.logs["loss"] = float(total.detach())
         return ObjectiveOutput(total, c.logs, c.pairs, c.selected_boundary_scores)
+
+    def _extra_terms(self, model, c: _Contrastive, text, img_out, batch: Batch) -> Tensor | None:
+        """The terms added to the contrastive loss (here the cross-modal ones; None: none)."""
+        if not self.crossmodal:
+            return None
+        return self._crossmodal(model, c.pairs, text, img_out.tokens, c.keep_t2i, batch, c.logs)
 
     def gradcache(
         self,

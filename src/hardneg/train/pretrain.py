@@ -30,8 +30,7 @@ import dataclasses
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from hardneg.train.batch import Batch, StepDraw
 from hardneg.train.config import CrossModalTermsConfig, OptimConfig, PretrainConfig, TrainConfig
 from hardneg.train.grounding import ObjectHeads, ObjectTargets, warp_boxes
 from hardneg.train.loop import Engine
-from hardneg.train.objective import Objective, ObjectiveOutput
+from hardneg.train.objective import Objective
 
 PRETRAIN_VERSION = 1  # bump when the stage's computation changes, so old caches are not reused
 #: config fields added after stages were cached: left out of the key at their defaults, so a
@@ -344,24 +343,12 @@ class StageObjective(Objective):
 
     object_weight: float = 0.0
 
-    def __call__(
-        self,
-        model: AlignmentModel,
-        batch: Batch,
-        progress: tuple[float, float],
-        autocast: Callable[[], AbstractContextManager],
-    ) -> ObjectiveOutput:
-        with autocast():
-            embeddings, image, _ = self._encode(model, batch)
-        c = self._contrastive(embeddings, batch, progress)
-        total = c.loss
-        if batch.objects is not None:
-            with autocast():
-                aux = batch.objects.loss(self.loss_fn.heads, image.tokens, image.grid)
-            c.logs["object_loss"] = float(aux.detach())
-            total = total + self.object_weight * aux
-        c.logs["loss"] = float(total.detach())
-        return ObjectiveOutput(total, c.logs, c.pairs, c.selected_boundary_scores)
+    def _extra_terms(self, model, c, text, image, batch: Batch) -> Tensor | None:
+        if batch.objects is None:
+            return None
+        loss = batch.objects.loss(self.loss_fn.heads, image.tokens, image.grid)
+        c.logs["object_loss"] = float(loss.detach())
+        return self.object_weight * loss
 
 
 def stage_config(config: PretrainConfig, batch: int, out_dir: str, progress: bool) -> TrainConfig:
