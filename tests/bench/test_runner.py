@@ -43,7 +43,9 @@ def test_a_method_keeps_its_defining_term_where_the_preset_turns_it_off(tmp_path
     """The compositional preset trains no cross-modal terms, except those a method is made
     of: FALCON's reward needs the MLM loss, BACL's CLA the attention; a user's --set wins."""
     preset = presets.PRESETS["compositional"]
-    aux = {m: presets.run_config(preset, m, 0, tmp_path)["crossmodal"] for m in ("infonce", "falcon")}
+    aux = {
+        m: presets.run_config(preset, m, 0, tmp_path)["crossmodal"] for m in ("infonce", "falcon")
+    }
     assert aux["infonce"]["mlm_weight"] == 0 and aux["infonce"]["itm_weight"] == 0
     assert aux["falcon"]["mlm_weight"] > 0 and aux["falcon"]["itm_weight"] == 0
     assert presets.run_config(preset, "bacl", 0, tmp_path)["crossmodal"]["cla_weight"] == 0.3

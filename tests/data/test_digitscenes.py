@@ -36,6 +36,7 @@ from tests.helpers.captions import (
     NUMBER,
     OBJECT,
     annotation,
+    obj,
     parse,
 )
 
@@ -162,9 +163,9 @@ def test_partial_captions_name_exactly_one_object_each_in_reading_order(data):
         for i, caps in enumerate(split.partial_captions):
             objs = annotation(split, i)[1]
             assert len(caps) == len(objs), (split.name, i, caps)
-            for cap, obj in zip(caps, objs):
+            for cap, expected in zip(caps, objs):
                 m = partial.fullmatch(cap)
-                assert m and obj(m[1], m[2]) == obj, (cap, obj)
+                assert m and obj(m[1], m[2]) == expected, (cap, expected)
                 styles.add((cap.split()[1], m[2].isdigit()))
     assert {digit for _, digit in styles} == {True, False}  # numerals and words
 

@@ -133,7 +133,7 @@ def test_grit_hardest_batches_gather_the_repeats(trainer_of):
     """Embeddings where scenes of one configuration are close (as a trained model's are):
     GRIT's hardest chain walks through a group, so its batches hold several times the false
     negatives of random batches — the failure FALCON's quantile schedule is meant to avoid."""
-    trainer = trainer_of(2.0, sampler={"mode": "grit", "search_space_size": 300})
+    trainer = trainer_of(2.0, batch_sampler={"mode": "grit", "search_space_size": 300})
     split = trainer.train_split
     n = len(split)
     _, inverse = torch.unique(split.semantic_ids, return_inverse=True)

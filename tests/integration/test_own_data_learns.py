@@ -173,7 +173,7 @@ def test_bns_and_cla_train_a_live_clip_text_tower(files, tmp_path):
     """BACL on a CLIP: the contrastive loss (through BNS's restriction) reaches the text
     transformer; the cross-modal head reads the non-contextual token embeddings, and CLA's
     gradient reaches them."""
-    trainer = _trainer(files, tmp_path, "bacl", aux={"itm_weight": 0.0, "mlm_weight": 0.0})
+    trainer = _trainer(files, tmp_path, "bacl", crossmodal={"itm_weight": 0.0, "mlm_weight": 0.0})
     model, tower = trainer.model, trainer.model.dual.text_tower
     (batch,) = trainer.micro_batches(trainer.recipe.draw(torch.arange(4), 0))
     read = []

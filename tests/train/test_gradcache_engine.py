@@ -42,7 +42,7 @@ def _assert_same_step(plain, cached, atol=1e-5):
 
 @pytest.mark.parametrize("method", ["infonce", "siglip", "ega", "bns", "negclip"])
 def test_gradcache_step_equals_the_plain_step(tmp_path, tiny_text_model, method):
-    over = {"aux": NO_AUX, "model": {"dropout": 0.0}}
+    over = {"crossmodal": NO_AUX, "model": {"dropout": 0.0}}
     plain = _step(tmp_path / "p", tiny_text_model, method, 0, **over)
     cached = _step(tmp_path / "c", tiny_text_model, method, 4, **over)
     _assert_same_step(plain, cached)
@@ -78,7 +78,7 @@ def _ddp_worker(rank, world, config):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["infonce", "bns"])
 def test_gradcache_under_two_ranks_equals_one_process(tmp_path, tiny_text_model, method):
-    values = trainer_values(tmp_path, tiny_text_model, aux=NO_AUX, model={"dropout": 0.0})
+    values = trainer_values(tmp_path, tiny_text_model, crossmodal=NO_AUX, model={"dropout": 0.0})
     values["optim"] = {**values["optim"], "name": "sgd", "lr": 0.5, "gradcache_chunk": 2}
     single = Trainer(resolve_config(method, values))
     single.train_step(list(range(16)))

@@ -117,7 +117,7 @@ def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_m
     from hardneg.bench import presets, runner, workers
 
     values = _values(tmp_path, tiny_text_model, log_every=1)
-    overrides = {key: values[key] for key in ("model", "selector", "optim", "checkpoint_every")}
+    overrides = {key: values[key] for key in ("model", "miner", "optim", "checkpoint_every")}
     overrides["data"] = {k: v for k, v in values["data"].items() if k != "preset"}
     preset = presets.BenchPreset(
         "tiny", steps=3, batch_size=16, seeds=1, methods=["infonce", "bacl"], overrides=overrides
@@ -249,7 +249,7 @@ sys.exit(cli.main(["bench", "--out", sys.argv[2], "--jobs", "2"]))
 
 def _bench_preset(tmp_path, text_model, steps):
     values = _values(tmp_path, text_model)
-    overrides = {key: values[key] for key in ("model", "selector", "optim", "checkpoint_every")}
+    overrides = {key: values[key] for key in ("model", "miner", "optim", "checkpoint_every")}
     overrides["data"] = {k: v for k, v in values["data"].items() if k != "preset"}
     return {
         "data_preset": "tiny",

@@ -211,9 +211,9 @@ def plot_bacl_curriculum(tree: BenchTree, path: Path) -> Path | None:
     for run in runs:
         step, epoch, alpha = run.log["step"], run.log["epoch"], run.log["alpha"]
         keep = np.isfinite(alpha) & np.isfinite(epoch) & np.isfinite(step) & (step > 0)
-        # a row logged at step s holds the α the selector used at η = (s − 1) / steps_per_epoch
+        # a row logged at step s holds the α the miner used at η = (s − 1) / steps_per_epoch
         eta = epoch[keep] * (step[keep] - 1) / step[keep]
-        curriculum = run.config.get("selector", {}).get("curriculum", "?")
+        curriculum = run.config.get("miner", {}).get("curriculum", "?")
         ax.plot(eta, alpha[keep], "o-", ms=3, lw=1,
                 color=_colour(tree, run.method),
                 label=f"{run.method} seed {run.seed} (logged, {curriculum})")  # fmt: skip
