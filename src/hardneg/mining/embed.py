@@ -114,7 +114,9 @@ def load_encoder(
                 "--model builtin: the builtin towers are trained by hardneg; pass --run DIR "
                 "of a trained run, or an open_clip:/hf_clip: spec"
             )
-        towers = build_clip_towers(spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a spec without weights: the same random model every run
+            towers = build_clip_towers(spec)
         dual = DualEncoder(towers.image_tower, towers.text_tower, embed_dim=None)
         net, text_tower, image_size = (
             AlignmentModel(dual, None),
