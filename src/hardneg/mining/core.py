@@ -325,7 +325,13 @@ def mine_hard_negatives(
     items = torch.as_tensor(caption_items).long()
     dtype = torch.promote_types(image_embeddings.dtype, torch.float32)
     u, v = image_embeddings.to(dtype).cpu(), caption_embeddings.to(dtype).cpu()
-    caption_positive = (v * u[items]).sum(dim=1)
+    # each caption's score with its own image, in row blocks (no (M, d) temporary)
+    caption_positive = torch.cat(
+        [
+            (block * u[i]).sum(dim=1)
+            for block, i in zip(v.split(chunk_size), items.split(chunk_size))
+        ]
+    )
     image_positive = torch.full((n_images,), math.inf, dtype=dtype)
     image_positive.scatter_reduce_(0, items, caption_positive, reduce="amin")
     generator = torch.Generator().manual_seed(seed)
