@@ -42,6 +42,8 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("hardneg", "faiss")
 CAPTIONS_PER_IMAGE = 5
 OPTIONS = {"num_negatives": 10, "range_max": 10, "relative_margin": 0.05}
+#: the section benchmarks/mining_digitscenes.py writes into the same file (kept on rewrite)
+DIGITSCENES_HEADER = "## False negatives on DigitScenes"
 
 
 def make_data(n_images: int, dim: int, dtype=torch.float32):
@@ -210,7 +212,9 @@ def main() -> None:
         f"Total wall time of this run: {time.perf_counter() - started:.0f} s.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    old = args.out.read_text() if args.out.is_file() else ""
+    kept = old[old.index(DIGITSCENES_HEADER) :] if DIGITSCENES_HEADER in old else ""
+    args.out.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     print("\n".join(lines))
 
 

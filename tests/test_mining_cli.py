@@ -133,3 +133,21 @@ def test_bad_input_exits_2_with_one_line(tmp_path, spec, capsys, extra, message)
     assert code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hardneg")]
     assert len(err) == 1 and err[0].startswith("hardneg: error: ") and message in err[0]
+
+
+@pytest.mark.slow
+def test_mining_with_a_trained_run(tmp_path, spec, capsys):
+    source = write_csv(tmp_path, n=8)
+    run = tmp_path / "run"
+    argv = ["train", "--data", f"csv:{source}", "--out", str(run), "--model", spec]
+    argv += ["--steps", "1", "--set", "batch_size=4", "progress=false", "checkpoint_every=0"]
+    argv += ["aux.itm_weight=0", "aux.mlm_weight=0"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    out = tmp_path / "mined.csv"
+    assert main(["mine", "--data", f"csv:{source}", "--run", str(run), "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+    mined = CSVImageCaptions(out, image_root=source.parent, negative_key="hard_negatives")
+    for item, negatives in enumerate(mined.negatives):
+        assert len(negatives) == 3 and not set(negatives) & set(mined.captions[item])
