@@ -323,25 +323,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="ranks below R only (default: range-min + N, or + 10·N with a filter or sampling)",
     )
-    p.add_argument("--max-score", type=float, help="drop candidates scoring above this")
-    p.add_argument("--min-score", type=float, help="drop candidates scoring below this")
-    p.add_argument("--absolute-margin", type=float, help="keep s ≤ positive − margin")
     p.add_argument(
-        "--relative-margin", type=float, help="keep s ≤ positive − |positive|·margin (0.05: 95%%)"
+        "--max-score", type=float, metavar="S", help="drop candidates scoring above this"
     )
-    p.add_argument("--sampling", default="top", help="top | random | quantile")
+    p.add_argument(
+        "--min-score", type=float, metavar="S", help="drop candidates scoring below this"
+    )
+    p.add_argument("--absolute-margin", type=float, metavar="M", help="keep s ≤ positive − margin")
+    p.add_argument(
+        "--relative-margin",
+        type=float,
+        metavar="M",
+        help="keep s ≤ positive − |positive|·margin (0.05: 95%%)",
+    )
+    p.add_argument("--sampling", default="top", metavar="MODE", help="top | random | quantile")
     p.add_argument(
         "--quantile",
         type=float,
         default=0.5,
+        metavar="Q",
         help="quantile sampling: start at this fraction of the candidates (0 hardest, 1 easiest)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of random sampling")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of random sampling")
     p.add_argument("--with-scores", action="store_true", help="also write the scores")
     p.add_argument("--faiss", action="store_true", help="search with faiss IndexFlatIP")
     p.add_argument("--caption-column", default="hard_negatives", metavar="NAME")
     p.add_argument("--image-column", default="hard_negative_images", metavar="NAME")
-    p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="embedding batch size")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_mine)
 
