@@ -112,17 +112,23 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_check(args: argparse.Namespace) -> int:
-    """``hardneg data check``: 0 when every image decodes, 1 otherwise (the report says which)."""
-    from hardneg.data.check import check_source
+def _data_config(spec: str, args: argparse.Namespace) -> Any:
+    """The ``DataConfig`` of data spec ``spec`` and the data-reading options (_data_options)."""
     from hardneg.train.config import DataConfig
 
     options = {
         key: getattr(args, option)
-        for option, (_, key) in _TRAIN_KEYS.items()
-        if hasattr(args, option) and getattr(args, option) is not None and option != "data"
+        for option, (section, key) in _TRAIN_KEYS.items()
+        if section == "data" and option != "data" and getattr(args, option, None) is not None
     }
-    report = check_source(DataConfig(dataset=args.spec, **options), progress=not args.quiet)
+    return DataConfig(dataset=spec, **options)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    """``hardneg data check``: 0 when every image decodes, 1 otherwise (the report says which)."""
+    from hardneg.data.check import check_source
+
+    report = check_source(_data_config(args.spec, args), progress=not args.quiet)
     print(report.format())
     return 1 if report.bad else 0
 
@@ -132,17 +138,10 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from hardneg.errors import user_errors
     from hardneg.mining.command import mine_source
     from hardneg.mining.core import MiningOptions
-    from hardneg.train.config import DataConfig
 
-    options = {
-        key: getattr(args, option)
-        for option, (_, key) in _TRAIN_KEYS.items()
-        if hasattr(args, option) and getattr(args, option) is not None
-        if option not in ("data", "model", "pretrained")
-    }
     with user_errors():  # options, specs, paths, columns: the user's
         summary = mine_source(
-            DataConfig(dataset=args.data, **options),
+            _data_config(args.data, args),
             args.out,
             MiningOptions(
                 num_negatives=args.num_negatives,
