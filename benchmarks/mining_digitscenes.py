@@ -129,8 +129,9 @@ def main() -> None:
         "",
         "An image's positive score is the lowest of its own captions' (sentence-transformers' "
         "rule), here usually a partial caption naming one object, which scores low: a relative "
-        "margin then drops every windowed caption of most images (found ≈ 0, FN rate "
-        "undefined: –). On real data an image's captions are all full captions.",
+        "margin then drops nearly every windowed caption (found ≈ 0; the FN rate is then taken "
+        "over a handful of negatives, or undefined: –). On real data an image's captions are "
+        "all full captions.",
         "",
         f"Wall time: {time.perf_counter() - started:.0f} s.",
     ]
