@@ -40,10 +40,11 @@ def _row_captions(grouped_rows: list[list[int]], cells: list[list[str]]) -> dict
 
 
 def _negatives(mined: MinedDirection, query: int) -> tuple[list[int], list[float]]:
-    keep = [j for j, k in enumerate(mined.indices[query].tolist()) if k >= 0]
-    indices = [int(mined.indices[query, j]) for j in keep]
-    scores = [] if mined.scores is None else [float(mined.scores[query, j]) for j in keep]
-    return indices, scores
+    """The negatives of one query (padding dropped) and their scores ([] without scores)."""
+    row = mined.indices[query].tolist()
+    keep = [j for j, k in enumerate(row) if k >= 0]
+    scores = [] if mined.scores is None else mined.scores[query].tolist()
+    return [row[j] for j in keep], [scores[j] for j in keep] if scores else []
 
 
 def _row_values(
@@ -179,12 +180,12 @@ def _write_karpathy(dataset: Any, mined: MinedNegatives, out: Path, names: list[
     lines = []
     position = 0
     for item, captions in enumerate(dataset.captions):
-        caps, cap_scores, _, _ = _row_values(mined, flat.texts, image_names, item, [])
-        per_caption = []
-        per_caption_scores = []
+        caption_ids, cap_scores = _negatives(mined.image_to_caption, item)
+        caps = [flat.texts[c] for c in caption_ids]
+        per_caption, per_caption_scores = [], []
         for c in range(position, position + len(captions)):
-            _, _, images, image_scores = _row_values(mined, flat.texts, image_names, item, [c])
-            per_caption.append(images)
+            indices, image_scores = _negatives(mined.caption_to_image, c)
+            per_caption.append([image_names[i] for i in indices])
             per_caption_scores.append(image_scores)
         position += len(captions)
         record: dict[str, Any] = {
