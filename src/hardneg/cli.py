@@ -1,4 +1,4 @@
-"""The ``hardneg`` command line: ``train``, ``eval``, ``data``, ``bench``, ``report``."""
+"""The ``hardneg`` command line: ``train``, ``eval``, ``data``, ``mine``, ``bench``, ``report``."""
 
 from __future__ import annotations
 
@@ -112,19 +112,61 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_check(args: argparse.Namespace) -> int:
-    """``hardneg data check``: 0 when every image decodes, 1 otherwise (the report says which)."""
-    from hardneg.data.check import check_source
+def _data_config(spec: str, args: argparse.Namespace) -> Any:
+    """The ``DataConfig`` of data spec ``spec`` and the data-reading options (_data_options)."""
     from hardneg.train.config import DataConfig
 
     options = {
         key: getattr(args, option)
-        for option, (_, key) in _TRAIN_KEYS.items()
-        if hasattr(args, option) and getattr(args, option) is not None and option != "data"
+        for option, (section, key) in _TRAIN_KEYS.items()
+        if section == "data" and option != "data" and getattr(args, option, None) is not None
     }
-    report = check_source(DataConfig(dataset=args.spec, **options), progress=not args.quiet)
+    return DataConfig(dataset=spec, **options)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    """``hardneg data check``: 0 when every image decodes, 1 otherwise (the report says which)."""
+    from hardneg.data.check import check_source
+
+    report = check_source(_data_config(args.spec, args), progress=not args.quiet)
     print(report.format())
     return 1 if report.bad else 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    """Mine hard negatives of a karpathy / csv / hf source with a trained run or a CLIP spec."""
+    from hardneg.errors import user_errors
+    from hardneg.mining.command import mine_source
+    from hardneg.mining.core import MiningOptions
+
+    with user_errors():  # options, specs, paths, columns: the user's
+        summary = mine_source(
+            _data_config(args.data, args),
+            args.out,
+            MiningOptions(
+                num_negatives=args.num_negatives,
+                range_min=args.range_min,
+                range_max=args.range_max,
+                max_score=args.max_score,
+                min_score=args.min_score,
+                absolute_margin=args.absolute_margin,
+                relative_margin=args.relative_margin,
+                sampling=args.sampling,
+                quantile=args.quantile,
+                seed=args.seed,
+            ),
+            run=args.run,
+            model=args.model,
+            pretrained=args.pretrained,
+            use_faiss=args.faiss,
+            with_scores=args.with_scores,
+            caption_column=args.caption_column,
+            image_column=args.image_column,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -251,6 +293,64 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(c)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser(
+        "mine",
+        help="mine hard-negative captions per image and images per caption of a source",
+        description="Offline cross-modal hard-negative mining (after sentence-transformers' "
+        "mine_hard_negatives). Ranks count a query's non-positive keys by score; the window "
+        "[--range-min, --range-max) is filtered by the score bounds and the margins against "
+        "the positive's score, then --sampling picks --num-negatives. See docs/data.md.",
+    )
+    p.add_argument("--data", metavar="SPEC", required=True, help="karpathy / csv / hf data spec")
+    p.add_argument("--run", metavar="DIR", help="a trained hardneg run directory")
+    p.add_argument("--model", metavar="SPEC", help="open_clip:NAME or hf_clip:DIR")
+    p.add_argument("--pretrained", metavar="PATH", help="local weights of an open_clip spec")
+    _data_options(p)
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        required=True,
+        help="csv source: a .csv/.tsv copy; hf: a save_to_disk folder; karpathy: a .jsonl "
+        "sidecar (embeddings cached in PATH.cache/)",
+    )
+    p.add_argument("--num-negatives", type=int, default=3, metavar="N")
+    p.add_argument("--range-min", type=int, default=0, metavar="R", help="skip the R hardest")
+    p.add_argument(
+        "--range-max",
+        type=int,
+        metavar="R",
+        help="ranks below R only (default: range-min + N, or + 10·N with a filter or sampling)",
+    )
+    p.add_argument(
+        "--max-score", type=float, metavar="S", help="drop candidates scoring above this"
+    )
+    p.add_argument(
+        "--min-score", type=float, metavar="S", help="drop candidates scoring below this"
+    )
+    p.add_argument("--absolute-margin", type=float, metavar="M", help="keep s ≤ positive − margin")
+    p.add_argument(
+        "--relative-margin",
+        type=float,
+        metavar="M",
+        help="keep s ≤ positive − |positive|·margin (0.05: 95%%)",
+    )
+    p.add_argument("--sampling", default="top", metavar="MODE", help="top | random | quantile")
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.5,
+        metavar="Q",
+        help="quantile sampling: start at this fraction of the candidates (0 hardest, 1 easiest)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of random sampling")
+    p.add_argument("--with-scores", action="store_true", help="also write the scores")
+    p.add_argument("--faiss", action="store_true", help="search with faiss IndexFlatIP")
+    p.add_argument("--caption-column", default="hard_negatives", metavar="NAME")
+    p.add_argument("--image-column", default="hard_negative_images", metavar="NAME")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="embedding batch size")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("bench", help="every method side by side, with tables and plots")
     p.add_argument("--preset", default="quick", choices=sorted(BENCH_PRESETS))
