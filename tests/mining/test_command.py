@@ -17,8 +17,8 @@ from hardneg.data.hf_source import HFImageCaptions
 from hardneg.mining import MiningOptions, embed
 from hardneg.mining.command import cache_dir, mine_source
 from hardneg.train.config import DataConfig
-from tests.model_fixtures import write_open_clip_config
-from tests.real_fixtures import write_csv, write_hf_saved, write_karpathy
+from tests.helpers.model_fixtures import write_open_clip_config
+from tests.helpers.real_fixtures import write_csv, write_hf_saved, write_karpathy
 
 pytest.importorskip("open_clip")
 
@@ -141,7 +141,7 @@ def test_mining_with_a_trained_run(tmp_path, spec, capsys):
     run = tmp_path / "run"
     argv = ["train", "--data", f"csv:{source}", "--out", str(run), "--model", spec]
     argv += ["--steps", "1", "--set", "batch_size=4", "progress=false", "checkpoint_every=0"]
-    argv += ["aux.itm_weight=0", "aux.mlm_weight=0"]
+    argv += ["crossmodal.itm_weight=0", "crossmodal.mlm_weight=0"]
     assert main(argv) == 0
     capsys.readouterr()
     out = tmp_path / "mined.csv"
