@@ -200,7 +200,7 @@ def test_frozen_tower_without_pretraining_is_refused():
 
 
 def test_pretraining_jitter_keeps_every_spatial_relation():
-    from hardneg.train.pretrain import jitter
+    from hardneg.train.stage import jitter
 
     # two blobs in the left and right thirds of a 48-px canvas, 200 random jitters
     images = torch.zeros(200, 3, 48, 48)

@@ -19,13 +19,8 @@ import torch
 
 from hardneg.train.config import PretrainConfig
 from hardneg.train.grounding import ObjectHeads, object_loss, object_patch_masks, warp_boxes
-from hardneg.train.pretrain import (
-    jitter_theta,
-    object_negative_rows,
-    pretrain_dual_encoder,
-    pretrain_key,
-    warp,
-)
+from hardneg.train.pretrain import pretrain_dual_encoder, pretrain_key
+from hardneg.train.stage import jitter_theta, object_negative_rows, warp
 from hardneg.train.trainer import Trainer, resolve_config
 from tests.helpers.trainer_values import trainer_values
 

@@ -24,7 +24,7 @@ __all__ = ["ObjectHeads", "ObjectTargets", "object_loss", "object_patch_masks", 
 
 def warp_boxes(boxes: Tensor, theta: Tensor, image_size: tuple[int, int]) -> Tensor:
     """Where pixel boxes ``(x0, y0, x1, y1)`` (B, K, 4) land when their images are resampled by
-    :func:`~hardneg.train.pretrain.warp` with ``theta`` (B, 2, 3): the bounding box of the four
+    :func:`~hardneg.train.stage.warp` with ``theta`` (B, 2, 3): the bounding box of the four
     moved corners, clipped to the image (float pixels).
 
     Example:
