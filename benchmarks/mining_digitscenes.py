@@ -97,7 +97,7 @@ def main() -> None:
             run = Path(tmp) / "run"
             argv = ["train", "--data", f"digitscenes:{args.preset}", "--out", str(run)]
             argv += ["--steps", str(args.steps), "--set", "progress=false", "checkpoint_every=0"]
-            argv += ["crossmodal.itm_weight=0", "crossmodal.mlm_weight=0"]  # the contrastive loss alone
+            argv += ["crossmodal.itm_weight=0", "crossmodal.mlm_weight=0"]  # contrastive only
             assert cli_main(argv) == 0
         trainer = load_run(run)
         split, u, v, scene, meaning = embed_split(trainer, "test")
