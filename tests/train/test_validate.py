@@ -14,7 +14,7 @@ import hardneg.data.digitscenes
 import hardneg.train.data
 import hardneg.train.run
 from hardneg.cli import _train_values, build_parser, main
-from hardneg.train.config import parse_overrides
+from hardneg.train.config import load_yaml, parse_overrides
 from hardneg.train.validate import INFONCE_FORM_LOSSES, resolve_config
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -254,3 +254,14 @@ def test_bench_accepts_every_preset_the_runner_defines():
 
     for name in PRESETS:
         assert build_parser().parse_args(["bench", "--preset", name]).preset == name
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_it(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 2\nbatch_size: 8\nsteps: 3\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'steps' is given twice (line 3)" in err and str(path) in err
+    path.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ValueError, match=r"'lr' is given twice \(line 3\)"):
+        load_yaml(path)
