@@ -410,3 +410,20 @@ def test_check_data_config_csv_column_checked_from_the_header(tmp_path):
 def test_open_source_refuses_digitscenes():
     with pytest.raises(ValueError, match=r"digitscenes is built in"):
         open_source(DataConfig(), 32)
+
+
+def test_an_hf_datasetdict_with_a_test_split_is_evaluated_on_it(tmp_path):
+    import datasets
+
+    from hardneg.data.specs import default_eval_spec
+
+    paths = write_images(tmp_path / "img", 3)
+    table = datasets.Dataset.from_dict({"image": [str(p) for p in paths], "caption": list("abc")})
+    folder = tmp_path / "dict"
+    datasets.DatasetDict({"train": table.select([0, 1]), "test": table.select([2])}).save_to_disk(
+        str(folder)
+    )
+    assert default_eval_spec(DataConfig(dataset=f"hf:{folder}")) == f"hf:{folder}:test"
+    assert default_eval_spec(DataConfig(dataset=f"hf:{folder}:test")) is None
+    single = write_hf_saved(tmp_path / "one", n=3, captions_per_image=1)
+    assert default_eval_spec(DataConfig(dataset=f"hf:{single}")) is None

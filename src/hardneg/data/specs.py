@@ -14,8 +14,10 @@ Specs (see ``docs/data.md``):
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hardneg.data.karpathy import KARPATHY_SPLITS
@@ -123,7 +125,8 @@ def negative_column(negatives: str) -> str | None:
 
 
 def default_eval_spec(cfg: Any) -> str | None:
-    """``data.eval_dataset``, or for a karpathy source its ``test`` split; None otherwise.
+    """``data.eval_dataset``; else the ``test`` split of a karpathy source, or of an hf
+    ``DatasetDict`` saved with one (trained on another split); None otherwise.
 
     Example:
         >>> from hardneg.train.config import DataConfig
@@ -133,4 +136,19 @@ def default_eval_spec(cfg: Any) -> str | None:
     if cfg.eval_dataset is not None:
         return cfg.eval_dataset
     spec = parse_data_spec(cfg.dataset, "data.dataset")
-    return f"karpathy:{spec.path}:test" if spec.kind == "karpathy" else None
+    if spec.kind == "karpathy":
+        return f"karpathy:{spec.path}:test"
+    if spec.kind == "hf" and spec.split != "test" and _saved_splits(spec.path) >= {"test"}:
+        return f"hf:{spec.path}:test"
+    return None
+
+
+def _saved_splits(path: str | None) -> set[str]:
+    """The split names of an hf ``save_to_disk`` DatasetDict at ``path`` (empty otherwise)."""
+    index = Path(path or "", "dataset_dict.json")
+    if not index.is_file():
+        return set()
+    try:
+        return set(json.loads(index.read_text()).get("splits", []))
+    except (OSError, ValueError):
+        return set()

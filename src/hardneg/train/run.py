@@ -97,6 +97,12 @@ def _train_and_evaluate(
     items = {}
     for name, evaluation in trainer.recipe.evaluate().items():
         result["metrics"][name], items[name] = evaluation.metrics, evaluation.items
+    if not result["metrics"]:
+        result["note"] = (
+            "no evaluation data: set data.eval_dataset=SPEC (or evaluate later with "
+            "hardneg eval RUN --data SPEC)"
+        )
+        print(f"hardneg: {result['note']}", file=sys.stderr)
     atomic_write(out / "per_item.npz", lambda f: np.savez(f, **pack_items(items)))
     if trainer.selected_boundary_scores:
         bs = torch.cat(trainer.selected_boundary_scores).numpy()
