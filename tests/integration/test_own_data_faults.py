@@ -16,12 +16,15 @@ import pytest
 import torch
 from torch import nn
 
+from hardneg import cli
 from hardneg.data import checksums
 from hardneg.data.atomic_files import atomic_write, remove_stale_temps
 from hardneg.data.digitscenes.textbank import encode_bank
 from hardneg.models.outputs import TextOutput
 from hardneg.train.finite import non_finite_message
 from hardneg.train.run_lock import RunLock, RunLockedError, lock_holder
+from tests.helpers.model_fixtures import write_open_clip_config
+from tests.helpers.real_fixtures import write_csv
 
 
 def _dead_pid() -> int:
@@ -216,3 +219,14 @@ def test_non_finite_message_names_the_first_bad_input():
     assert non_finite_message({"images": good, "missing": None}) is None
     with pytest.raises(ValueError, match="tensors must map names to tensors"):
         non_finite_message({"images": [1.0]})
+
+
+def test_a_dataset_smaller_than_the_batch_names_the_dataset_size(tmp_path, capsys):
+    table = write_csv(tmp_path, n=3, captions_per_image=1)
+    (tmp_path / "m").mkdir()
+    spec = f"open_clip:{write_open_clip_config(tmp_path / 'm')}"
+    argv = ["train", "--data", f"csv:{table}", "--model", spec, "--out", str(tmp_path / "r")]
+    assert cli.main([*argv, "--steps", "1", "--set", "batch_size=8", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "has 3 items (images), fewer than batch_size=8" in err and "search_space" not in err

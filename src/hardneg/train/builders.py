@@ -64,7 +64,16 @@ def hardness_sampler_config(cfg: TrainConfig, n: int) -> HardnessSamplerConfig:
 
 def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
     """The batch sampler of ``cfg.batch_sampler`` over ``n`` training items (FALCON's policy
-    included for the ``falcon`` / ``batch_level`` modes)."""
+    included for the ``falcon`` / ``batch_level`` modes).
+
+    Raises:
+        ValueError: fewer training items than ``batch_size`` (named, with the fix).
+    """
+    if n < cfg.batch_size:
+        raise ValueError(
+            f"the training data has {n} items (images), fewer than batch_size={cfg.batch_size}; "
+            f"use more data or a smaller batch, e.g. --set batch_size={max(2, n)}"
+        )
     s = cfg.batch_sampler
     policy = None
     if s.mode in ("falcon", "batch_level"):
