@@ -230,3 +230,19 @@ def test_a_dataset_smaller_than_the_batch_names_the_dataset_size(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "has 3 items (images), fewer than batch_size=8" in err and "search_space" not in err
+
+
+def test_a_karpathy_json_without_a_test_split_is_refused_before_training(tmp_path, capsys):
+    import json
+
+    from tests.helpers.real_fixtures import write_karpathy
+
+    path, images = write_karpathy(tmp_path, n_train=6, n_test=2)
+    data = json.loads(path.read_text())
+    data["images"] = [e for e in data["images"] if e["split"] != "test"]
+    path.write_text(json.dumps(data))
+    argv = ["train", "--data", f"karpathy:{path}:train", "--images", str(images)]
+    assert cli.main([*argv, "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'test' split" in err and "data.eval_dataset" in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()  # refused before any training
