@@ -112,12 +112,10 @@ def check_data_config(cfg: Any) -> DataSpec:
     if cfg.eval_dataset is not None:
         key = "data.eval_dataset"
         _check_source(parse_data_spec(cfg.eval_dataset, key), cfg, key)
-    elif spec.kind == "karpathy" and spec.path is not None:
-        _check_karpathy_test_split(spec.path)
     return spec
 
 
-def _check_karpathy_test_split(path: str) -> None:
+def check_karpathy_test_split(path: str) -> None:
     """ValueError unless the Karpathy JSON holds the ``test`` split evaluated by default (a run
     would otherwise train fully, then fail)."""
     entries = json.loads(Path(path).read_text()).get("images", [])

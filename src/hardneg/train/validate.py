@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from hardneg.data.digitscenes.captions import PERTURBATIONS
-from hardneg.data.sources import check_data_config
+from hardneg.data.sources import check_data_config, check_karpathy_test_split
 from hardneg.losses.infonce import InfoNCELoss
 from hardneg.miners import BNSConfig
 from hardneg.models.crossmodal_config import CrossModalConfig
@@ -184,6 +184,8 @@ def _check_specs(cfg: TrainConfig) -> None:
     pre-training stage and the false-negative knob belong to the DigitScenes recipe
     (DigitScenes data with the builtin model)."""
     data = check_data_config(cfg.data)
+    if cfg.data.eval_dataset is None and data.kind == "karpathy" and data.path is not None:
+        check_karpathy_test_split(data.path)  # evaluated after training: check it now
     model = parse_model_spec(cfg.model.spec, cfg.model.pretrained, key="model.spec")
     if data.kind == "wds" and cfg.batch_sampler.mode != "random":
         raise ValueError(
