@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from torch import Tensor
 from hardneg.data.dataset import ImageCaptionDataset
 from hardneg.data.images import read_image, resize_center_crop
 
-__all__ = ["KARPATHY_SPLITS", "KarpathyDataset", "resize_center_crop"]
+__all__ = ["KARPATHY_SPLITS", "KarpathyDataset", "resize_center_crop", "split_counts"]
 
 KARPATHY_SPLITS: tuple[str, ...] = ("train", "val", "test", "restval")
 
@@ -211,3 +212,17 @@ class KarpathyDataset(ImageCaptionDataset):
         self._check_file(path)
         where = f"{self.json_path.name} entry #{self.entry_positions[index]}"
         return read_image(path, self.image_size, where)
+
+
+def split_counts(json_path: str | Path) -> dict[str, int]:
+    """Images per ``split`` value of a Karpathy JSON (read once, entries not validated).
+
+    Example:
+        >>> import json, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "k.json"
+        >>> _ = path.write_text(json.dumps({"images": [{"split": "train"}, {"split": "test"}]}))
+        >>> split_counts(path)
+        {'train': 1, 'test': 1}
+    """
+    entries = json.loads(Path(json_path).read_text()).get("images", [])
+    return dict(Counter(str(e.get("split")) for e in entries if isinstance(e, dict)))

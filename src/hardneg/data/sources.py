@@ -18,7 +18,7 @@ from hardneg.data.csv_source import CSVImageCaptions, check_csv_columns, csv_sep
 from hardneg.data.dataset import ImageCaptionDataset
 from hardneg.data.digitscenes import PRESETS
 from hardneg.data.hf_source import HFImageCaptions, hf_layout
-from hardneg.data.karpathy import KarpathyDataset
+from hardneg.data.karpathy import KarpathyDataset, split_counts
 from hardneg.data.specs import DataSpec, negative_column, parse_data_spec
 
 __all__ = ["check_data_config", "open_source"]
@@ -118,8 +118,7 @@ def check_data_config(cfg: Any) -> DataSpec:
 def check_karpathy_test_split(path: str) -> None:
     """ValueError unless the Karpathy JSON holds the ``test`` split evaluated by default (a run
     would otherwise train fully, then fail)."""
-    entries = json.loads(Path(path).read_text()).get("images", [])
-    splits = sorted({str(e.get("split")) for e in entries if isinstance(e, dict)})
+    splits = sorted(split_counts(path))
     if "test" not in splits:
         raise ValueError(
             f"{path} has no 'test' split to evaluate on after training (splits: "
