@@ -8,14 +8,13 @@ and reports the rows that fail, caption statistics and the splits the source has
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from hardneg.data.karpathy import split_counts
 from hardneg.data.sources import open_source
-from hardneg.data.specs import parse_data_spec
+from hardneg.data.specs import parse_data_spec, saved_splits
 
 __all__ = ["DataReport", "check_source"]
 
@@ -60,8 +59,7 @@ def _splits(spec: str) -> dict[str, int]:
     parsed = parse_data_spec(spec)
     if parsed.kind == "karpathy" and parsed.path is not None:
         return split_counts(parsed.path)
-    saved_dict = parsed.path is not None and Path(parsed.path, "dataset_dict.json").is_file()
-    if parsed.kind == "hf" and saved_dict:
+    if parsed.kind == "hf" and saved_splits(parsed.path):
         import datasets
 
         table = datasets.load_from_disk(parsed.path)

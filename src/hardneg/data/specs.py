@@ -138,12 +138,12 @@ def default_eval_spec(cfg: Any) -> str | None:
     spec = parse_data_spec(cfg.dataset, "data.dataset")
     if spec.kind == "karpathy":
         return f"karpathy:{spec.path}:test"
-    if spec.kind == "hf" and spec.split != "test" and _saved_splits(spec.path) >= {"test"}:
+    if spec.kind == "hf" and spec.split != "test" and saved_splits(spec.path) >= {"test"}:
         return f"hf:{spec.path}:test"
     return None
 
 
-def _saved_splits(path: str | None) -> set[str]:
+def saved_splits(path: str | None) -> set[str]:
     """The split names of an hf ``save_to_disk`` DatasetDict at ``path`` (empty otherwise)."""
     index = Path(path or "", "dataset_dict.json")
     if not index.is_file():
