@@ -112,8 +112,7 @@ def evaluate_probes(
         _, image = model.encode_images(Images(pixels=pixels))
         for texts, into in ((probes.captions, itm_pos), (probes.negatives, itm_neg)):
             t = tokenize([texts[i] for i in idx])
-            inputs = model.crossmodal_text(t.to(device))  # token ids only: no text-tower pass
-            into.append(model.crossmodal(inputs, image.tokens).itm_logit)
+            into.append(model.match(t.to(device), image).itm_logit)
     itm_pos_t, itm_neg_t = torch.cat(itm_pos).float(), torch.cat(itm_neg).float()
     acc = compositional_accuracy(itm_pos_t, itm_neg_t, kinds)
     metrics.update({f"itm_comp_{k}": a for k, a in acc.items()})

@@ -32,6 +32,7 @@ from hardneg.eval.localisation import (
 )
 from hardneg.eval.retrieval import metrics_from_items, retrieval_items
 from hardneg.models.crossmodal import last_layer_attention
+from hardneg.models.outputs import ImageOutput
 
 __all__ = ["SplitEvaluation", "evaluate_split", "evaluate_split_items"]
 
@@ -95,15 +96,15 @@ def evaluate_split_items(
 
 def _evaluate(model, bank, split, tower, device, batch_size: int) -> SplitEvaluation:
     n = len(split)
-    image_emb, image_tokens = [], []
+    image_emb, image_outs = [], []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
         emb, out = model.encode_images(split.images_of(idx, device))
         image_emb.append(F.normalize(emb.float(), dim=-1))
-        image_tokens.append(out.tokens)
+        image_outs.append(out)
     u = torch.cat(image_emb)
-    tokens = torch.cat(image_tokens)
-    grid = out.grid
+    images = ImageOutput.cat(image_outs)
+    grid = images.grid
 
     items: dict[str, np.ndarray] = {}
     retrieval = _retrieval(model, bank, split, u, device, batch_size)
@@ -140,13 +141,13 @@ def _evaluate(model, bank, split, tower, device, batch_size: int) -> SplitEvalua
     itm_pos, itm_neg, attn = [], [], []
     for start in range(0, len(probed), batch_size):
         sl = slice(start, start + batch_size)
-        img = tokens[probed[sl].to(tokens.device)]
-        out_pos = model.crossmodal(model.crossmodal_text(bank.take(pos_rows[sl], device)), img)
+        img = images.select(probed[sl].to(images.tokens.device))
+        out_pos = model.match(bank.take(pos_rows[sl], device), img)
         itm_pos.append(out_pos.itm_logit.float())
     for start in range(0, len(scene), batch_size):
         sl = slice(start, start + batch_size)
-        img = tokens[scene_t[sl].to(tokens.device)]
-        out_neg = model.crossmodal(model.crossmodal_text(bank.take(neg_t[sl], device)), img)
+        img = images.select(scene_t[sl].to(images.tokens.device))
+        out_neg = model.match(bank.take(neg_t[sl], device), img)
         itm_neg.append(out_neg.itm_logit.float())
         a = last_layer_attention(out_neg).float().cpu()  # (b, T_batch, P): pad T to the bank's
         attn.append(F.pad(a, (0, 0, 0, bank.tokens.shape[1] - a.shape[1])))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from hardneg.models.crossmodal import CrossModalTransformer
+from hardneg.models.crossmodal import CrossModalOutput, CrossModalTransformer
 from hardneg.models.dual import DualEncoder
 from hardneg.models.inputs import Images, Texts
 from hardneg.models.outputs import ImageOutput, TextOutput
@@ -64,6 +64,18 @@ class AlignmentModel(nn.Module):
         tokens = self.dual.text_tower.embed_tokens(text.input_ids)
         pooled = text.pooled if isinstance(text, TextOutput) else tokens[:, 0]
         return TextOutput(tokens, text.mask, pooled, text.input_ids)
+
+    def match(self, text: TextOutput | Texts, image: ImageOutput) -> CrossModalOutput:
+        """The cross-modal transformer on row-aligned (caption, image) pairs: ``text`` as
+        :meth:`encode_texts` returns it (or :class:`Texts`: only ids and mask are read) and
+        ``image`` as :meth:`encode_images` returns it. The pair scorer of ITM, re-ranking and
+        the compositional ITM probes."""
+        if self.crossmodal is None:
+            raise ValueError(
+                "this model has no cross-modal head; train it with a method that has "
+                "cross-modal terms (crossmodal.itm_weight > 0)"
+            )
+        return self.crossmodal(self.crossmodal_text(text), image.tokens)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The state a checkpoint keeps (without the parts reloaded from their package)."""

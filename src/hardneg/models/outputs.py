@@ -117,3 +117,12 @@ class ImageOutput:
     def select(self, index: Tensor) -> ImageOutput:
         """Rows ``index`` (a LongTensor of batch positions, repeats allowed)."""
         return ImageOutput(self.tokens[index], self.pooled[index], self.grid)
+
+    @staticmethod
+    def cat(outputs: list[ImageOutput]) -> ImageOutput:
+        """The rows of ``outputs`` (one grid) in order, as one output."""
+        return ImageOutput(
+            torch.cat([o.tokens for o in outputs]),
+            torch.cat([o.pooled for o in outputs]),
+            outputs[0].grid,
+        )
