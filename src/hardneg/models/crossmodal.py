@@ -247,6 +247,7 @@ class CrossModalTransformer(nn.Module):
         prob: float | None = None,
         chosen: Tensor | None = None,
         num_targets: Tensor | float | None = None,
+        premasked: bool = False,
     ) -> Tensor:
         r"""Cross-entropy of the masked tokens given the image.
 
@@ -262,13 +263,19 @@ class CrossModalTransformer(nn.Module):
                 that FALCON's before/after losses score the same targets).
             num_targets: the normaliser ``N`` (default: the number of chosen tokens; under DDP
                 pass the global count ÷ world so the mean over ranks is the global token mean).
+            premasked: ``text.tokens`` are already masked at ``chosen`` (e.g. the states of a
+                caption whose chosen words were [MASK] tokens before its encoder): the learned
+                [MASK] vector is not applied.
 
         Returns 0 (not NaN) when nothing is maskable. Logits are computed for the masked
         positions only (B·T·vocab would not fit in memory).
         """
         if chosen is None:
             chosen = self.choose_mask(text, prob, generator)
-        out = self(self.apply_mask(text.tokens, chosen), image, text_mask=text.mask)
+        if premasked and chosen is None:
+            raise ValueError("premasked=True needs the chosen targets the inputs were masked at")
+        tokens = text.tokens if premasked else self.apply_mask(text.tokens, chosen)
+        out = self(tokens, image, text_mask=text.mask)
         logits = self.mlm_logits(out.hidden[chosen]).float()
         labels = self.mlm_rows[text.input_ids[chosen]]
         if bool((labels < 0).any()):

@@ -124,6 +124,11 @@ class AttentionPoolHead(nn.Module):
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Embed ``tokens (B, T, in_dim)``; ``mask (B, T)`` True for real tokens (None: all)."""
+        return self.pool(self.states(tokens, mask), mask)
+
+    def states(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The token states ``h`` ``(B, T, width)`` before pooling (what an ALBEF-style
+        cross-modal transformer reads: they depend on every parameter before the pooling)."""
         if tokens.dim() != 3 or tokens.shape[-1] != self.in_dim:
             raise ValueError(
                 f"AttentionPoolHead expects (B, T, {self.in_dim}) tokens, got "
@@ -139,6 +144,12 @@ class AttentionPoolHead(nn.Module):
         padding = ~mask
         for layer in self.layers:
             h = layer(h, src_key_padding_mask=padding)
-        scores = (h @ self.query) / h.shape[-1] ** 0.5
-        weights = scores.masked_fill(padding, float("-inf")).softmax(dim=1)
-        return self.out(self.norm((weights.unsqueeze(-1) * h).sum(dim=1)))
+        return h
+
+    def pool(self, states: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attention pooling and projection of :meth:`states` ``(B, T, width)`` → ``(B, E)``."""
+        scores = (states @ self.query) / states.shape[-1] ** 0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=1)
+        return self.out(self.norm((weights.unsqueeze(-1) * states).sum(dim=1)))

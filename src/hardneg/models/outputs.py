@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -72,6 +73,30 @@ class TextOutput:
         """Rows ``index`` (a LongTensor of batch positions, repeats allowed)."""
         return TextOutput(
             self.tokens[index], self.mask[index], self.pooled[index], self.input_ids[index]
+        )
+
+    def pad_to(self, length: int) -> TextOutput:
+        """The captions padded to ``length`` tokens (padding: zero states, mask False, id 0)."""
+        pad = length - self.mask.shape[1]
+        if pad < 0:
+            raise ValueError(f"cannot pad {self.mask.shape[1]} tokens to {length}")
+        return TextOutput(
+            F.pad(self.tokens, (0, 0, 0, pad)),
+            F.pad(self.mask, (0, pad), value=False),
+            self.pooled,
+            F.pad(self.input_ids, (0, pad)),
+        )
+
+    @staticmethod
+    def cat(outputs: list[TextOutput]) -> TextOutput:
+        """The rows of ``outputs`` in order, padded to the longest."""
+        length = max(o.mask.shape[1] for o in outputs)
+        padded = [o.pad_to(length) for o in outputs]
+        return TextOutput(
+            torch.cat([o.tokens for o in padded]),
+            torch.cat([o.mask for o in padded]),
+            torch.cat([o.pooled for o in padded]),
+            torch.cat([o.input_ids for o in padded]),
         )
 
 

@@ -52,6 +52,9 @@ class Batch:
         mlm_chosen: ``(r, L)`` bool MLM targets of ``text`` (None: no MLM term).
         mlm_targets: the MLM normaliser: the micro-batch's global number of targets ÷ world,
             so the mean over ranks is the single-process token mean (None: no MLM term).
+        mlm_text: ``text`` with the targets replaced by the tokenizer's [MASK] before the
+            text tower, already encoded (a recipe's cache; None: the model encodes them when
+            its cross-modal head reads the heads' states, see ``AlignmentModel.mlm_loss``).
         relevance: ``(g, g)`` bool, ``relevance[i, j]`` = caption j is true of item i (the
             exact false negatives), when the data knows meanings; else None.
         objects: the images' objects (boxes, digits, colours) for an object-grounded loss
@@ -66,6 +69,7 @@ class Batch:
     mlm_chosen: Tensor | None
     mlm_targets: Tensor | None
     hard_text: Texts | None = None
+    mlm_text: Texts | None = None
     relevance: Tensor | None = None
     objects: ObjectTargets | None = None
 

@@ -126,13 +126,14 @@ def build_crossmodal(
     max_text_len: int,
     mlm_vocab: tuple[int, ...] = (),
 ) -> CrossModalTransformer:
-    """The cross-modal transformer of ``model`` over the towers' token states: it reads the
-    text tower's input embeddings and the image tower's patch tokens; its MLM head scores
-    ``mlm_vocab`` (``()``: the tower's whole vocabulary)."""
+    """The cross-modal transformer of ``model``: it reads the text tower's input embeddings and
+    the image tower's patch tokens (``crossmodal_input: tokens``) or the attention heads' token
+    states (``heads``); its MLM head scores ``mlm_vocab`` (``()``: the whole vocabulary)."""
+    heads = model.crossmodal_input == "heads"
     return CrossModalTransformer(
         CrossModalConfig(
-            text_dim=text_tower.input_embedding_dim,
-            image_dim=image_tower.token_dim,
+            text_dim=model.head_width if heads else text_tower.input_embedding_dim,
+            image_dim=model.head_width if heads else image_tower.token_dim,
             vocab_size=text_tower.vocab_size,
             max_text_len=max_text_len,
             special_token_ids=text_tower.special_token_ids,

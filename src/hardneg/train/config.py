@@ -180,6 +180,18 @@ class ModelConfig:
         ge=1,
         doc="attention heads of the cross-modal transformer (must divide its width)",
     )
+    crossmodal_input: Literal["tokens", "heads"] = setting(
+        "tokens",
+        doc="what the cross-modal transformer reads: ``tokens`` (the towers' tokens; text: "
+        "non-contextual embeddings) or ``heads`` (the attention heads' token states, which ITC "
+        "trains: ALBEF's fusion; needs ``head: attention``)",
+    )
+    mlm_variants: int = setting(
+        4,
+        ge=1,
+        doc="``crossmodal_input: heads`` on DigitScenes: masked variants of each train caption "
+        "encoded once through the frozen text tower for MLM (a step draws one per caption)",
+    )
     mlm_vocab: Literal["full", "corpus"] = setting(
         "full",
         doc="``full``: the MLM head scores the tokenizer's whole vocabulary; ``corpus``: only "
@@ -261,9 +273,17 @@ class CrossModalTermsConfig:
         doc="stop the gradient through ΔA (see ``contrastive_local_attention_loss``)",
     )
     itm_weight: float = setting(
-        1.0, ge=0, doc="image-text matching loss on positives vs the hardest negative image"
+        0.0, ge=0, doc="image-text matching loss (ALBEF: 1; 0 = off; see ``itm_negatives``)"
     )
-    mlm_weight: float = setting(0.5, ge=0, doc="masked-language-modelling loss given the image")
+    itm_negatives: Literal["sampled", "hardest"] = setting(
+        "sampled",
+        doc="ITM's negatives: ``sampled`` (ALBEF: for each image a caption and for each caption "
+        "an image drawn from the softmax of the ITC similarities, positives excluded, 3B pairs) "
+        "or ``hardest`` (each caption's most similar negative image, 2B pairs)",
+    )
+    mlm_weight: float = setting(
+        0.0, ge=0, doc="masked-language-modelling loss given the image (ALBEF: 1; 0 = off)"
+    )
 
 
 @dataclass

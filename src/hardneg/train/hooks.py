@@ -30,7 +30,7 @@ from torch import Tensor
 
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.inputs import Texts
-from hardneg.models.outputs import TextOutput
+from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.samplers import FalconPolicy, HardnessBatchSampler
 from hardneg.train.batch import Batch, StepDraw
 from hardneg.train.objective import ObjectiveOutput
@@ -40,7 +40,7 @@ from hardneg.train.recipes import BatchSampler
 Autocast = Callable[[], AbstractContextManager[Any]]
 #: the MLM loss of captions given their images' tokens on a batch's drawn targets
 #: (``Objective.mlm``)
-MLMLoss = Callable[[AlignmentModel, TextOutput | Texts, Tensor, Batch], Tensor]
+MLMLoss = Callable[[AlignmentModel, TextOutput | Texts, ImageOutput, Batch], Tensor]
 
 
 @dataclass
@@ -190,7 +190,7 @@ class FalconReward(Hook):
             with self.autocast():
                 _, image = model.encode_images(batch.images)
                 # the head reads token ids only: no text-tower pass
-                mlm = self.mlm(model, batch.text, image.tokens, batch)
+                mlm = self.mlm(model, batch.text, image, batch)
             value += mlm.float() / len(batches)
         if state.world > 1:
             dist.all_reduce(value)

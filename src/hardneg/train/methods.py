@@ -1,7 +1,8 @@
 """Methods as compositions: each name picks a loss, a miner, cross-modal terms and a batch sampler.
 
-BACL = BNS miner + CLA cross-modal term (+ any contrastive loss); FALCON = FALCON batch
-sampler (+ any loss); EGA = a loss. Combinations need no new code, only a new entry here.
+BACL = BNS miner + CLA cross-modal term (+ any contrastive loss); ALBEF = ITC + ITM + MLM on a
+fusion model; GRIT-VLP and FALCON = ALBEF + their batch sampler; EGA = a loss. Combinations
+need no new code, only a new entry here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ _CLA_DETACHED = {"crossmodal": {"cla_weight": 0.3, "cla_detach_delta": True}}
 # FALCON's policy reward is the decrease of the MLM loss, so its MLM term is part of the
 # method (a preset that turns the cross-modal terms off keeps it for FALCON)
 _FALCON_MLM = {"crossmodal": {"mlm_weight": 0.5}}
+# ALBEF's objective (arXiv:2107.07651 §3: L_itc + L_itm + L_mlm, equal weights) on its fusion
+# model: the cross-modal transformer reads the token states that ITC trains (the attention
+# heads'), ITM's negatives are sampled from the ITC softmax
+_ALBEF = {
+    "model": {"head": "attention", "crossmodal_input": "heads"},
+    "crossmodal": {"itm_weight": 1.0, "itm_negatives": "sampled", "mlm_weight": 1.0},
+}
 
 METHODS: dict[str, dict[str, Any]] = {
     "infonce": {},
@@ -45,21 +53,27 @@ METHODS: dict[str, dict[str, Any]] = {
     "bacl_aggressive": {**_BACL, "miner": {"name": "bns", "curriculum": "aggressive"}},
     "bacl_shallow": {**_BACL, "miner": {"name": "bns", "curriculum": "shallow"}},
     "bacl_ega": {**_BACL, "loss": _EGA},
-    "grit": {"batch_sampler": {"mode": "grit"}},
-    "fixed_q": {"batch_sampler": {"mode": "fixed", "q": 0.5}},
-    "progressive": {"batch_sampler": {"mode": "progressive_hardening"}},
-    "falcon": {"batch_sampler": {"mode": "falcon"}, **_FALCON_MLM},
-    "falcon_batch": {"batch_sampler": {"mode": "batch_level"}, **_FALCON_MLM},
-    "falcon_ega": {"batch_sampler": {"mode": "falcon"}, "loss": _EGA, **_FALCON_MLM},
+    # the fusion group: ALBEF and the methods that are ALBEF models (GRIT-VLP, FALCON), one
+    # objective, only the batches differ
+    "albef": _ALBEF,
+    "grit": {**_ALBEF, "batch_sampler": {"mode": "grit"}},
+    "falcon": {**_ALBEF, "batch_sampler": {"mode": "falcon"}},
+    "falcon_batch": {**_ALBEF, "batch_sampler": {"mode": "batch_level"}},
+    "falcon_fixed_q": {**_ALBEF, "batch_sampler": {"mode": "fixed", "q": 0.5}},
+    "falcon_ega": {**_ALBEF, "batch_sampler": {"mode": "falcon"}, "loss": _EGA},
     # |M| ablation (FALCON §4.3): search spaces of 2·B and 32·B items (default 8·B)
-    "falcon_space2": {
-        "batch_sampler": {"mode": "falcon", "search_space_batches": 2},
-        **_FALCON_MLM,
-    },
+    "falcon_space2": {**_ALBEF, "batch_sampler": {"mode": "falcon", "search_space_batches": 2}},
     "falcon_space32": {
+        **_ALBEF,
         "batch_sampler": {"mode": "falcon", "search_space_batches": 32},
-        **_FALCON_MLM,
     },
+    # hardneg's dual-encoder variants (ITC on the dual encoder; FALCON keeps its MLM reward
+    # term on the cross-modal head over the towers' tokens)
+    "grit_dual": {"batch_sampler": {"mode": "grit"}},
+    "fixed_q_dual": {"batch_sampler": {"mode": "fixed", "q": 0.5}},
+    "progressive": {"batch_sampler": {"mode": "progressive_hardening"}},
+    "falcon_dual": {"batch_sampler": {"mode": "falcon"}, **_FALCON_MLM},
+    "falcon_batch_dual": {"batch_sampler": {"mode": "batch_level"}, **_FALCON_MLM},
 }
 
 

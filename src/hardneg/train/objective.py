@@ -26,16 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hardneg.losses.cla import ContrastiveLocalAttentionLoss
-from hardneg.losses.distributed import gather_with_grad
-from hardneg.losses.pairs import positives_from_ids
 from hardneg.miners import BoundaryAwareMiner, MinedNegatives
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.crossmodal import last_layer_attention
 from hardneg.models.inputs import Texts
-from hardneg.models.outputs import TextOutput
+from hardneg.models.outputs import ImageOutput, TextOutput
 from hardneg.train.batch import Batch
 from hardneg.train.config import CrossModalTermsConfig
 from hardneg.train.gradcache import Chunk, check_chunkable, chunk_slices, gradcache_backward
+from hardneg.train.itm import albef_itm_loss, gather_image_output, hardest_negative_images
 
 
 def has_crossmodal_terms(terms: CrossModalTermsConfig) -> bool:
@@ -143,7 +142,7 @@ class Objective:
         """The terms added to the contrastive loss (here the cross-modal ones; None: none)."""
         if not self.crossmodal:
             return None
-        return self._crossmodal(model, c.pairs, text, img_out.tokens, c.keep_t2i, batch, c.logs)
+        return self._crossmodal(model, c.pairs, text, img_out, c.keep_t2i, batch, c.logs)
 
     def gradcache(
         self,
@@ -183,20 +182,24 @@ class Objective:
         def chunk_loss(i: int, chunk: Chunk, c: _Contrastive) -> Tensor:
             rows = slices[i]
             img_out, text = chunk.extra
-            part = replace(batch, ids=batch.ids[rows], mlm_chosen=batch.mlm_chosen[rows])
+            # the chunk's global candidates: its rows of every rank's shard
+            r, world = len(batch.local), c.pairs.all_image.shape[0] // len(batch.local)
+            cols = torch.arange(r, device=c.pairs.text.device)[rows]
+            cols = torch.cat([q * r + cols for q in range(world)])
+            part = replace(
+                batch,
+                ids=batch.ids[rows],
+                mlm_chosen=batch.mlm_chosen[rows],
+                mlm_text=None if batch.mlm_text is None else batch.mlm_text.select(rows),
+                relevance=None if batch.relevance is None else batch.relevance[cols][:, cols],
+            )
             emb = chunk.embeddings
             pairs = self.loss_fn.prepare(emb[0].detach(), emb[1].detach(), part.ids)
             share = len(text) / len(batch.local)
-            keep = None
-            if c.keep_t2i is not None:  # the BNS picks among the chunk's candidates
-                r, world = len(batch.local), c.pairs.all_image.shape[0] // len(batch.local)
-                cols = torch.arange(r, device=c.keep_t2i.device)[rows]
-                cols = torch.cat([q * r + cols for q in range(world)])
-                keep = c.keep_t2i[rows][:, cols]
+            # the BNS picks among the chunk's candidates
+            keep = None if c.keep_t2i is None else c.keep_t2i[rows][:, cols]
             with autocast():
-                value = self._crossmodal(
-                    model, pairs, text, img_out.tokens, keep, part, chunk_logs, share
-                )
+                value = self._crossmodal(model, pairs, text, img_out, keep, part, chunk_logs, share)
             return weight * value
 
         result = gradcache_backward(
@@ -230,52 +233,48 @@ class Objective:
             logs["selected_fn_rate"] = 100.0 * float(true_of[picked].float().mean())
         return bs.detach().cpu()[: self.bs_samples]
 
-    def mlm(
-        self, model: AlignmentModel, text: TextOutput | Texts, image_tokens: Tensor, batch: Batch
-    ):
-        """MLM loss of the shard's captions given their images, on the step's drawn targets
-        (only the captions' ids and mask are read)."""
-        return model.crossmodal.mlm_loss(
-            model.crossmodal_text(text),
-            image_tokens,
+    def mlm(self, model: AlignmentModel, text: TextOutput | Texts, image, batch: Batch) -> Tensor:
+        """MLM loss of the shard's captions given their images (``image``: the images' tower
+        output) on the step's drawn targets, with the batch's masked captions when the recipe
+        cached them (``batch.mlm_text``)."""
+        return model.mlm_loss(
+            text,
+            image,
             chosen=batch.mlm_chosen,
             num_targets=batch.mlm_targets,
+            masked=batch.mlm_text,
         )
 
-    def _crossmodal(
-        self, model, pairs, text, image_tokens, keep_t2i, batch, logs, share: float = 1.0
-    ) -> Tensor:
-        """ITM (positive vs hardest negative image), CLA on their attention maps, and MLM.
-        ``share``: the rows' share of the micro-batch (ITM and CLA are means over rows, so a
-        GradCache chunk weighs its means by it; logs are summed over chunks)."""
-        weights, cross = self.terms, model.crossmodal
-        all_tokens = gather_with_grad(image_tokens)
-        with torch.no_grad():
-            sim = pairs.text @ pairs.all_image.T
-            neg_ok = ~positives_from_ids(
-                pairs.ids, pairs.all_ids, pairs.offset, len(text), sim.shape[1], sim.device
-            ).as_mask(sim.shape[1])
-            if keep_t2i is not None:
-                neg_ok &= keep_t2i
-            neg_idx = sim.masked_fill(~neg_ok, float("-inf")).argmax(dim=1)
-        total = image_tokens.new_zeros((), dtype=torch.float32)
+    def _crossmodal(self, model, pairs, text, image, keep_t2i, batch, logs, share: float = 1.0):
+        """ITM, CLA on the attention maps of (caption, positive image) vs (caption, hardest
+        negative image), and MLM. ``share``: the rows' share of the micro-batch (ITM and CLA
+        are means over rows, so a GradCache chunk weighs its means by it; logs are summed over
+        chunks)."""
+        weights, r = self.terms, len(text)
+        sampled_itm = weights.itm_weight and weights.itm_negatives == "sampled"
         terms = []
-        if weights.itm_weight or weights.cla_weight:
+        if weights.cla_weight or (weights.itm_weight and not sampled_itm):
+            neg_idx = hardest_negative_images(pairs, keep_t2i)
+            all_images = gather_image_output(image)
             # positives and hardest negatives in one forward of 2R pairs
-            both = model.crossmodal_text(text).select(torch.arange(len(text)).repeat(2))
-            out = cross(both, torch.cat([image_tokens, all_tokens[neg_idx]]))
-            r = len(text)
-            attn = last_layer_attention(out)
-            if weights.itm_weight:
-                logit = out.itm_logit.float()
-                target = torch.cat([torch.ones(r), torch.zeros(r)]).to(logit)
-                itm = F.binary_cross_entropy_with_logits(logit, target)
+            both = text.select(torch.arange(r, device=neg_idx.device).repeat(2))
+            out = model.match(both, ImageOutput.cat([image, all_images.select(neg_idx)]))
+            if weights.itm_weight and not sampled_itm:
+                target = torch.cat([torch.ones(r), torch.zeros(r)]).to(out.itm_logit.device)
+                itm = F.binary_cross_entropy_with_logits(out.itm_logit.float(), target)
                 terms.append(("itm", weights.itm_weight, share * itm))
             if weights.cla_weight:
+                attn = last_layer_attention(out)
                 cla = self.cla(attn[:r].float(), attn[r:].float(), text.mask)
                 terms.append(("cla", weights.cla_weight, share * cla))
+        if sampled_itm:
+            itm = albef_itm_loss(
+                model, pairs, text, image, self.loss_fn.scale(), batch.relevance
+            )
+            terms.append(("itm", weights.itm_weight, share * itm))
         if weights.mlm_weight:
-            terms.append(("mlm", weights.mlm_weight, self.mlm(model, text, image_tokens, batch)))
+            terms.append(("mlm", weights.mlm_weight, self.mlm(model, text, image, batch)))
+        total = image.tokens.new_zeros((), dtype=torch.float32)
         for name, w, value in terms:
             logs[name] = logs.get(name, 0.0) + float(value.detach())
             total = total + w * value

@@ -113,6 +113,11 @@ def _check_model(cfg: TrainConfig) -> None:
             f"model.head_width={m.head_width} must be divisible by the attention head's "
             f"{_POOL_HEADS} heads; e.g. --set model.head_width=128"
         )
+    if m.crossmodal_input == "heads" and m.head != "attention":
+        raise ValueError(
+            "model.crossmodal_input=heads reads the attention heads' token states, but "
+            f"model.head={m.head!r}; use --set model.head=attention (or crossmodal_input=tokens)"
+        )
     if m.spec == "builtin" and m.freeze_image_tower and not cfg.pretrain.steps:
         raise ValueError(
             "model.freeze_image_tower needs pretrain.steps > 0 (a frozen tower that was never "
@@ -211,6 +216,11 @@ def _check_specs(cfg: TrainConfig) -> None:
         raise ValueError(
             "data.false_negative_percent needs DigitScenes with model.spec=builtin (exact "
             "semantics); use --set data.false_negative_percent=0"
+        )
+    if cfg.model.crossmodal_input == "heads":
+        raise ValueError(
+            "model.crossmodal_input=heads (ALBEF's fusion over the attention heads) needs "
+            "DigitScenes with model.spec=builtin; use --set model.crossmodal_input=tokens"
         )
     if cfg.model.mlm_vocab == "corpus":
         raise ValueError(

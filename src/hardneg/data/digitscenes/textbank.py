@@ -142,3 +142,50 @@ def encode_bank(
         state = {"texts": texts, "tokens": tokens, "mask": mask, "input_ids": ids, "pooled": pooled}
         _save(path, state)
     return bank
+
+
+@torch.no_grad()
+def encode_masked(
+    tower: TextTower,
+    bank: TextBank,
+    rows: Tensor,
+    chosen: Tensor,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> TextBank:
+    """The bank's captions ``rows`` ``(N,)`` encoded by the frozen ``tower`` with the tokens at
+    ``chosen`` ``(N, L)`` replaced by the tokenizer's [MASK] *before* the tower (so no state
+    carries a masked word: the MLM inputs of ALBEF's fusion, ``AlignmentModel.mlm_loss``).
+    Row ``n`` of the result is caption ``rows[n]`` masked at ``chosen[n]`` (``input_ids`` hold
+    the [MASK] ids; ``texts`` the original captions). Cached like :func:`encode_bank`, keyed by
+    the tower's weights and the masked ids."""
+    mask_id = tower.mask_token_id
+    if mask_id is None:
+        raise ValueError(f"{type(tower).__name__}'s tokenizer has no [MASK] token")
+    ids = bank.input_ids[rows].masked_fill(chosen, mask_id)
+    mask = bank.mask[rows]
+    path = None
+    if cache_dir is not None:
+        key = content_fingerprint(module_fingerprint(tower), ids, mask)
+        path = Path(cache_dir) / "text" / f"masked-{key}.pt"
+        remove_stale_temps(path.parent)
+        if path.is_file() and (cached := _load_cached(path)) is not None:
+            return cached
+    n = len(rows)
+    tokens = torch.zeros(n, ids.shape[1], tower.token_dim, dtype=torch.float16)
+    pooled = torch.zeros(n, tower.pooled_dim)
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="encoding masked captions", disable=not progress, leave=False):
+        sl = slice(start, start + batch_size)
+        length = max(1, int(mask[sl].sum(dim=1).max()))
+        out = tower(ids[sl, :length], mask[sl, :length].long())
+        tokens[sl, :length] = out.tokens.cpu().half()
+        pooled[sl] = out.pooled.cpu().float()
+    texts = [bank.texts[i] for i in rows.tolist()]
+    masked = TextBank(texts, tokens, mask, ids, pooled)
+    if path is not None:
+        state = {"texts": texts, "tokens": tokens, "mask": mask, "input_ids": ids, "pooled": pooled}
+        _save(path, state)
+    return masked
+

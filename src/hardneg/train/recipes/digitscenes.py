@@ -19,6 +19,7 @@ from torch import Tensor
 
 from hardneg.data.digitscenes.draws import draw_captions, draw_hard_negatives, outside_captions
 from hardneg.data.digitscenes.false_negatives import in_batch_fn_rate, partial_caption_probability
+from hardneg.data.digitscenes.masked import MaskedVariants
 from hardneg.data.digitscenes.tensors import SplitTensors
 from hardneg.data.digitscenes.textbank import TextBank
 from hardneg.eval.runner import SplitEvaluation, evaluate_split_items
@@ -76,6 +77,7 @@ class DigitScenesRecipe:
         )
         self.model = self._build_model().to(device)
         self.pretrain_loss = self._pretrain(progress)
+        self.masked = self._masked_variants(progress)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     # ------------------------------------------------------------------------------ building
@@ -100,7 +102,9 @@ class DigitScenesRecipe:
         )
         cross = build_crossmodal(m, self.tower, dual.image_tower, cfg.data.max_text_len, vocab)
         # the frozen MiniLM is reloaded from its package, not checkpointed
-        return AlignmentModel(dual, cross, reloaded_prefixes=("dual.text_tower.",))
+        return AlignmentModel(
+            dual, cross, ("dual.text_tower.",), crossmodal_input=m.crossmodal_input
+        )
 
     def _pretrain(self, progress: bool) -> float | None:
         """The shared InfoNCE stage (cached), then the frozen tower's features per split."""
@@ -117,6 +121,22 @@ class DigitScenesRecipe:
         for split in self.splits.values():  # (shared data may hold another run's features)
             split.image_features = self._tower_features(split) if frozen else None
         return loss
+
+    def _masked_variants(self, progress: bool) -> MaskedVariants | None:
+        """With ALBEF's fusion and MLM: every train caption's masked variants, encoded once."""
+        if not (self.model.fusion and self.cfg.crossmodal.mlm_weight):
+            return None
+        split, cross = self.train_split, self.model.crossmodal
+        return MaskedVariants.build(
+            self.bank,
+            torch.cat([split.caption_rows.flatten(), split.partial_rows.flatten()]),
+            self.cfg.model.mlm_variants,
+            lambda text, gen: cross.choose_mask(text, generator=gen),
+            self.tower,
+            seed=self.cfg.data.seed,
+            cache_dir=self.cfg.data.cache_dir,
+            progress=progress,
+        )
 
     @torch.no_grad()
     def _tower_features(self, split: SplitTensors, batch: int = 256) -> ImageOutput:
@@ -153,7 +173,11 @@ class DigitScenesRecipe:
                 hard_rows[none] = outside_captions(split, index, int(none.sum()), self.caption_gen)
         semantic = self.cfg.data.positives == "semantic"
         gen = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + step))
-        chosen = self.model.crossmodal.choose_mask(self.bank.take(rows), generator=gen)
+        drawn = None if self.masked is None else self.masked.draw(rows, gen)
+        if drawn is None:
+            chosen = self.model.crossmodal.choose_mask(self.bank.take(rows), generator=gen)
+        else:  # a cached masked variant per caption (ALBEF's fusion)
+            chosen = drawn[0]
         payload = {
             "step": step,
             "rows": rows,
@@ -161,6 +185,7 @@ class DigitScenesRecipe:
             "hard_rows": hard_rows,
             "ids": split.semantic_ids[index] if semantic else index.clone(),
             "mlm_chosen": chosen,
+            "mlm_rows": None if drawn is None else drawn[1],
         }
         return StepDraw(index, in_batch_fn_rate(split, index, meanings), payload)
 
@@ -179,9 +204,11 @@ class DigitScenesRecipe:
                 f"{rows[sl].tolist()[:8]}…); delete {self.cfg.data.cache_dir} to rebuild"
             )
         chosen = p["mlm_chosen"][part]
-        hard = None
+        hard = masked = None
         if self.cfg.data.hard_negative_captions:
             hard = Texts.cached(self.bank.take(p["hard_rows"][part][sl], device))
+        if p["mlm_rows"] is not None:
+            masked = Texts.cached(self.masked.bank.take(p["mlm_rows"][part][sl], device))
         return Batch(
             index=index,
             local=local,
@@ -191,6 +218,7 @@ class DigitScenesRecipe:
             mlm_chosen=chosen[sl, : states.mask.shape[1]].to(device),
             mlm_targets=mlm_normaliser(chosen, world, device),
             hard_text=hard,
+            mlm_text=masked,
             relevance=self.train_split.relevance(index, p["meanings"][part]),
         )
 

@@ -108,7 +108,9 @@ class FilesRecipe:
         cross = None
         if crossmodal:
             cross = build_crossmodal(cfg.model, text_tower, image_tower, self._max_text_len())
-        self.model = AlignmentModel(dual, cross, reloaded_prefixes=reloaded).to(device)
+        self.model = AlignmentModel(
+            dual, cross, reloaded_prefixes=reloaded, crossmodal_input=cfg.model.crossmodal_input
+        ).to(device)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self._pool: ThreadPoolExecutor | None = None
 
