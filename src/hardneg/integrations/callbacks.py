@@ -95,9 +95,7 @@ class BNSProgressCallback(TrainerCallback):
     ) -> None:
         per_epoch = updates_per_epoch(train_dataloader, args.gradient_accumulation_steps)
         per_epoch = per_epoch or max(state.max_steps, 1)
-        self.miner.set_progress(
-            state.global_step / per_epoch, max(state.max_steps, 1) / per_epoch
-        )
+        self.miner.set_progress(state.global_step / per_epoch, max(state.max_steps, 1) / per_epoch)
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -383,9 +383,7 @@ class PretrainConfig:
         "patch tokens inside each object's box must tell its digit and colour; 0 = off)",
     )
     weight_decay: float = setting(0.05, ge=0, doc="AdamW's weight decay, on every parameter")
-    max_grad_norm: float = setting(
-        5.0, gt=0, doc="the gradients' global norm is clipped to this"
-    )
+    max_grad_norm: float = setting(5.0, gt=0, doc="the gradients' global norm is clipped to this")
     warmup_fraction: float = setting(
         0.05, ge=0, le=1, doc="fraction of the steps of linear learning-rate warm-up"
     )

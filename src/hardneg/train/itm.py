@@ -79,9 +79,9 @@ def hardest_negative_images(pairs, keep: Tensor | None = None) -> Tensor:
     with torch.no_grad():
         sim = pairs.text @ pairs.all_image.T
         r, g = sim.shape
-        ok = ~positives_from_ids(
-            pairs.ids, pairs.all_ids, pairs.offset, r, g, sim.device
-        ).as_mask(g)
+        ok = ~positives_from_ids(pairs.ids, pairs.all_ids, pairs.offset, r, g, sim.device).as_mask(
+            g
+        )
         if keep is not None:
             ok &= keep
         return sim.masked_fill(~ok, float("-inf")).argmax(dim=1)

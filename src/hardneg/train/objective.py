@@ -268,9 +268,7 @@ class Objective:
                 cla = self.cla(attn[:r].float(), attn[r:].float(), text.mask)
                 terms.append(("cla", weights.cla_weight, share * cla))
         if sampled_itm:
-            itm = albef_itm_loss(
-                model, pairs, text, image, self.loss_fn.scale(), batch.relevance
-            )
+            itm = albef_itm_loss(model, pairs, text, image, self.loss_fn.scale(), batch.relevance)
             terms.append(("itm", weights.itm_weight, share * itm))
         if weights.mlm_weight:
             terms.append(("mlm", weights.mlm_weight, self.mlm(model, text, image, batch)))

@@ -39,7 +39,7 @@ from hardneg.train.config import (
     config_from_dict,
     merge,
 )
-from hardneg.train.methods import LOSSES, method_overrides
+from hardneg.train.methods import LOSSES, METHODS, method_overrides
 from hardneg.train.settings import (
     check_settings,
     derived_fields,
@@ -218,9 +218,15 @@ def _check_specs(cfg: TrainConfig) -> None:
             "semantics); use --set data.false_negative_percent=0"
         )
     if cfg.model.crossmodal_input == "heads":
+        dual = f"{cfg.method}_dual"
+        fix = (
+            f"use --method {dual} (hardneg's dual-encoder variant)"
+            if dual in METHODS
+            else "use --set model.crossmodal_input=tokens"
+        )
         raise ValueError(
-            "model.crossmodal_input=heads (ALBEF's fusion over the attention heads) needs "
-            "DigitScenes with model.spec=builtin; use --set model.crossmodal_input=tokens"
+            "model.crossmodal_input=heads (ALBEF's fusion over the attention heads, which "
+            f"method {cfg.method!r} trains) needs DigitScenes with model.spec=builtin; {fix}"
         )
     if cfg.model.mlm_vocab == "corpus":
         raise ValueError(

@@ -188,4 +188,3 @@ def encode_masked(
         state = {"texts": texts, "tokens": tokens, "mask": mask, "input_ids": ids, "pooled": pooled}
         _save(path, state)
     return masked
-
