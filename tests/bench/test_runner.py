@@ -41,13 +41,14 @@ def test_overrides_reach_every_run_config_and_win_over_the_preset(tmp_path):
 
 def test_a_method_keeps_its_defining_term_where_the_preset_turns_it_off(tmp_path):
     """The compositional preset trains no cross-modal terms, except those a method is made
-    of: FALCON's reward needs the MLM loss, BACL's CLA the attention; a user's --set wins."""
+    of: ALBEF-family methods ITM + MLM, FALCON's dual variant its MLM reward, BACL's CLA the
+    attention; a user's --set wins."""
     preset = presets.PRESETS["compositional"]
-    aux = {
-        m: presets.run_config(preset, m, 0, tmp_path)["crossmodal"] for m in ("infonce", "falcon")
-    }
+    methods = ("infonce", "falcon", "falcon_dual")
+    aux = {m: presets.run_config(preset, m, 0, tmp_path)["crossmodal"] for m in methods}
     assert aux["infonce"]["mlm_weight"] == 0 and aux["infonce"]["itm_weight"] == 0
-    assert aux["falcon"]["mlm_weight"] > 0 and aux["falcon"]["itm_weight"] == 0
+    assert aux["falcon"]["mlm_weight"] == 1 and aux["falcon"]["itm_weight"] == 1
+    assert aux["falcon_dual"]["mlm_weight"] > 0 and aux["falcon_dual"]["itm_weight"] == 0
     assert presets.run_config(preset, "bacl", 0, tmp_path)["crossmodal"]["cla_weight"] == 0.3
     user = presets.run_config(preset, "falcon", 0, tmp_path, {"crossmodal": {"mlm_weight": 0.2}})
     assert user["crossmodal"]["mlm_weight"] == 0.2

@@ -15,6 +15,7 @@ import torch
 
 from hardneg.data.digitscenes.tensors import SplitTensors
 from hardneg.eval.runner import evaluate_split, evaluate_split_items
+from hardneg.models.outputs import ImageOutput
 
 # scene 0: red 3 | scene 1: red 3, blue 5 | scene 2: green 7   (COLOURS: red 0, green 1, blue 2)
 DIGITS = [[3, -1, -1], [3, 5, -1], [7, -1, -1]]
@@ -45,7 +46,7 @@ class _Dual:
     def encode_image(self, images: torch.Tensor):
         index = images[:, 0, 0, 0].mul(255).round().long()  # the pixel stores the scene index
         emb = IMAGES[index]
-        return emb, SimpleNamespace(tokens=emb[:, None, :], grid=1)
+        return emb, ImageOutput(emb[:, None, :], emb, (1, 1))
 
 
 class _Model(torch.nn.Module):
@@ -136,7 +137,8 @@ def test_probe_items_are_per_trial_outcomes_with_their_kind():
     from hardneg.eval.items import metric_items
 
     model = _Model()
-    model.crossmodal, model.crossmodal_text = _CrossModal(), torch.nn.Identity()
+    model.crossmodal = _CrossModal()
+    model.match = lambda text, image: model.crossmodal(text, image.tokens)
     pooled = torch.cat([TEXTS, torch.tensor([p[2] for p in PROBES])])
     bank = SimpleNamespace(
         pooled=pooled,

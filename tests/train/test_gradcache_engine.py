@@ -48,21 +48,25 @@ def test_gradcache_step_equals_the_plain_step(tmp_path, tiny_text_model, method)
     _assert_same_step(plain, cached)
 
 
+@pytest.mark.parametrize(
+    ("method", "negatives"), [("bacl", "hardest"), ("bacl", "sampled"), ("albef", "sampled")]
+)
 def test_one_chunk_equals_the_plain_step_with_crossmodal_terms_and_dropout(
-    tmp_path, tiny_text_model
+    tmp_path, tiny_text_model, method, negatives
 ):
-    over = {"model": {"dropout": 0.1}}
-    plain = _step(tmp_path / "p", tiny_text_model, "bacl", 0, **over)
-    cached = _step(tmp_path / "c", tiny_text_model, "bacl", 16, **over)
+    terms = {"itm_weight": 1.0, "mlm_weight": 0.5, "itm_negatives": negatives}
+    over = {"model": {"dropout": 0.1}, "crossmodal": terms}
+    plain = _step(tmp_path / "p", tiny_text_model, method, 0, **over)
+    cached = _step(tmp_path / "c", tiny_text_model, method, 16, **over)
     _assert_same_step(plain, cached)
-    for key in ("itm", "cla", "mlm"):
+    for key in ("itm", "mlm") + (("cla",) if method == "bacl" else ()):
         assert cached[0][key] == pytest.approx(plain[0][key], abs=1e-5), key
 
 
 def test_chunked_mlm_is_the_micro_batch_token_mean(tmp_path, tiny_text_model):
     """MLM's normaliser is the micro-batch's target count: the chunks' MLM terms add up to
     the plain step's (dropout off, so only the chunking differs)."""
-    over = {"model": {"dropout": 0.0}, "crossmodal": {"itm_weight": 0.0, "cla_weight": 0.0}}
+    over = {"model": {"dropout": 0.0}, "crossmodal": {"mlm_weight": 0.5}}
     plain = _step(tmp_path / "p", tiny_text_model, "infonce", 0, **over)
     cached = _step(tmp_path / "c", tiny_text_model, "infonce", 4, **over)
     assert cached[0]["mlm"] == pytest.approx(plain[0]["mlm"], abs=1e-5)

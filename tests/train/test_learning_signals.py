@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hardneg.data import COLOURS
+from hardneg.train.hooks import FalconReward
 from hardneg.train.trainer import Trainer, resolve_config
 from tests.helpers.trainer_values import trainer_values
 
@@ -35,6 +36,31 @@ def test_falcon_reward_is_exactly_zero_when_the_model_does_not_change(tmp_path, 
     rewards = [h["falcon_reward"] for h in history]
     assert len(rewards) == 5
     assert max(abs(r) for r in rewards) <= 1e-6, rewards
+
+
+def test_falcon_reward_reusing_the_training_loss_is_exactly_zero_when_nothing_changes(
+    tmp_path, tiny_text_model
+):
+    # no dropout: "before" is the training forward's own MLM loss (one MLM forward saved)
+    values = trainer_values(
+        tmp_path,
+        tiny_text_model,
+        steps=4,
+        optim={"lr": 0.0},
+        model={"dropout": 0.0},
+        batch_sampler={"search_space_size": 64},
+    )
+    trainer = Trainer(resolve_config("falcon", values))
+    (reward,) = [h for h in trainer.hooks if isinstance(h, FalconReward)]
+    assert reward.reuse
+    history = trainer.fit()
+    assert [h["falcon_reward"] for h in history] == [0.0] * 4
+
+
+def test_falcon_reward_with_dropout_measures_both_losses_in_eval_mode(tmp_path, tiny_text_model):
+    trainer = Trainer(resolve_config("falcon", trainer_values(tmp_path, tiny_text_model)))
+    (reward,) = [h for h in trainer.hooks if isinstance(h, FalconReward)]
+    assert not reward.reuse  # dropout 0.1: the training loss is not the eval-mode loss
 
 
 def test_falcon_reward_is_nonzero_when_the_model_learns(tmp_path, tiny_text_model):

@@ -42,8 +42,8 @@ class BenchPreset:
 # digit, affine jitter, and an object-grounded loss so that the tower's tokens say which digit
 # and colour sit where); every method then fine-tunes the attention heads (word order and
 # binding are representable) on the frozen tower's cached features. Composition is left to the
-# methods. Cross-modal terms only where a method is made of them (BACL's CLA, FALCON's MLM
-# reward), on a 1-layer cross-modal transformer whose MLM head scores the corpus's word pieces
+# methods. Cross-modal terms only where a method is made of them (BACL's CLA; ALBEF, GRIT-VLP
+# and FALCON's ITM + MLM over the heads' states), on a 1-layer cross-modal transformer whose MLM head scores the corpus's word pieces
 # (CPU budget; heads and cross-modal width 64, see the diagnosis, §8). False negatives: 1 % of
 # the ordered pairs of random batches, from 4 scene configurations repeated in ≈ 100 train
 # scenes each (every caption stays a full one; partial-caption positives stop swap learning,
@@ -65,7 +65,6 @@ _COMPOSITIONAL = {
         "augment": True,
         "object_loss_weight": 1.0,
     },
-    "crossmodal": {"itm_weight": 0.0, "mlm_weight": 0.0},
     "optim": {"lr": 3e-3, "warmup_steps": 10},
     "miner": {"k": 8},
     "data": {"false_negative_source": "repeats", "false_negative_percent": 1.0},

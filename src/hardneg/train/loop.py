@@ -65,6 +65,7 @@ from hardneg.train.hooks import (
     MinerPolicyStep,
     StoreRefresh,
     TrainState,
+    has_train_eval_difference,
 )
 from hardneg.train.logwriter import LogWriter
 from hardneg.train.objective import Objective
@@ -138,8 +139,12 @@ class Engine:
         if self.objective.miner is not None:
             self.hooks.append(MinerPolicyStep(self.objective.miner))
         if hardness is not None and hardness.policy is not None:
+            was_training = self.model.training
+            self.model.train()
+            reuse = not cfg.optim.gradcache_chunk and not has_train_eval_difference(self.model)
+            self.model.train(was_training)
             self.hooks.append(
-                FalconReward(hardness.policy, self.model, self.objective.mlm, self.autocast)
+                FalconReward(hardness.policy, self.model, self.objective.mlm, self.autocast, reuse)
             )
         named = list(self.model.named_parameters())
         named += [(f"loss_fn.{n}", p) for n, p in self.loss_fn.named_parameters()]
