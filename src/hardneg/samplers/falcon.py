@@ -34,7 +34,8 @@ class FalconConfig:
         n_layers: linear layers of the MLP (input, ``n_layers − 2`` residual blocks, output).
         lr: Adam learning rate of the policy.
         entropy_weight: weight of the Beta entropy bonus.
-        update_interval: reinforce() calls (training steps) between two Adam steps.
+        update_interval: reinforce() calls (training steps) between two Adam steps (1: the
+            paper updates φ from each step's reward).
         baseline_momentum: momentum of the moving-average reward baseline.
         instance_level: one q per anchor (True, FALCON) or one q per batch from the mean-pooled
             input (False, the paper's "batch-level" ablation).
@@ -47,7 +48,7 @@ class FalconConfig:
     n_layers: int = 4
     lr: float = 1e-2
     entropy_weight: float = 0.01
-    update_interval: int = 40
+    update_interval: int = 1
     baseline_momentum: float = 0.9
     instance_level: bool = True
     init_concentration: float = 2.0
