@@ -85,13 +85,17 @@ def test_csv_open_clip_infonce_trains_evaluates_and_exports(files, tmp_path, cap
     assert [int(float(r["step"])) for r in _log(run)] == [1, 2, 3]
     capsys.readouterr()
     data = files["csv"][0]
+    probes = str(files["probes"])
     assert (
-        cli.main(["eval", str(run), "--data", data, "--compositional", str(files["probes"])]) == 0
+        cli.main(["eval", str(run), "--data", data, "--compositional", probes, "--rerank", "2"])
+        == 0
     )
     metrics = json.loads(capsys.readouterr().out)["test"]
+    assert json.loads((run / "eval.json").read_text())["rerank"] == 2
     for key in ("i2t_R@1", "i2t_R@5", "t2i_R@10", "i2t_mAP", "t2i_mAP", "comp_overall"):
         assert 0.0 <= metrics[key] <= 100.0, key
     assert "itm_comp_overall" in metrics  # infonce keeps the default ITM/MLM head
+    assert 0.0 <= metrics["i2t_R@1_rerank"] <= 100.0  # re-ranked by it (--rerank 2)
     # the exported model loads with open_clip alone and carries the trained logit scale
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     trained = math.exp(float(state["loss_fn"]["logit_scale"]))
