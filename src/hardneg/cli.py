@@ -88,11 +88,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Re-evaluate the checkpoint of a finished run."""
     from hardneg.train.run import evaluate_run
 
-    metrics = evaluate_run(Path(args.run), data=args.data, compositional=args.compositional)
+    metrics = evaluate_run(
+        Path(args.run), data=args.data, compositional=args.compositional, rerank=args.rerank
+    )
     text = json.dumps(metrics, indent=2)
     print(text)
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
-    record = {"data": args.data, "compositional": args.compositional, "metrics": metrics}
+    record = {
+        "data": args.data,
+        "compositional": args.compositional,
+        "rerank": args.rerank,
+        "metrics": metrics,
+    }
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"hardneg: wrote {out}", file=sys.stderr)
     return 0
@@ -270,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="compositional probes: a JSON list of {image, caption, negative[, kind]} rows "
         "(the ARO / SugarCrepe layout), images relative to the run's data.images",
+    )
+    p.add_argument(
+        "--rerank",
+        type=int,
+        metavar="K",
+        help="also retrieval with each query's K best candidates re-ranked by the run's "
+        "cross-modal head (ITM logit, as ALBEF): *_rerank metrics; 0: none; default: the "
+        "run's eval_rerank_k",
     )
     p.add_argument("--out", metavar="FILE", help="write the metrics here (default RUN/eval.json)")
     p.set_defaults(func=cmd_eval)

@@ -29,7 +29,9 @@ def test_run_writes_per_item_outcomes_whose_means_are_the_metrics(tmp_path, tiny
                 continue
             checked.add(metric)
             assert math.isclose(100.0 * float(np.mean(values)), value, abs_tol=1e-9), metric
-        # every headline metric has items; only rsum (a sum of recalls) has none
-        assert set(metrics) - checked == {"rsum"}
+        # every headline metric has items, the re-ranked ones (default eval_rerank_k) too;
+        # only rsum (a sum of recalls) has none
+        assert "i2t_mAP_rerank" in checked and "t2i_R@10_rerank" in checked
+        assert set(metrics) - checked == {"rsum", "rsum_rerank"}
         kinds = set(items[split]["comp_kind"].tolist())
         assert {f"comp_{k}" for k in kinds} <= checked and "itm_comp_overall" in checked

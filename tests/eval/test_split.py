@@ -13,65 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from hardneg.data.digitscenes.tensors import SplitTensors
 from hardneg.eval.runner import evaluate_split, evaluate_split_items
-from hardneg.models.outputs import ImageOutput
-
-# scene 0: red 3 | scene 1: red 3, blue 5 | scene 2: green 7   (COLOURS: red 0, green 1, blue 2)
-DIGITS = [[3, -1, -1], [3, 5, -1], [7, -1, -1]]
-COLOURS = [[0, -1, -1], [0, 2, -1], [1, -1, -1]]
-IMAGES = torch.eye(3)
-# bank rows 0–2: the full caption of scenes 0–2; row 3: "a red 3" (written for scene 0);
-# row 4: "a blue 5" (written for scene 1)
-TEXTS = torch.tensor(
-    [[0.9, 0.0, 0.1], [0.6, 0.5, 0.0], [0.0, 0.2, 0.9], [0.7, 0.7, 0.0], [0.0, 0.8, 0.3]]
+from tests.helpers.split_stub import (
+    IMAGES,
+    TEXTS,
+    StubModel,
+    stub_bank,
+    stub_split,
+    true_of,
 )
-OBJECT_OF_PARTIAL = {3: (3, 0), 4: (5, 2)}  # row → (digit, colour)
-
-
-def _true_of(scene: int, row: int) -> bool:
-    """Independent relevance: full captions by scene, partial ones by the object named."""
-    if row < 3:
-        return row == scene
-    return OBJECT_OF_PARTIAL[row] in set(zip(DIGITS[scene], COLOURS[scene], strict=True))
-
-
-class _Dual:
-    def __init__(self) -> None:
-        self.text_head = torch.nn.Identity()
-
-    def embed_text(self, text):
-        return text  # the stub bank's rows are the embeddings
-
-    def encode_image(self, images: torch.Tensor):
-        index = images[:, 0, 0, 0].mul(255).round().long()  # the pixel stores the scene index
-        emb = IMAGES[index]
-        return emb, ImageOutput(emb[:, None, :], emb, (1, 1))
-
-
-class _Model(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.dual = _Dual()
-
-    def encode_images(self, images):
-        return self.dual.encode_image(images.pixels)
-
-
-def _split() -> SplitTensors:
-    n = len(DIGITS)
-    scenes = SimpleNamespace(
-        digits=np.array(DIGITS), colours=np.array(COLOURS), hard_negatives=[[] for _ in range(n)]
-    )
-    images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 3, 2, 2)
-    return SplitTensors(
-        images=images.contiguous(),
-        caption_rows=torch.arange(n)[:, None],
-        semantic_ids=torch.tensor([10, 11, 12]),
-        hard_negative_rows=torch.full((n, 1), -1),
-        scenes=scenes,
-        partial_rows=torch.tensor([[3, -1], [-1, 4], [-1, -1]]),  # column j: object j
-    )
 
 
 def _brute_force(scores: torch.Tensor, relevant: list[list[bool]]) -> tuple[float, float]:
@@ -87,12 +37,11 @@ def _brute_force(scores: torch.Tensor, relevant: list[list[bool]]) -> tuple[floa
 
 @pytest.fixture
 def metrics() -> dict[str, float]:
-    bank = SimpleNamespace(pooled=TEXTS, take=lambda rows, device: TEXTS[rows])
-    return evaluate_split(_Model(), bank, _split(), tower=None, batch_size=2)
+    return evaluate_split(StubModel(), stub_bank(), stub_split(), tower=None, batch_size=2)
 
 
 def test_partial_captions_are_queries_and_gallery_with_exact_relevance(metrics):
-    relevant = [[_true_of(s, r) for r in range(5)] for s in range(3)]
+    relevant = [[true_of(s, r) for r in range(5)] for s in range(3)]
     texts = TEXTS / TEXTS.norm(dim=1, keepdim=True)  # the evaluation scores cosines
     i2t_r1, i2t_map = _brute_force(IMAGES @ texts.T, relevant)
     t2i_r1, t2i_map = _brute_force(texts @ IMAGES.T, [list(c) for c in zip(*relevant, strict=True)])
@@ -107,8 +56,7 @@ def test_partial_captions_are_queries_and_gallery_with_exact_relevance(metrics):
 def test_per_item_means_are_the_metrics():
     from hardneg.eval.items import metric_items
 
-    bank = SimpleNamespace(pooled=TEXTS, take=lambda rows, device: TEXTS[rows])
-    result = evaluate_split_items(_Model(), bank, _split(), tower=None, batch_size=2)
+    result = evaluate_split_items(StubModel(), stub_bank(), stub_split(), tower=None, batch_size=2)
     assert len(result.items["i2t_ap"]) == 3 and len(result.items["t2i_ap"]) == 5
     for metric in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@10", "i2t_mAP", "t2i_mAP"):
         values = metric_items(result.items, metric)
@@ -136,18 +84,15 @@ class _CrossModal:
 def test_probe_items_are_per_trial_outcomes_with_their_kind():
     from hardneg.eval.items import metric_items
 
-    model = _Model()
-    model.crossmodal = _CrossModal()
-    model.match = lambda text, image: model.crossmodal(text, image.tokens)
+    model = StubModel(crossmodal=_CrossModal())
     pooled = torch.cat([TEXTS, torch.tensor([p[2] for p in PROBES])])
-    bank = SimpleNamespace(
-        pooled=pooled,
+    bank = stub_bank(
+        pooled,
         index={f"neg{i}": 5 + i for i in range(len(PROBES))},
-        take=lambda rows, device: pooled[rows],
         tokens=torch.zeros(len(pooled), 4, dtype=torch.long),
         mask=torch.ones(len(pooled), 4, dtype=torch.bool),
     )
-    split = _split()
+    split = stub_split()
     split.scenes.hard_negatives = [[] for _ in range(3)]
     for i, (scene, kind, _) in enumerate(PROBES):
         neg = SimpleNamespace(caption=f"neg{i}", kind=kind, span=(1, 2), box=(0, 0, 2, 2))

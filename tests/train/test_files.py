@@ -85,9 +85,8 @@ def test_csv_open_clip_infonce_trains_evaluates_and_exports(files, tmp_path, cap
     assert [int(float(r["step"])) for r in _log(run)] == [1, 2, 3]
     capsys.readouterr()
     data = files["csv"][0]
-    assert (
-        cli.main(["eval", str(run), "--data", data, "--compositional", str(files["probes"])]) == 0
-    )
+    probes = str(files["probes"])
+    assert cli.main(["eval", str(run), "--data", data, "--compositional", probes]) == 0
     metrics = json.loads(capsys.readouterr().out)["test"]
     for key in ("i2t_R@1", "i2t_R@5", "t2i_R@10", "i2t_mAP", "t2i_mAP", "comp_overall"):
         assert 0.0 <= metrics[key] <= 100.0, key

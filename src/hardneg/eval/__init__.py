@@ -2,7 +2,8 @@
 
 - :func:`chunked_topk`, :func:`retrieval_metrics`: exact chunked search; I→T / T→I R@K and mAP
   with multiple positives, never materialising an N×M matrix; :func:`retrieval_items`: the
-  per-query outcomes under an exact relevance relation.
+  per-query outcomes under an exact relevance relation; :func:`rerank_items`: the same with
+  each query's top-k re-ordered by a cross-modal pair score (ALBEF's ITM re-ranking).
 - :func:`compositional_accuracy`: ARO/SugarCrepe-style true-vs-hard-negative caption accuracy
   per perturbation kind (:func:`compositional_trials`: per trial).
 - :func:`attention_error_localisation` (AEL; :func:`attention_error_hits` per pair) with
@@ -23,6 +24,7 @@ from hardneg.eval.localisation import (
     box_to_patch_mask,
     word_span_to_token_mask,
 )
+from hardneg.eval.rerank import rerank_items
 from hardneg.eval.retrieval import retrieval_items, retrieval_metrics
 from hardneg.eval.topk import chunked_topk
 
@@ -36,6 +38,7 @@ __all__ = [
     "compositional_trials",
     "false_negative_counts",
     "false_negative_rate",
+    "rerank_items",
     "retrieval_items",
     "retrieval_metrics",
     "word_span_to_token_mask",

@@ -4,7 +4,9 @@
   positive of every image with its id (multi-positive: all of an image's captions count);
 - compositional accuracy (ARO / SugarCrepe layout: image, caption, negative caption, kind):
   the image scores its caption above the negative, with the dual encoder's cosine and, when
-  the model has a cross-modal head, with its ITM logit (``itm_comp_*``).
+  the model has a cross-modal head, with its ITM logit (``itm_comp_*``);
+- re-ranked retrieval (``rerank_k > 0`` and a cross-modal head): each query's ``rerank_k`` best
+  candidates re-ordered by the ITM logit (:mod:`hardneg.eval.rerank`), as ``*_rerank``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from tqdm.auto import tqdm
 
 from hardneg.data.dataset import flatten_captions
 from hardneg.eval.compositional import compositional_accuracy, compositional_trials
+from hardneg.eval.rerank import rerank_evaluation
 from hardneg.eval.retrieval import metrics_from_items, retrieval_items
 from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.inputs import Images, Texts
+from hardneg.models.outputs import ImageOutput
 
 __all__ = ["evaluate_dataset", "evaluate_probes"]
 
@@ -30,15 +34,25 @@ Tokenize = Callable[[list[str]], Texts]
 
 
 def _image_embeddings(
-    model, load: Callable[[int], Tensor], n: int, device, batch_size: int, progress: bool = False
-):
-    out = []
+    model,
+    load: Callable[[int], Tensor],
+    n: int,
+    device,
+    batch_size: int,
+    progress: bool = False,
+    keep: bool = False,
+) -> tuple[Tensor, ImageOutput | None]:
+    """Normalised embeddings of the ``n`` images, with the tower's outputs (on the CPU) when
+    ``keep``."""
+    out, outputs = [], []
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="embedding images", leave=False, disable=not progress):
         pixels = torch.stack([load(i) for i in range(start, min(n, start + batch_size))])
-        emb, _ = model.encode_images(Images(pixels=pixels.to(device)))
+        emb, image = model.encode_images(Images(pixels=pixels.to(device)))
         out.append(F.normalize(emb.float(), dim=-1))
-    return torch.cat(out)
+        if keep:
+            outputs.append(image.to("cpu"))
+    return torch.cat(out), ImageOutput.cat(outputs) if keep else None
 
 
 def _text_embeddings(
@@ -62,13 +76,19 @@ def evaluate_dataset(
     probes: Any | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    rerank_k: int = 0,
 ) -> SplitEvaluation:
     """Multi-positive retrieval of ``model`` (an ``AlignmentModel``) on ``dataset`` (an
     ``ImageCaptionDataset``), plus :func:`evaluate_probes` on ``probes`` when given
-    (``progress``: progress bars while embedding)."""
+    (``progress``: progress bars while embedding). With ``rerank_k > 0`` and a cross-modal
+    head, also the retrieval re-ranked by its ITM logit (``*_rerank``; the image tower's
+    outputs of every image are then kept on the CPU)."""
     was_training = model.training
     model.eval()
-    u = _image_embeddings(model, dataset.load_image, len(dataset), device, batch_size, progress)
+    rerank = rerank_k > 0 and model.crossmodal is not None
+    u, images = _image_embeddings(
+        model, dataset.load_image, len(dataset), device, batch_size, progress, keep=rerank
+    )
     flat = flatten_captions(dataset)
     v = _text_embeddings(model, tokenize, flat.texts, device, batch_size, progress)
     image_ids = torch.as_tensor(np.asarray(dataset.semantic_ids, dtype=np.int64))
@@ -81,6 +101,16 @@ def evaluate_dataset(
     items = retrieval_items(u, v, relevance)
     metrics = metrics_from_items(items)
     out = {k: t.cpu().numpy() for k, t in items.items()}
+    if rerank:
+
+        def itm(text_index: Tensor, image_index: Tensor) -> Tensor:
+            texts = tokenize([flat.texts[i] for i in text_index.tolist()]).to(device)
+            image = images.select(image_index.cpu()).to(device)
+            return model.match(texts, image).itm_logit.float()
+
+        reranked = rerank_evaluation(u, v, relevance, itm, rerank_k, batch_size=batch_size)
+        metrics.update(reranked[0])
+        out.update(reranked[1])
     if probes is not None:
         probe_eval = evaluate_probes(model, probes, tokenize, device, batch_size)
         metrics.update(probe_eval.metrics)
@@ -95,7 +125,7 @@ def evaluate_probes(
 ) -> SplitEvaluation:
     """Compositional accuracy per kind on ``probes`` (``load_image(i)``, ``captions``,
     ``negatives``, ``kinds``): ``comp_<kind>`` by cosine, ``itm_comp_<kind>`` by ITM."""
-    u = _image_embeddings(model, probes.load_image, len(probes), device, batch_size)
+    u, _ = _image_embeddings(model, probes.load_image, len(probes), device, batch_size)
     v_pos = _text_embeddings(model, tokenize, list(probes.captions), device, batch_size)
     v_neg = _text_embeddings(model, tokenize, list(probes.negatives), device, batch_size)
     kinds = list(probes.kinds)

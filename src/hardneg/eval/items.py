@@ -12,6 +12,8 @@ items                  metric(s)
 ``i2t_ap`` (N,)        ``i2t_mAP``: average precision of image i's ranking (in [0, 1])
 ``t2i_hit@K`` (M,)     ``t2i_R@K`` (one per caption query, full and partial captions)
 ``t2i_ap`` (M,)        ``t2i_mAP``
+``<item>_rerank``      ``<metric>_rerank`` for the four above: retrieval re-ranked by the
+                       cross-modal head (:mod:`hardneg.eval.rerank`), e.g. ``i2t_hit@1_rerank``
 ``comp_correct`` (P,)  ``comp_<kind>`` / ``comp_overall``: probe p's true caption beats its
                        hard negative (cosine); ``comp_kind`` (P,) names the kind
 ``itm_comp_correct``   ``itm_comp_<kind>`` / ``itm_comp_overall`` (cross-modal ITM head)
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hardneg.eval.rerank import RERANK_SUFFIX
+
 __all__ = ["metric_items", "pack_items", "read_items"]
 
 _DIRECT = {"ael": "ael_hit", "i2t_mAP": "i2t_ap", "t2i_mAP": "t2i_ap"}
@@ -36,7 +40,8 @@ def metric_items(items: dict[str, np.ndarray], metric: str) -> np.ndarray | None
     Args:
         items: one split's items (see the module table).
         metric: a metric name of :func:`~hardneg.eval.runner.evaluate_split`, e.g.
-            ``"i2t_R@1"``, ``"comp_swap_digits"``, ``"itm_comp_overall"``, ``"ael"``.
+            ``"i2t_R@1"``, ``"i2t_mAP_rerank"``, ``"comp_swap_digits"``, ``"itm_comp_overall"``,
+            ``"ael"``.
 
     Returns:
         the values, or None when ``metric`` has no per-item form (``rsum``) or its items are
@@ -47,10 +52,12 @@ def metric_items(items: dict[str, np.ndarray], metric: str) -> np.ndarray | None
         >>> metric_items(items, "comp_a").tolist(), metric_items(items, "comp_overall").tolist()
         ([1.0, 1.0], [1.0, 0.0, 1.0])
     """
-    name = _DIRECT.get(metric)
-    if name is None and metric[:4] in ("i2t_", "t2i_") and "_R@" in metric:
-        name = metric.replace("_R@", "_hit@")
+    base = metric.removesuffix(RERANK_SUFFIX)  # re-ranked retrieval: the same items, suffixed
+    name = _DIRECT.get(base)
+    if name is None and base[:4] in ("i2t_", "t2i_") and "_R@" in base:
+        name = base.replace("_R@", "_hit@")
     if name is not None:
+        name += metric[len(base) :]
         return items[name].astype(np.float64) if name in items else None
     for prefix in ("itm_comp_", "comp_"):
         if metric.startswith(prefix):

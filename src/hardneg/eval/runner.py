@@ -8,7 +8,10 @@
   negative caption, with the dual encoder's cosine and with the cross-modal ITM head;
 - AEL: for (image, hard-negative caption) pairs, % whose top last-layer cross-attention cell
   lies in the annotated mismatch words × mismatch region (BACL §5, "attention error
-  localisation"). Only word tokens are ranked ([CLS]/[SEP]/padding are not).
+  localisation"). Only word tokens are ranked ([CLS]/[SEP]/padding are not);
+- re-ranked retrieval (``rerank_k > 0`` and a cross-modal head): the same retrieval with each
+  query's ``rerank_k`` best candidates re-ordered by the ITM logit (:mod:`hardneg.eval.rerank`),
+  stored as ``i2t_R@1_rerank`` … ``rsum_rerank``.
 
 :func:`evaluate_split_items` also returns the per-item outcomes (:mod:`hardneg.eval.items`)
 whose means are the metrics, for bootstrap confidence intervals.
@@ -30,6 +33,7 @@ from hardneg.eval.localisation import (
     box_to_patch_mask,
     word_span_to_token_mask,
 )
+from hardneg.eval.rerank import rerank_evaluation
 from hardneg.eval.retrieval import metrics_from_items, retrieval_items
 from hardneg.models.crossmodal import last_layer_attention
 from hardneg.models.outputs import ImageOutput
@@ -57,6 +61,7 @@ def evaluate_split(
     tower: Any,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    rerank_k: int = 0,
 ) -> dict[str, float]:
     """All metrics of ``model`` (an ``AlignmentModel``) on one ``SplitTensors``.
 
@@ -67,13 +72,16 @@ def evaluate_split(
         split: :class:`~hardneg.data.digitscenes.tensors.SplitTensors`.
         tower: the text tower (its tokenizer maps words to tokens for AEL).
         device: where to run.
-        batch_size: images per forward.
+        batch_size: images per forward (and (caption, image) pairs per ITM forward).
+        rerank_k: ITC candidates per query re-ranked by the ITM logit (0: no re-ranking; a
+            model without a cross-modal head is not re-ranked).
 
     Returns:
         flat ``{metric: value}``: ``i2t_R@1`` … ``rsum``, ``comp_<kind>``/``comp_overall``
-        (cosine), ``itm_comp_<kind>``/``itm_comp_overall``, ``ael``.
+        (cosine), ``itm_comp_<kind>``/``itm_comp_overall``, ``ael``, and with re-ranking
+        ``i2t_R@1_rerank`` … ``rsum_rerank``.
     """
-    return evaluate_split_items(model, bank, split, tower, device, batch_size).metrics
+    return evaluate_split_items(model, bank, split, tower, device, batch_size, rerank_k).metrics
 
 
 @torch.no_grad()
@@ -84,17 +92,18 @@ def evaluate_split_items(
     tower: Any,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    rerank_k: int = 0,
 ) -> SplitEvaluation:
     """:func:`evaluate_split`'s metrics with their per-item outcomes (same arguments)."""
     was_training = model.training
     model.eval()
     try:
-        return _evaluate(model, bank, split, tower, device, batch_size)
+        return _evaluate(model, bank, split, tower, device, batch_size, rerank_k)
     finally:
         model.train(was_training)
 
 
-def _evaluate(model, bank, split, tower, device, batch_size: int) -> SplitEvaluation:
+def _evaluate(model, bank, split, tower, device, batch_size: int, rerank_k: int) -> SplitEvaluation:
     n = len(split)
     image_emb, image_outs = [], []
     for start in range(0, n, batch_size):
@@ -106,10 +115,7 @@ def _evaluate(model, bank, split, tower, device, batch_size: int) -> SplitEvalua
     images = ImageOutput.cat(image_outs)
     grid = images.grid
 
-    items: dict[str, np.ndarray] = {}
-    retrieval = _retrieval(model, bank, split, u, device, batch_size)
-    metrics = metrics_from_items(retrieval)
-    items.update({k: v.cpu().numpy() for k, v in retrieval.items()})
+    metrics, items = _retrieval(model, bank, split, u, images, device, batch_size, rerank_k)
 
     # hard-negative probes: one row per (scene, hard negative)
     scene, neg_rows, kinds, spans, boxes, texts = [], [], [], [], [], []
@@ -161,8 +167,11 @@ def _evaluate(model, bank, split, tower, device, batch_size: int) -> SplitEvalua
     return SplitEvaluation(metrics, items)
 
 
-def _retrieval(model, bank, split, u: Tensor, device, batch_size: int) -> dict[str, Tensor]:
-    """Per-query retrieval items over every caption (full and partial) with exact relevance."""
+def _retrieval(
+    model, bank, split, u: Tensor, images: ImageOutput, device, batch_size: int, rerank_k: int
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Retrieval metrics and items over every caption (full and partial) with exact relevance,
+    and re-ranked by the ITM head when ``rerank_k`` > 0 and the model has one."""
     meanings = split.caption_meanings()  # (N, C + P), −1 = no caption
     rows = torch.cat([split.caption_rows, split.partial_rows], dim=1)
     present = meanings >= 0
@@ -173,7 +182,20 @@ def _retrieval(model, bank, split, u: Tensor, device, batch_size: int) -> dict[s
         rel = split.relevance(image_index.cpu(), text_meanings[text_index.cpu()])
         return rel.to(image_index.device)
 
-    return retrieval_items(u, v, relevance)
+    retrieval = retrieval_items(u, v, relevance)
+    metrics = metrics_from_items(retrieval)
+    items = {k: t.cpu().numpy() for k, t in retrieval.items()}
+    if rerank_k > 0 and model.crossmodal is not None:
+
+        def itm(text_index: Tensor, image_index: Tensor) -> Tensor:
+            text = bank.take(text_rows[text_index.cpu()], device)
+            image = images.select(image_index.to(images.tokens.device))
+            return model.match(text, image).itm_logit.float()
+
+        reranked = rerank_evaluation(u, v, relevance, itm, rerank_k, batch_size=batch_size)
+        metrics.update(reranked[0])
+        items.update(reranked[1])
+    return metrics, items
 
 
 def _text_embeddings(model, bank, rows: Tensor, device, batch_size: int) -> Tensor:

@@ -18,6 +18,7 @@ import yaml
 
 from hardneg.data.digitscenes import PRESETS
 from hardneg.data.digitscenes.captions import PERTURBATIONS
+from hardneg.eval.rerank import RERANK_K
 from hardneg.losses import LOSSES
 from hardneg.miners import BNSConfig
 from hardneg.miners.curriculum import CURRICULUM_PRESETS
@@ -405,6 +406,14 @@ class TrainConfig:
     checkpoint_every: int = setting(100, ge=0, doc="steps between checkpoints (0: only at the end)")
     out_dir: str = setting("runs/train", doc="run directory")
     progress: bool = setting(True, doc="show a progress bar")
+    eval_rerank_k: int = setting(
+        RERANK_K,
+        ge=0,
+        doc="evaluation: also report retrieval re-ranked as in ALBEF, each query's k best "
+        "candidates by cosine re-ordered by the cross-modal head's ITM logit (metrics "
+        "``*_rerank``, see ``docs/benchmark.md``); 0: no re-ranking; skipped for a model "
+        "without a cross-modal head",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

@@ -112,25 +112,40 @@ def _train_and_evaluate(
 
 
 def evaluate_run(
-    run_dir: Path, data: str | None = None, compositional: str | None = None
+    run_dir: Path,
+    data: str | None = None,
+    compositional: str | None = None,
+    rerank: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in ``run_dir``: on the run's evaluation data, or on the data
     spec ``data`` (multi-positive retrieval), with compositional accuracy on the probes JSON
-    ``compositional`` (files recipe)."""
+    ``compositional`` (files recipe). ``rerank``: candidates per query re-ranked by the
+    cross-modal head (``*_rerank`` metrics; 0: none; None: the run's ``eval_rerank_k``); a
+    model without that head is refused."""
     path = run_dir / "checkpoint.pt"
     with user_errors():  # the run directory, its checkpoint, the data spec: the user's
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} does not exist; train first with `hardneg train --out`"
             )
+        if rerank is not None and rerank < 0:
+            raise ValueError(f"--rerank must be ≥ 0 (0: no re-ranking), got {rerank}")
         state = torch.load(path, map_location="cpu", weights_only=False)
         config = config_from_dict(state["config"])
         if data is not None:
             from hardneg.data.specs import parse_data_spec
 
             parse_data_spec(data, key="--data")
+        if rerank is not None:
+            config = replace(config, eval_rerank_k=rerank)
         trainer = Trainer(replace(config, progress=False))
         trainer.load_state_dict(state)
+        if rerank and trainer.model.crossmodal is None:
+            raise ValueError(
+                f"--rerank re-ranks with a cross-modal head, and {run_dir} has none (its method "
+                "has no ITM / MLM / CLA term); evaluate it without --rerank, or train it with "
+                "one (e.g. --set crossmodal.itm_weight=1)"
+            )
     evaluations = trainer.recipe.evaluate(data, compositional)
     return {name: e.metrics for name, e in evaluations.items()}
 

@@ -248,7 +248,12 @@ class DigitScenesRecipe:
             )
         return {
             name: evaluate_split_items(
-                self.model, self.bank, self.splits[name], self.tower, self.device
+                self.model,
+                self.bank,
+                self.splits[name],
+                self.tower,
+                self.device,
+                rerank_k=self.cfg.eval_rerank_k,
             )
             for name in EVAL_SPLITS
             if name in self.splits

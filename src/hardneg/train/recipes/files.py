@@ -266,7 +266,13 @@ class FilesRecipe:
             return {}
         dataset = self._open(spec, "test")
         evaluation = evaluate_dataset(
-            self.model, dataset, self._tokens, self.device, probes, progress=self.cfg.progress
+            self.model,
+            dataset,
+            self._tokens,
+            self.device,
+            probes,
+            progress=self.cfg.progress,
+            rerank_k=self.cfg.eval_rerank_k,
         )
         return {"test": evaluation}
 
