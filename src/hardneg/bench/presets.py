@@ -57,6 +57,7 @@ _COMPOSITIONAL = {
         "crossmodal_layers": 1,
         "crossmodal_dim": 64,
         "mlm_vocab": "corpus",
+        "mlm_variants": 2,
     },
     "pretrain": {
         "steps": 1200,

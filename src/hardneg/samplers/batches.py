@@ -78,7 +78,9 @@ class HardnessBatchSampler(Sampler[list[int]]):
     ``q_p50``, ``q_p90`` (quantiles used; 1 in mode ``grit``), ``pick_sim_mean`` (similarity
     of each pick to its anchor: S in the quantile modes, the cosine of the direction used in
     mode ``grit``), ``fn_rate`` (% of ordered in-batch pairs i ≠ j with the same semantic id, i.e.
-    false negatives; None without ``semantic_ids``). Unavailable values are None.
+    false negatives; None without ``semantic_ids``), ``q_dup_mean`` / ``q_nodup_mean`` (mean q of
+    the anchors whose search space holds / does not hold another item of their meaning). Unavailable
+    values are None.
 
     Args:
         num_items: dataset size N (≥ B).
@@ -284,9 +286,16 @@ class HardnessBatchSampler(Sampler[list[int]]):
                 self.config, self.policy, position, sim, len(items) // bsz, p.rng
             )
             chain = chain_batches(sim.numpy(), bsz, q_of, p.rng)
+        duplicate = None  # items whose meaning recurs in the space (potential FNs)
+        if self.semantic_ids is not None:
+            _, inverse, counts = np.unique(
+                self.semantic_ids[items], return_inverse=True, return_counts=True
+            )
+            duplicate = counts[inverse] > 1
         for number in p.rng.permutation(len(chain.batches)):
             batch = [int(items[i]) for i in chain.batches[number]]
-            self._append(p, batch, chain.qs[number], chain.pick_sims[number])
+            dup = None if duplicate is None else duplicate[chain.anchors[number]]
+            self._append(p, batch, chain.qs[number], chain.pick_sims[number], dup)
             if decide is not None:
                 decide(int(number), chain.anchors[number])
 
@@ -296,6 +305,7 @@ class HardnessBatchSampler(Sampler[list[int]]):
         batch: list[int],
         qs: list[float] | None,
         pick_sims: list[float] | None,
+        anchor_has_duplicate: np.ndarray | None = None,
     ) -> None:
         p.built.append(batch)
-        p.stats.append(batch_stats(batch, qs, pick_sims, self.semantic_ids))
+        p.stats.append(batch_stats(batch, qs, pick_sims, self.semantic_ids, anchor_has_duplicate))

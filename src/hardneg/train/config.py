@@ -411,8 +411,8 @@ class TrainConfig:
         ge=0,
         doc="evaluation: also report retrieval re-ranked as in ALBEF, each query's k best "
         "candidates by cosine re-ordered by the cross-modal head's ITM logit (metrics "
-        "``*_rerank``, see ``docs/benchmark.md``); 0: no re-ranking; skipped for a model "
-        "without a cross-modal head",
+        "``*_rerank``, see ``docs/benchmark.md``); 0: no re-ranking; skipped for a method "
+        "that trains no ITM head (``crossmodal.itm_weight: 0``: its order would be noise)",
     )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -422,6 +422,12 @@ class TrainConfig:
     crossmodal: CrossModalTermsConfig = field(default_factory=CrossModalTermsConfig)
     batch_sampler: BatchSamplerConfig = field(default_factory=BatchSamplerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    @property
+    def rerank_k(self) -> int:
+        """Candidates per query the evaluation re-ranks: ``eval_rerank_k`` when the method
+        trains an ITM head, else 0 (an untrained head's order is noise, and costs time)."""
+        return self.eval_rerank_k if self.crossmodal.itm_weight > 0 else 0
 
     def to_dict(self) -> dict[str, Any]:
         """The nested dict of every value (``dataclasses.asdict``)."""

@@ -140,11 +140,12 @@ def evaluate_run(
             config = replace(config, eval_rerank_k=rerank)
         trainer = Trainer(replace(config, progress=False))
         trainer.load_state_dict(state)
-        if rerank and trainer.model.crossmodal is None:
+        if rerank and (trainer.model.crossmodal is None or not config.crossmodal.itm_weight):
             raise ValueError(
-                f"--rerank re-ranks with a cross-modal head, and {run_dir} has none (its method "
-                "has no ITM / MLM / CLA term); evaluate it without --rerank, or train it with "
-                "one (e.g. --set crossmodal.itm_weight=1)"
+                f"--rerank re-ranks with the cross-modal head's ITM score, and {run_dir}'s "
+                "method trains no ITM head (crossmodal.itm_weight=0); evaluate it without "
+                "--rerank, or train it with one (e.g. --method albef, or --set "
+                "crossmodal.itm_weight=1)"
             )
     evaluations = trainer.recipe.evaluate(data, compositional)
     return {name: e.metrics for name, e in evaluations.items()}

@@ -127,9 +127,12 @@ class DigitScenesRecipe:
         if not (self.model.fusion and self.cfg.crossmodal.mlm_weight):
             return None
         split, cross = self.train_split, self.model.crossmodal
+        rows = [split.caption_rows.flatten()]
+        if self.partial_prob > 0:  # partial captions are drawn only as controlled FNs
+            rows.append(split.partial_rows.flatten())
         return MaskedVariants.build(
             self.bank,
-            torch.cat([split.caption_rows.flatten(), split.partial_rows.flatten()]),
+            torch.cat(rows),
             self.cfg.model.mlm_variants,
             lambda text, gen: cross.choose_mask(text, generator=gen),
             self.tower,
@@ -253,7 +256,7 @@ class DigitScenesRecipe:
                 self.splits[name],
                 self.tower,
                 self.device,
-                rerank_k=self.cfg.eval_rerank_k,
+                rerank_k=self.cfg.rerank_k,
             )
             for name in EVAL_SPLITS
             if name in self.splits

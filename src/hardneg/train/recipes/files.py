@@ -272,7 +272,7 @@ class FilesRecipe:
             self.device,
             probes,
             progress=self.cfg.progress,
-            rerank_k=self.cfg.eval_rerank_k,
+            rerank_k=self.cfg.rerank_k,
         )
         return {"test": evaluation}
 
