@@ -51,7 +51,7 @@ def test_claims_cover_every_paper_and_name_known_methods():
     from hardneg.train.methods import METHODS
 
     papers = {c.paper.split(" ")[0] for c in CLAIMS}
-    assert papers == {"BACL", "EGA", "FALCON", "NegCLIP", "MNRL"}
+    assert papers == {"ALBEF", "BACL", "EGA", "FALCON", "GRIT-VLP", "NegCLIP", "MNRL"}
     known = set(METHODS) | {"mnrl_hardness"}  # the comparator another module adds
     assert {m for c in CLAIMS for m in (c.method, c.baseline)} <= known
 
@@ -94,3 +94,28 @@ def test_comparing_runs_on_different_test_items_is_refused(tmp_path):
     tree = _tree(tmp_path, {"infonce": {"test": [np.ones(50)]}, "ega": {"test": [np.ones(60)]}})
     with pytest.raises(ValueError, match="different numbers of test items"):
         compare(tree, {}, "ega", "infonce", "test", "i2t_R@1", Resampler(100))
+
+
+def test_a_method_against_itself_compares_two_metrics_of_the_same_queries(tmp_path):
+    """ALBEF's precondition: re-ranked R@1 vs its own ITC R@1, paired by query."""
+    rng = np.random.default_rng(0)
+    itc = [(rng.random(200) < 0.5).astype(float) for _ in range(2)]
+    rerank = [np.maximum(h, (rng.random(200) < 0.4).astype(float)) for h in itc]
+    runs = []
+    for seed in range(2):
+        path = tmp_path / "albef" / f"seed{seed}"
+        path.mkdir(parents=True)
+        items = {"test": {"i2t_hit@1": itc[seed], "i2t_hit@1_rerank": rerank[seed]}}
+        np.savez(path / "per_item.npz", **pack_items(items))
+        runs.append(BenchRun("albef", seed, path, {}))
+    tree = BenchTree(tmp_path, {}, runs, ["albef"], [])
+    result = compare(
+        tree, {}, "albef", "albef", "test", "i2t_R@1_rerank", Resampler(500),
+        baseline_metric="i2t_R@1",
+    )  # fmt: skip
+    expected = 100 * np.mean([r.mean() - h.mean() for r, h in zip(rerank, itc, strict=True)])
+    assert result is not None and result[0].diff == pytest.approx(expected)
+    assert result[0].lo > 0  # every query kept or gained its hit
+    precondition = [c for c in CLAIMS if c.method == c.baseline == "albef"]
+    by_text = {r.claim.text: r for r in check_claims(tree, {}, Resampler(500), precondition)}
+    assert by_text[precondition[0].text].verdict == "reproduced"

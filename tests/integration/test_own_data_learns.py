@@ -98,7 +98,8 @@ def test_falcon_reward_is_exactly_zero_when_the_model_does_not_change(files, tmp
     dropout on (both passes run in eval mode); with lr > 0 the reward moves."""
     still = _trainer(files, tmp_path / "still", "falcon_dual", optim={"lr": 0.0})
     assert [h["falcon_reward"] for h in still.fit()] == [0.0, 0.0, 0.0]
-    moving = _trainer(files, tmp_path / "moving", "falcon_dual", optim={"lr": 1e-2, "warmup_steps": 0})
+    optim = {"lr": 1e-2, "warmup_steps": 0}
+    moving = _trainer(files, tmp_path / "moving", "falcon_dual", optim=optim)
     assert all(h["falcon_reward"] != 0.0 for h in moving.fit())
 
 

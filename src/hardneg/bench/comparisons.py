@@ -43,6 +43,7 @@ def compare(
     split: str,
     metric: str,
     resampler: Resampler,
+    baseline_metric: str | None = None,
 ) -> tuple[Comparison, np.ndarray | None] | None:
     """``method − baseline`` on ``split`` / ``metric`` over every seed both ran.
 
@@ -54,6 +55,9 @@ def compare(
         split: ``"test"``, ``"test_novel"`` or ``"train"``.
         metric: a metric name of that split.
         resampler: the bench's shared resamples.
+        baseline_metric: the baseline's metric when it differs (e.g. ``albef``'s re-ranked
+            ``i2t_R@1_rerank`` vs its own ``i2t_R@1``: per-query outcomes of the same queries,
+            so still paired); default ``metric``.
 
     Returns:
         ``(comparison, deltas)`` — ``deltas`` the bootstrap ``Δ*`` (None for ``train``) — or
@@ -63,14 +67,14 @@ def compare(
         ValueError: the two methods' runs were evaluated on different test items (a different
             number of items: a different data build), which cannot be paired.
     """
+    wanted = ((method, metric), (baseline, baseline_metric or metric))
     if split == TRAIN_SPLIT:
         per_seed = [
-            {s: v.get(split, {}).get(metric) for s, v in raw.get(m, {}).items()}
-            for m in (method, baseline)
+            {s: v.get(split, {}).get(name) for s, v in raw.get(m, {}).items()} for m, name in wanted
         ]
         result = seed_interval(*per_seed)
         return None if result is None else (result, None)
-    a, b = (_seed_items(tree, m, split, metric) for m in (method, baseline))
+    a, b = (_seed_items(tree, m, split, name) for m, name in wanted)
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None

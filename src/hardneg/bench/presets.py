@@ -15,12 +15,13 @@ __all__ = ["ALL_METHODS", "CORE_METHODS", "PRESETS", "BenchPreset", "check_overr
 
 CORE_METHODS = [
     "infonce", "siglip", "hcl", "dcl", "soft_infonce", "negclip", "ega",
-    "bns", "cla", "bacl", "bacl_ega", "grit", "falcon", "falcon_ega",
+    "bns", "cla", "bacl", "bacl_ega", "albef", "grit", "falcon", "falcon_ega",
 ]  # fmt: skip
 ALL_METHODS = [
     *CORE_METHODS,
-    "decoupled", "bacl_aggressive", "bacl_shallow", "cla_detached", "bacl_cla_detached", "fixed_q",
-    "progressive", "falcon_batch",
+    "decoupled", "bacl_aggressive", "bacl_shallow", "cla_detached", "bacl_cla_detached",
+    "falcon_fixed_q", "falcon_batch", "grit_dual", "fixed_q_dual", "progressive", "falcon_dual",
+    "falcon_batch_dual",
     "mnrl_hardness",
 ]  # fmt: skip
 
@@ -43,11 +44,11 @@ class BenchPreset:
 # and colour sit where); every method then fine-tunes the attention heads (word order and
 # binding are representable) on the frozen tower's cached features. Composition is left to the
 # methods. Cross-modal terms only where a method is made of them (BACL's CLA; ALBEF, GRIT-VLP
-# and FALCON's ITM + MLM over the heads' states), on a 1-layer cross-modal transformer whose MLM head scores the corpus's word pieces
-# (CPU budget; heads and cross-modal width 64, see the diagnosis, §8). False negatives: 1 % of
-# the ordered pairs of random batches, from 4 scene configurations repeated in ≈ 100 train
-# scenes each (every caption stays a full one; partial-caption positives stop swap learning,
-# see the diagnosis, §6).
+# and FALCON's ITM + MLM over the heads' states), on a 1-layer cross-modal transformer whose
+# MLM head scores the corpus's word pieces (CPU budget; heads and cross-modal width 64, see the
+# diagnosis, §8). False negatives: 1 % of the ordered pairs of random batches, from 4 scene
+# configurations repeated in ≈ 100 train scenes each (every caption stays a full one;
+# partial-caption positives stop swap learning, see the diagnosis, §6).
 _COMPOSITIONAL = {
     "model": {
         "dropout": 0.0,
@@ -79,7 +80,7 @@ PRESETS = {
     # each paper and the baselines its claims compare with, 3 seeds
     "compositional": BenchPreset(
         "small", steps=600, batch_size=64, seeds=3,
-        methods=["infonce", "negclip", "ega", "bacl", "grit", "falcon"],
+        methods=["infonce", "negclip", "ega", "bacl", "albef", "grit", "falcon"],
         overrides=_COMPOSITIONAL_RUN,
     ),
     # every claim of the claims table (BACL's parts and curricula, FALCON's batch-level
@@ -87,14 +88,15 @@ PRESETS = {
     "compositional-full": BenchPreset(
         "small", steps=600, batch_size=64, seeds=3,
         methods=["infonce", "negclip", "ega", "mnrl_hardness", "bns", "cla", "bacl",
-                 "bacl_aggressive", "bacl_shallow", "grit", "falcon", "falcon_batch",
-                 "falcon_space2", "falcon_space32"],
+                 "bacl_aggressive", "bacl_shallow", "albef", "grit", "falcon", "falcon_batch",
+                 "falcon_fixed_q", "falcon_space2", "falcon_space32", "grit_dual",
+                 "falcon_dual"],
         overrides=_COMPOSITIONAL_RUN,
     ),
     # towers from scratch, 8 methods, one seed: the smoke run (`make bench-quick`)
     "quick": BenchPreset(
         "small", steps=100, batch_size=64, seeds=1,
-        methods=["infonce", "siglip", "hcl", "negclip", "ega", "bacl", "grit", "falcon"],
+        methods=["infonce", "siglip", "hcl", "negclip", "ega", "bacl", "albef", "grit", "falcon"],
         overrides={"checkpoint_every": 40, "log_every": 5, "optim": {"lr": 2e-3},
                    "miner": {"k": 8}, "model": {"dropout": 0.0}, **_FALSE_NEGATIVES},
     ),
