@@ -15,6 +15,7 @@ one method. Set ``OMP_NUM_THREADS=1`` to time what a bench worker runs.
 
     python benchmarks/bench_steps.py                       # ≈ 30 min on 2 idle cores
     python benchmarks/bench_steps.py --methods infonce bacl --steps 40 --rounds 2
+    python benchmarks/bench_steps.py --preset compositional --reference albef --methods grit falcon
     python benchmarks/bench_steps.py --preset compositional --methods infonce negclip ega bacl \
         grit falcon
 
@@ -85,6 +86,9 @@ def main() -> None:
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides")
     parser.add_argument("--out", type=Path, help="default: results/steps[_PRESET].md")
+    parser.add_argument(
+        "--reference", default="infonce", help="the method every ratio is against (e.g. albef)"
+    )
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     out = args.out or RESULTS.with_name(
@@ -92,7 +96,8 @@ def main() -> None:
     )
     if args.steps < 40:
         parser.error("--steps must be ≥ 40 (31 untimed steps of epoch 1, then ≥ 9 timed)")
-    methods = args.methods if "infonce" in args.methods else ["infonce", *args.methods]
+    ref = args.reference
+    methods = args.methods if ref in args.methods else [ref, *args.methods]
 
     with tempfile.TemporaryDirectory() as tmp:
         # the shared cache (and the preset's pre-training stage)
@@ -113,11 +118,11 @@ def main() -> None:
             rounds.append(cells)
 
     def ratio(method: str, key: str) -> str:
-        values = sorted(c[method][key] / max(c["infonce"][key], 1e-9) for c in rounds)
+        values = sorted(c[method][key] / max(c[ref][key], 1e-9) for c in rounds)
         return f"{statistics.median(values):.2f} ({values[0]:.2f}–{values[-1]:.2f})"
 
-    device = rounds[0]["infonce"]["device"]
-    threads = rounds[0]["infonce"]["threads"]
+    device = rounds[0][ref]["device"]
+    threads = rounds[0][ref]["threads"]
     lines = [
         "# Training-step overhead per method",
         "",
@@ -130,9 +135,9 @@ def main() -> None:
         "Step = median time of one optimisation step; wall/step also counts the work between "
         "steps (search-space refresh at the epoch boundary, FALCON reward forwards); peak = "
         "growth of peak RSS (CPU) or max allocated (CUDA) while timed. Each ratio is against "
-        "infonce in the same round: median (min–max) over rounds.",
+        f"{ref} in the same round: median (min–max) over rounds.",
         "",
-        "| method | step (s) | step × infonce | wall/step × infonce | peak MiB | peak × infonce |",
+        f"| method | step (s) | step × {ref} | wall/step × {ref} | peak MiB | peak × {ref} |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for method in methods:

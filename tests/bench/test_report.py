@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hardneg.bench.aggregate import POLICY_TREND
 from hardneg.bench.plots import curriculum_curves, mean_curve
 from hardneg.bench.report import write_report
 from hardneg.bench.tree import BenchRun, load_bench
@@ -202,6 +203,10 @@ def test_csv_is_tidy_with_one_row_per_method_seed_split_metric(bench):
     root, _ = bench
     with (root / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
+    trend = [r for r in rows if r["metric"] in POLICY_TREND]  # only runs that log q
+    assert {r["method"] for r in trend} <= {"grit", "falcon"} and trend
+    assert {r["metric"] for r in trend} == {"q_start", "q_end"}  # no duplicate split logged
+    rows = [r for r in rows if r["metric"] not in POLICY_TREND]
     expected = len(METHODS) * len(SEEDS) * (2 * len(SPLIT_METRICS) + len(TRAIN_METRICS))
     assert len(rows) == expected
     keys = {(r["method"], r["seed"], r["split"], r["metric"]) for r in rows}

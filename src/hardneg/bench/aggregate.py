@@ -48,7 +48,40 @@ def _run_values(run: BenchRun, ref_mem: float | None) -> dict[str, dict[str, Any
     train["fn_rate"] = selected if selected is not None else batch
     mem = finite(m.get("peak_mem_mib"))
     train["mem_ratio"] = mem / ref_mem if mem is not None and ref_mem is not None else None
+    train.update(hardness_trend(run.log))
     out[TRAIN_SPLIT] = train
+    return out
+
+
+POLICY_TREND = ("q_start", "q_end", "q_dup_end", "q_nodup_end")
+"""A batch sampler's hardness over training (:func:`hardness_trend`)."""
+
+
+def hardness_trend(log: dict[str, np.ndarray], share: float = 0.1) -> dict[str, float]:
+    """The batch samplers' quantile q at the start and the end of training: the mean of the
+    logged ``batch_q_mean`` over the first and the last ``share`` of the logged hard-batch
+    steps (``q_start``, ``q_end``), and at the end the mean q of the anchors whose search space
+    holds another item of their meaning (``q_dup_end``) and of the others (``q_nodup_end``).
+    Empty for a run without hard batches.
+
+    Example:
+        >>> trend = hardness_trend({"batch_q_mean": np.linspace(0.5, 0.3, 20)})
+        >>> round(trend["q_start"], 3), round(trend["q_end"], 3)
+        (0.495, 0.305)
+    """
+    out: dict[str, float] = {}
+    for key, column, part in (
+        ("q_start", "batch_q_mean", "start"),
+        ("q_end", "batch_q_mean", "end"),
+        ("q_dup_end", "batch_q_dup_mean", "end"),
+        ("q_nodup_end", "batch_q_nodup_mean", "end"),
+    ):
+        values = np.asarray(log.get(column, []), dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values) < 2:
+            continue
+        n = max(1, round(share * len(values)))
+        out[key] = float(values[:n].mean() if part == "start" else values[-n:].mean())
     return out
 
 

@@ -103,6 +103,8 @@ CLAIMS = [
           claimed=1.57),
     Claim(FALCON, "fewer false negatives than GRIT", "falcon", "grit", "batch_fn_rate",
           "train", direction=-1),
+    Claim(FALCON, "lower hardness q where false negatives cluster (end of training)", "falcon",
+          "falcon", "q_dup_end", "train", direction=-1, baseline_metric="q_nodup_end"),
     Claim(GRIT, "TR R@1 > ALBEF (re-ranked)", "grit", "albef", "i2t_R@1_rerank", claimed=5.0),
     Claim(FALCON, "TR R@1 > ALBEF (re-ranked)", "falcon", "albef", "i2t_R@1_rerank",
           claimed=6.68),

@@ -264,7 +264,9 @@ def plot_selected_hardness(tree: BenchTree, path: Path) -> Path | None:
 
 
 def plot_falcon_q(tree: BenchTree, path: Path) -> Path | None:
-    """Hardness quantile q over training (batch mean, p10–p90 band) per GRIT/FALCON method."""
+    """Hardness quantile q over training (batch mean, p10–p90 band) per GRIT/FALCON method;
+    for FALCON's also the mean q of anchors whose search space holds a same-meaning item
+    (dashed) and of the others (dotted)."""
     methods = _methods_with(tree, "batch_q_mean")
     if not methods:
         return None
@@ -280,6 +282,13 @@ def plot_falcon_q(tree: BenchTree, path: Path) -> Path | None:
             common, il, ih = np.intersect1d(low[0], high[0], return_indices=True)
             ax.fill_between(common, low[1][il], high[1][ih], color=colour, alpha=0.18,
                             label=f"{method} p10–p90")  # fmt: skip
+        for column, style, what in (
+            ("batch_q_dup_mean", "--", "anchors with a same-meaning item in their space"),
+            ("batch_q_nodup_mean", ":", "the other anchors"),
+        ):
+            curve = mean_curve(runs, column)
+            if curve is not None and method.startswith("falcon"):
+                ax.plot(*curve, color=colour, lw=1.0, ls=style, label=f"{method}: {what}")
     ax.set_xlabel("step (no point: random batches while the embedding store fills)")
     ax.set_ylabel("hardness quantile q (0 = easy, 1 = hardest)")
     ax.set_title("Hardness quantile q of the batch samplers over training (mean over seeds)")
