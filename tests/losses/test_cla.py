@@ -28,12 +28,17 @@ def maps(pos, neg, dtype=torch.float64):
 def test_hand_computed_example_top_half_of_cells():
     pos, neg = maps(A_POS, A_NEG)
     mask = torch.ones(1, 2, dtype=torch.bool)
-    loss = contrastive_local_attention_loss(pos, neg, mask, rho=0.5, beta=1.0, eps=EPS)
+    loss = contrastive_local_attention_loss(
+        pos, neg, mask, rho=0.5, beta=1.0, eps=EPS, reduction="mean"
+    )
     # Ω = ⌈0.5·6⌉ = 3 cells: (1,2), (0,2), (0,0);  A_b = A⁻·(1 + ΔA)
     a_b = [0.2 * 1.5, 0.55 * 1.45, 0.2 * 1.4]  # 0.3, 0.7975, 0.28
     expected = sum(-math.log(v + EPS) for v in a_b) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert loss.item() == pytest.approx(0.9010679, abs=1e-6)  # 0.9010705 at ε = 0
+    # the paper's sum over Ω (the default)
+    summed = contrastive_local_attention_loss(pos, neg, mask, rho=0.5, beta=1.0, eps=EPS)
+    assert summed.item() == pytest.approx(3 * expected, rel=1e-12)
 
 
 def test_small_rho_keeps_at_least_one_cell():
@@ -51,7 +56,9 @@ def test_batch_loss_is_the_mean_of_per_pair_means_and_padding_is_never_in_omega(
     pos = torch.cat([pos1, pos2])
     neg = torch.cat([neg1, neg2]).detach().requires_grad_(True)
     mask = torch.tensor([[True, True], [True, False]])
-    loss = contrastive_local_attention_loss(pos, neg, mask, rho=0.5, beta=1.0, eps=EPS)
+    loss = contrastive_local_attention_loss(
+        pos, neg, mask, rho=0.5, beta=1.0, eps=EPS, reduction="mean"
+    )
     pair1 = sum(-math.log(v + EPS) for v in (0.3, 0.7975, 0.28)) / 3
     # pair 2: 3 valid cells, ΔA row0 = [0.4, 0.7, 0.3] → Ω = ⌈1.5⌉ = 2 cells: (0,1), (0,0)
     pair2 = (-math.log(0.1 * 1.7 + EPS) - math.log(0.5 * 1.4 + EPS)) / 2
@@ -78,8 +85,9 @@ def test_detached_delta_gradient_reaches_negative_attention_only_with_the_formul
     pos, neg = maps(A_POS, A_NEG)
     pos.requires_grad_(True)
     loss = contrastive_local_attention_loss(
-        pos, neg, torch.ones(1, 2, dtype=torch.bool), rho=0.5, beta=1.0, eps=EPS, detach_delta=True
-    )
+        pos, neg, torch.ones(1, 2, dtype=torch.bool), rho=0.5, beta=1.0, eps=EPS,
+        detach_delta=True, reduction="mean",
+    )  # fmt: skip
     loss.backward()
     # ΔA is detached: ∂L/∂A⁻ = −(1+ΔA)/(A_b+ε)/|Ω| on Ω, 0 elsewhere; A⁺ gets no gradient
     expected = torch.zeros(2, 3, dtype=torch.float64)
@@ -90,8 +98,9 @@ def test_detached_delta_gradient_reaches_negative_attention_only_with_the_formul
     assert pos.grad is None or torch.all(pos.grad == 0)
 
 
-def test_differentiable_delta_gradients_equal_finite_differences_of_the_formula():
-    # independent formula: Ω fixed by ΔA ranking, mean over Ω of −log(A⁻(1+β|A⁺−A⁻|)+ε)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_differentiable_delta_gradients_equal_finite_differences_of_the_formula(reduction):
+    # independent formula: Ω fixed by ΔA ranking, sum (or mean) over Ω of −log(A⁻(1+β|A⁺−A⁻|)+ε)
     g = torch.Generator().manual_seed(3)
     pos = torch.softmax(torch.randn(2, 3, 5, generator=g, dtype=torch.float64), dim=-1)
     neg = torch.softmax(torch.randn(2, 3, 5, generator=g, dtype=torch.float64), dim=-1)
@@ -110,11 +119,13 @@ def test_differentiable_delta_gradients_equal_finite_differences_of_the_formula(
         for b in range(2):
             pf, nf = p[b].flatten(), n[b].flatten()
             cells = [-torch.log(nf[c] * (1 + beta * (pf[c] - nf[c]).abs()) + EPS) for c in omega[b]]
-            total = total + sum(cells) / n_omega
+            total = total + sum(cells) / (n_omega if reduction == "mean" else 1)
         return total / 2
 
     p, n = pos.clone().requires_grad_(True), neg.clone().requires_grad_(True)
-    contrastive_local_attention_loss(p, n, mask, rho, beta, EPS, detach_delta=False).backward()
+    contrastive_local_attention_loss(
+        p, n, mask, rho, beta, EPS, detach_delta=False, reduction=reduction
+    ).backward()
     for grad, which in ((p.grad, 0), (n.grad, 1)):
         numeric = torch.zeros_like(pos)
         for idx in np.ndindex(*pos.shape):

@@ -13,6 +13,9 @@ from torch import Tensor, nn
 
 from hardneg.losses.checks import check_bool, check_device, check_number
 
+REDUCTIONS = ("sum", "mean")
+"""Reductions of the CLA loss over Ω."""
+
 
 def contrastive_local_attention_loss(
     attn_pos: Tensor,
@@ -22,6 +25,7 @@ def contrastive_local_attention_loss(
     beta: float = 1.0,
     eps: float = 1e-6,
     detach_delta: bool = False,
+    reduction: str = "sum",
 ) -> Tensor:
     r"""Local mismatch loss of BACL's CLA.
 
@@ -31,12 +35,12 @@ def contrastive_local_attention_loss(
     .. math::
         \Delta A = |A^+ - A^-|,\qquad
         A_b = A^- \odot (1 + \beta\,\Delta A),\qquad
-        \mathcal L_b = \frac{1}{|\Omega_b|}\sum_{(t,p)\in\Omega_b}
-        -\log\big(A_b(t,p) + \varepsilon\big)
+        \mathcal L_b = \sum_{(t,p)\in\Omega_b} -\log\big(A_b(t,p) + \varepsilon\big)
 
     with ``Ω_b`` the ``max(1, ⌈ρ·n_b⌉)`` valid cells of largest ``ΔA`` (``n_b`` = valid tokens ×
-    patches). The loss is the mean of ``L_b`` over pairs; averaging over Ω instead of the paper's
-    sum only rescales λ_local, but keeps it independent of ρ, caption length and patch count.
+    patches). The loss is the mean of ``L_b`` over pairs. ``reduction="sum"`` is the paper's sum
+    over Ω; ``"mean"`` divides ``L_b`` by ``|Ω_b|`` (hardneg's earlier default: it rescales
+    λ_local by ≈ 1/|Ω|, but keeps the weight independent of ρ, caption length and patch count).
 
     Gradient of ``ΔA`` (the paper does not say). By default (``detach_delta=False``) the whole
     expression is differentiated: ``−log(A⁻(1 + β·ΔA))`` raises the negative pair's attention on
@@ -56,6 +60,7 @@ def contrastive_local_attention_loss(
         beta: amplification β ≥ 0 (default 1).
         eps: ε > 0 inside the log, so zero-attention cells give a finite loss (default 1e-6).
         detach_delta: stop the gradient through ``ΔA`` (default False; see above).
+        reduction: ``"sum"`` (the paper's, default) or ``"mean"`` over Ω (see above).
 
     Returns:
         Scalar loss (λ_local = 0.3 is applied by the trainer).
@@ -68,6 +73,8 @@ def contrastive_local_attention_loss(
     """
     rho, beta, eps = _check_hyper(rho, beta, eps)
     _check_inputs(attn_pos, attn_neg, token_mask)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     dtype = torch.promote_types(attn_neg.dtype, torch.float32)
     a_pos, a_neg = attn_pos.to(dtype), attn_neg.to(dtype)
     batch, tokens, patches = a_neg.shape
@@ -90,7 +97,9 @@ def contrastive_local_attention_loss(
     boosted = a_neg.reshape(batch, -1) * (1.0 + beta * delta.reshape(batch, -1))
     cell_loss = -torch.log(boosted + eps)
     per_pair = torch.where(omega, cell_loss, torch.zeros_like(cell_loss)).sum(dim=1)
-    return (per_pair / n_omega.to(dtype)).mean()
+    if reduction == "mean":
+        per_pair = per_pair / n_omega.to(dtype)
+    return per_pair.mean()
 
 
 def _check_inputs(attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor) -> None:
@@ -151,6 +160,7 @@ class ContrastiveLocalAttentionLoss(nn.Module):
         beta: amplification β (default 1.0).
         eps: ε inside the log (default 1e-6).
         detach_delta: stop the gradient through ΔA (default False).
+        reduction: ``"sum"`` over Ω (the paper's, default) or ``"mean"``.
 
     Relations: the auxiliary loss of BACL; add ``λ_local · CLA`` (λ_local = 0.3, trainer config)
     to any contrastive loss, with ``A⁻`` from the hardest negative of
@@ -164,17 +174,29 @@ class ContrastiveLocalAttentionLoss(nn.Module):
     """
 
     def __init__(
-        self, rho: float = 0.1, beta: float = 1.0, eps: float = 1e-6, detach_delta: bool = False
+        self,
+        rho: float = 0.1,
+        beta: float = 1.0,
+        eps: float = 1e-6,
+        detach_delta: bool = False,
+        reduction: str = "sum",
     ) -> None:
         super().__init__()
         self.rho, self.beta, self.eps = _check_hyper(rho, beta, eps)
         self.detach_delta = check_bool("detach_delta", detach_delta)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
 
     def forward(self, attn_pos: Tensor, attn_neg: Tensor, token_mask: Tensor) -> Tensor:
         """CLA loss of one batch; see :func:`contrastive_local_attention_loss`."""
         return contrastive_local_attention_loss(
-            attn_pos, attn_neg, token_mask, self.rho, self.beta, self.eps, self.detach_delta
-        )
+            attn_pos, attn_neg, token_mask, self.rho, self.beta, self.eps, self.detach_delta,
+            self.reduction,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"rho={self.rho}, beta={self.beta}, eps={self.eps}, detach_delta={self.detach_delta}"
+        return (
+            f"rho={self.rho}, beta={self.beta}, eps={self.eps}, "
+            f"detach_delta={self.detach_delta}, reduction={self.reduction!r}"
+        )

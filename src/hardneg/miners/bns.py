@@ -237,9 +237,14 @@ class BoundaryAwareMiner(nn.Module):
         alpha = self.curriculum(progress, total)
         tau = self.temperature(progress, total)
 
-        priority = self._priorities(sim, allowed, pos_sim, alpha)
         boundary = sim - pos_sim.unsqueeze(1)
-        logits = priority - alpha * scale * boundary
+        selection = self.config.selection
+        if selection == "uniform":  # Gumbel top-k of equal logits: a uniform k-subset
+            logits = torch.zeros_like(sim)
+        elif selection == "schedule":  # the curriculum alone
+            logits = -alpha * scale * boundary
+        else:
+            logits = self._priorities(sim, allowed, pos_sim, alpha) - alpha * scale * boundary
         hard, soft, indices = gumbel_topk(
             logits, k or self.config.k, tau, allowed, self.generator, noise_rows
         )
@@ -302,7 +307,8 @@ class BoundaryAwareMiner(nn.Module):
             )
         i2t, t2i = picks
         policy_loss = i2t.policy_loss + t2i.policy_loss
-        if self.train_policy and self.training and torch.is_grad_enabled():
+        trains = self.train_policy and self.config.selection == "boundary"
+        if trains and self.training and torch.is_grad_enabled():
             self._train_policy(policy_loss)
         return MinedNegatives(
             i2t=i2t,

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from hardneg.miners.curriculum import CURRICULUM_PRESETS
 
+SELECTIONS = ("boundary", "schedule", "uniform")
+"""How the miner scores candidates (see :attr:`BNSConfig.selection`)."""
+
 
 @dataclass
 class BNSConfig:
@@ -36,6 +39,9 @@ class BNSConfig:
             curriculum moved the mean picked BS 3 % (start) / 6 % (end) of the way from the
             uniform mean to the easiest / hardest k against the Gumbel noise (std ≈ 1.28);
             with 1/0.07, 36 % / 55 % (the tests require ≥ 25 %).
+        selection: ``"boundary"`` (BNS: curriculum + policy), ``"schedule"`` (the curriculum
+            alone, policy off: what the policy adds over its schedule) or ``"uniform"`` (k
+            uniformly random negatives per anchor: the paper's Theorem 4.2 control).
     """
 
     k: int = 16
@@ -49,6 +55,7 @@ class BNSConfig:
     init_output_scale: float = 1e-3
     seed: int = 0
     logit_scale: float = 1.0 / 0.07
+    selection: str = "boundary"
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -73,6 +80,10 @@ class BNSConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"BNSConfig.lr must be > 0, got {self.lr}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(
+                f"BNSConfig.selection={self.selection!r}; choose one of {list(SELECTIONS)}"
+            )
         if not (self.logit_scale > 0 and math.isfinite(self.logit_scale)):
             raise ValueError(
                 f"BNSConfig.logit_scale must be a finite 1/τ > 0, got {self.logit_scale}"

@@ -21,6 +21,7 @@ from hardneg.data.digitscenes.captions import PERTURBATIONS
 from hardneg.eval.rerank import RERANK_K
 from hardneg.losses import LOSSES
 from hardneg.miners import BNSConfig
+from hardneg.miners.config import SELECTIONS
 from hardneg.miners.curriculum import CURRICULUM_PRESETS
 from hardneg.models.crossmodal_config import CrossModalConfig
 from hardneg.models.image import ImageArch, ImageTowerConfig
@@ -170,6 +171,11 @@ class ModelConfig:
         doc="keep the image tower fixed (after the pre-training stage on DigitScenes, whose "
         "features are then cached per split; a pretrained checkpoint's tower otherwise)",
     )
+    freeze_dual_encoder: bool = setting(
+        False,
+        doc="train only the cross-modal transformer: the dual encoder (towers and heads) stays "
+        "as the pre-training stage left it (BACL's frozen encoders; DigitScenes)",
+    )
     crossmodal_dim: int = setting(
         sets=(CrossModalConfig, "d_model"), ge=1, doc="width of the cross-modal transformer"
     )
@@ -214,6 +220,12 @@ class LossConfig:
     kwargs: dict[str, Any] = setting(
         factory=dict, doc="keyword arguments of the loss class (e.g. ``temperature``)"
     )
+    weight: float = setting(
+        1.0,
+        ge=0,
+        doc="weight of the contrastive loss (0: not computed, e.g. BACL's re-ranker on a frozen "
+        "dual encoder; the miner still mines from the dual encoder's similarities)",
+    )
 
 
 @dataclass
@@ -241,6 +253,11 @@ class MinerConfig:
     curriculum: Literal[tuple(CURRICULUM_PRESETS)] = setting(
         sets=(BNSConfig, "curriculum"),
         doc="curriculum preset (``hardneg.miners.CURRICULUM_PRESETS``)",
+    )
+    selection: Literal[SELECTIONS] = setting(
+        sets=(BNSConfig, "selection"),
+        doc="``boundary`` (BNS: curriculum + policy), ``schedule`` (the curriculum alone, "
+        "policy off) or ``uniform`` (k uniformly random negatives: the control)",
     )
     tau_start: float = setting(
         sets=(BNSConfig, "tau_start"), doc="Gumbel-Softmax temperature at the start of training"
@@ -272,6 +289,15 @@ class CrossModalTermsConfig:
     cla_detach_delta: bool = setting(
         False,
         doc="stop the gradient through ΔA (see ``contrastive_local_attention_loss``)",
+    )
+    cla_reduction: Literal["sum", "mean"] = setting(
+        "sum", doc="CLA over Ω: ``sum`` (the paper's) or ``mean`` (λ rescaled by ≈ 1/|Ω|)"
+    )
+    rerank_weight: float = setting(
+        0.0,
+        ge=0,
+        doc="BACL's re-ranker: listwise contrastive loss over the cross-modal scores of each "
+        "anchor's positive and the miner's k picks, both directions (0 = off)",
     )
     itm_weight: float = setting(
         0.0, ge=0, doc="image-text matching loss (ALBEF: 1; 0 = off; see ``itm_negatives``)"
@@ -426,8 +452,10 @@ class TrainConfig:
     @property
     def rerank_k(self) -> int:
         """Candidates per query the evaluation re-ranks: ``eval_rerank_k`` when the method
-        trains an ITM head, else 0 (an untrained head's order is noise, and costs time)."""
-        return self.eval_rerank_k if self.crossmodal.itm_weight > 0 else 0
+        trains the cross-modal score (ITM, or BACL's listwise re-ranking loss), else 0 (an
+        untrained head's order is noise, and costs time)."""
+        scores = self.crossmodal.itm_weight > 0 or self.crossmodal.rerank_weight > 0
+        return self.eval_rerank_k if scores else 0
 
     def to_dict(self) -> dict[str, Any]:
         """The nested dict of every value (``dataclasses.asdict``)."""

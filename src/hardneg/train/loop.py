@@ -110,6 +110,7 @@ class Engine:
                 cfg.crossmodal,
                 None if miner is None else miner.to(device),
                 cfg.miner.denominator,
+                contrastive_weight=cfg.loss.weight,
             )
         self.objective = objective
         self.loss_fn = objective.loss_fn
@@ -244,7 +245,7 @@ class Engine:
                     f"non-finite loss {float(loss)} at step {self.step} ({out.logs}); {cause}: "
                     "lower optim.lr or disable AMP"
                 )
-            if not chunk:
+            if not chunk and loss.requires_grad:  # (nothing trains: the `frozen` baseline)
                 self.grad_scaler.scale(loss / len(batches)).backward()
             for key, value in out.logs.items():
                 logs[key] = logs.get(key, 0.0) + value / len(batches)

@@ -1,6 +1,7 @@
 """Methods as compositions: each name picks a loss, a miner, cross-modal terms and a batch sampler.
 
-BACL = BNS miner + CLA cross-modal term (+ any contrastive loss); ALBEF = ITC + ITM + MLM on a
+BACL = a re-ranker over a frozen dual encoder trained with BNS picks + CLA (its ``_dual``
+variants: BNS + CLA on any contrastive loss); ALBEF = ITC + ITM + MLM on a
 fusion model; GRIT-VLP and FALCON = ALBEF + their batch sampler; EGA = a loss. Combinations
 need no new code, only a new entry here.
 """
@@ -16,11 +17,33 @@ __all__ = ["LOSSES", "METHODS", "method_overrides"]
 # EGA's default (P̄ renormalised per row); ega_unnormalized is the literal form, an ablation
 # that keeps the embeddings collapsed when training from scratch (EGALoss(renormalize=False))
 _EGA = {"name": "ega"}
-_BNS = {"miner": {"name": "bns"}}
-_CLA = {"crossmodal": {"cla_weight": 0.3}}
-_BACL = {"miner": {"name": "bns"}, "crossmodal": {"cla_weight": 0.3}}
+# hardneg's dual-encoder BACL (BNS on the dual encoder's ITC, CLA on a cross-modal head that
+# shares no parameter with retrieval): CLA averaged over Ω, as these variants were measured
+_CLA = {"crossmodal": {"cla_weight": 0.3, "cla_reduction": "mean"}}
+_BACL_DUAL = {"miner": {"name": "bns"}, **_CLA}
 # CLA with ΔA detached (the default differentiates it): the ablation behind that default
-_CLA_DETACHED = {"crossmodal": {"cla_weight": 0.3, "cla_detach_delta": True}}
+_CLA_DETACHED = {
+    "crossmodal": {"cla_weight": 0.3, "cla_reduction": "mean", "cla_detach_delta": True}
+}
+# BACL in its paper's setting (arXiv:2511.08399 §3-4): the dual encoder frozen as the shared
+# stage left it, a cross-modal transformer over its token states trained to score pairs by a
+# listwise contrastive loss over each anchor's positive and the miner's k picks (+ λ·CLA, summed
+# over Ω as the paper writes it); retrieval re-ranks the dual encoder's top-k by that score
+_FROZEN = {
+    "model": {"head": "attention", "crossmodal_input": "heads", "freeze_dual_encoder": True},
+    "loss": {"weight": 0.0},
+}
+
+
+def _reranker(selection: str, cla: bool, curriculum: str = "default") -> dict[str, Any]:
+    """BACL's re-ranker with the miner's ``selection`` and curriculum, with or without CLA."""
+    terms: dict[str, Any] = {"rerank_weight": 1.0}
+    if cla:
+        terms.update(cla_weight=0.3, cla_reduction="sum")
+    miner = {"name": "bns", "selection": selection, "curriculum": curriculum}
+    return {**_FROZEN, "miner": miner, "crossmodal": terms}
+
+
 # FALCON's policy reward is the decrease of the MLM loss, so its MLM term is part of the
 # method (a preset that turns the cross-modal terms off keeps it for FALCON)
 _FALCON_MLM = {"crossmodal": {"mlm_weight": 0.5}}
@@ -45,14 +68,25 @@ METHODS: dict[str, dict[str, Any]] = {
     # LLaVE's hardness weighting (arXiv:2503.04812): α = 9, the value sentence-transformers'
     # MultipleNegativesRankingLoss documents for LLaVE (its own default, 0, disables it)
     "mnrl_hardness": {"loss": {"name": "mnrl_hardness", "kwargs": {"hardness_strength": 9.0}}},
-    "bns": _BNS,
-    "cla": _CLA,
-    "bacl": _BACL,
-    "cla_detached": _CLA_DETACHED,
-    "bacl_cla_detached": {**_BACL, **_CLA_DETACHED},
-    "bacl_aggressive": {**_BACL, "miner": {"name": "bns", "curriculum": "aggressive"}},
-    "bacl_shallow": {**_BACL, "miner": {"name": "bns", "curriculum": "shallow"}},
-    "bacl_ega": {**_BACL, "loss": _EGA},
+    # the BACL group: the frozen dual encoder (the baseline row, no training) and the
+    # re-ranker trained on it with the paper's parts and their controls (same model and budget)
+    "frozen": _FROZEN,
+    "bacl": _reranker("boundary", cla=True),
+    "bacl_uniform": _reranker("uniform", cla=False),
+    "bacl_bns_only": _reranker("boundary", cla=False),
+    "bacl_cla_only": _reranker("uniform", cla=True),
+    "bacl_schedule": _reranker("schedule", cla=True),
+    "bacl_aggressive": _reranker("boundary", cla=True, curriculum="aggressive"),
+    "bacl_shallow": _reranker("boundary", cla=True, curriculum="shallow"),
+    # hardneg's dual-encoder variants (see _BACL_DUAL)
+    "bns_dual": {"miner": {"name": "bns"}},
+    "cla_dual": _CLA,
+    "bacl_dual": _BACL_DUAL,
+    "bacl_dual_uniform": {**_BACL_DUAL, "miner": {"name": "bns", "selection": "uniform"}},
+    "bacl_dual_weighted": {**_BACL_DUAL, "miner": {"name": "bns", "denominator": "weighted"}},
+    "cla_dual_detached": _CLA_DETACHED,
+    "bacl_dual_cla_detached": {"miner": {"name": "bns"}, **_CLA_DETACHED},
+    "bacl_dual_ega": {**_BACL_DUAL, "loss": _EGA},
     # the fusion group: ALBEF and the methods that are ALBEF models (GRIT-VLP, FALCON), one
     # objective, only the batches differ
     "albef": _ALBEF,

@@ -35,11 +35,13 @@ from hardneg.train.batch import Batch
 from hardneg.train.config import CrossModalTermsConfig
 from hardneg.train.gradcache import Chunk, check_chunkable, chunk_slices, gradcache_backward
 from hardneg.train.itm import albef_itm_loss, gather_image_output, hardest_negative_images
+from hardneg.train.listwise import listwise_rerank_loss
 
 
 def has_crossmodal_terms(terms: CrossModalTermsConfig) -> bool:
-    """Whether ``terms`` turns on ITM, CLA or MLM (the model then needs a cross-modal head)."""
-    return bool(terms.itm_weight or terms.cla_weight or terms.mlm_weight)
+    """Whether ``terms`` turns on ITM, CLA, MLM or BACL's re-ranking loss (the model then needs
+    a cross-modal head)."""
+    return bool(terms.itm_weight or terms.cla_weight or terms.mlm_weight or terms.rerank_weight)
 
 
 @dataclass
@@ -72,6 +74,8 @@ class Objective:
         denominator: with a miner, ``"selected"`` (the loss scores the positive + k picks)
             or ``"weighted"`` (every negative weighted by its relaxed selection weight).
         bs_samples: how many selected boundary scores a step keeps for the histograms.
+        contrastive_weight: weight of the contrastive loss (0: not computed; the miner still
+            mines from the pairs: BACL's re-ranker on a frozen dual encoder).
     """
 
     loss_fn: torch.nn.Module
@@ -79,13 +83,17 @@ class Objective:
     miner: BoundaryAwareMiner | None = None
     denominator: str = "selected"
     bs_samples: int = 64
+    contrastive_weight: float = 1.0
     cla: ContrastiveLocalAttentionLoss = field(init=False)
 
     def __post_init__(self) -> None:
         if self.miner is not None:
             self.miner.defer_policy_step = True
         self.cla = ContrastiveLocalAttentionLoss(
-            self.terms.cla_rho, self.terms.cla_beta, detach_delta=self.terms.cla_detach_delta
+            self.terms.cla_rho,
+            self.terms.cla_beta,
+            detach_delta=self.terms.cla_detach_delta,
+            reduction=self.terms.cla_reduction,
         )
 
     @property
@@ -110,13 +118,17 @@ class Objective:
         out = _Contrastive(pairs)
         if self.miner is not None:
             mined = self.miner(pairs, *progress, logit_scale=self.loss_fn.scale())
+            out.mined = mined
             out.keep_t2i = mined.t2i_keep
             out.selected_boundary_scores = self._mining_logs(mined, pairs, batch, out.logs)
             weighted = self.denominator == "weighted"
             pairs = mined.reweight(pairs) if weighted else mined.restrict(pairs)
             out.pairs = pairs
-        out.loss = self.loss_fn.loss(pairs)
-        out.logs["contrastive"] = float(out.loss.detach())
+        if self.contrastive_weight:
+            out.loss = self.contrastive_weight * self.loss_fn.loss(pairs)
+            out.logs["contrastive"] = float(out.loss.detach())
+        else:  # nothing the contrastive loss would train (a frozen dual encoder)
+            out.loss = pairs.image.new_zeros((), dtype=torch.float32)
         return out
 
     def __call__(
@@ -142,7 +154,9 @@ class Objective:
         """The terms added to the contrastive loss (here the cross-modal ones; None: none)."""
         if not self.crossmodal:
             return None
-        return self._crossmodal(model, c.pairs, text, img_out, c.keep_t2i, batch, c.logs)
+        return self._crossmodal(
+            model, c.pairs, text, img_out, c.keep_t2i, batch, c.logs, mined=c.mined
+        )
 
     def gradcache(
         self,
@@ -245,11 +259,13 @@ class Objective:
             masked=batch.mlm_text,
         )
 
-    def _crossmodal(self, model, pairs, text, image, keep_t2i, batch, logs, share: float = 1.0):
+    def _crossmodal(
+        self, model, pairs, text, image, keep_t2i, batch, logs, share: float = 1.0, mined=None
+    ):
         """ITM, CLA on the attention maps of (caption, positive image) vs (caption, hardest
-        negative image), and MLM. ``share``: the rows' share of the micro-batch (ITM and CLA
-        are means over rows, so a GradCache chunk weighs its means by it; logs are summed over
-        chunks)."""
+        negative image), MLM and BACL's listwise re-ranking loss over the miner's picks
+        (``mined``). ``share``: the rows' share of the micro-batch (ITM and CLA are means over
+        rows, so a GradCache chunk weighs its means by it; logs are summed over chunks)."""
         weights, r = self.terms, len(text)
         sampled_itm = weights.itm_weight and weights.itm_negatives == "sampled"
         terms = []
@@ -272,6 +288,10 @@ class Objective:
             terms.append(("itm", weights.itm_weight, share * itm))
         if weights.mlm_weight:
             terms.append(("mlm", weights.mlm_weight, self.mlm(model, text, image, batch)))
+        if weights.rerank_weight:
+            rerank, extra = listwise_rerank_loss(model, text, image, mined)
+            logs.update(extra)
+            terms.append(("rerank", weights.rerank_weight, rerank))
         total = image.tokens.new_zeros((), dtype=torch.float32)
         for name, w, value in terms:
             logs[name] = logs.get(name, 0.0) + float(value.detach())
@@ -285,6 +305,7 @@ class _Contrastive:
 
     pairs: Any
     loss: Tensor | None = None
+    mined: MinedNegatives | None = None
     keep_t2i: Tensor | None = None
     selected_boundary_scores: Tensor | None = None
     logs: dict[str, float] = field(default_factory=dict)

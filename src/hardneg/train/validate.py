@@ -118,6 +118,11 @@ def _check_model(cfg: TrainConfig) -> None:
             "model.crossmodal_input=heads reads the attention heads' token states, but "
             f"model.head={m.head!r}; use --set model.head=attention (or crossmodal_input=tokens)"
         )
+    if m.spec == "builtin" and m.freeze_dual_encoder and not cfg.pretrain.steps:
+        raise ValueError(
+            "model.freeze_dual_encoder needs pretrain.steps > 0 (a frozen dual encoder that was "
+            "never trained would stay random)"
+        )
     if m.spec == "builtin" and m.freeze_image_tower and not cfg.pretrain.steps:
         raise ValueError(
             "model.freeze_image_tower needs pretrain.steps > 0 (a frozen tower that was never "
@@ -174,6 +179,26 @@ def _check_miner(cfg: TrainConfig) -> None:
         )
 
 
+def _check_rerank(cfg: TrainConfig) -> None:
+    if not cfg.crossmodal.rerank_weight:
+        return
+    if cfg.miner.name != "bns":
+        raise ValueError(
+            "crossmodal.rerank_weight scores each anchor's positive against the miner's picks; "
+            "set miner.name=bns (miner.selection=uniform for uniformly random picks)"
+        )
+    if cfg.optim.gradcache_chunk:
+        raise ValueError(
+            "crossmodal.rerank_weight cannot be combined with optim.gradcache_chunk (the "
+            "re-ranking loss is not chunked); set optim.gradcache_chunk=0"
+        )
+    if cfg.data.hard_negative_captions:
+        raise ValueError(
+            "crossmodal.rerank_weight scores the dataset's captions only; set "
+            "data.hard_negative_captions=false"
+        )
+
+
 def _check_sampler(cfg: TrainConfig) -> None:
     s = cfg.batch_sampler
     try:  # the sampler's own checks (progressive direction, search space ≥ a batch)
@@ -217,6 +242,11 @@ def _check_specs(cfg: TrainConfig) -> None:
             "data.false_negative_percent needs DigitScenes with model.spec=builtin (exact "
             "semantics); use --set data.false_negative_percent=0"
         )
+    if cfg.model.freeze_dual_encoder:
+        raise ValueError(
+            "model.freeze_dual_encoder (BACL's re-ranker on a frozen dual encoder) needs "
+            "DigitScenes with model.spec=builtin; on your own data use --method bacl_dual"
+        )
     if cfg.model.crossmodal_input == "heads":
         dual = f"{cfg.method}_dual"
         fix = (
@@ -250,6 +280,7 @@ def validate_config(cfg: TrainConfig) -> None:
         _check_data,
         _check_losses,
         _check_miner,
+        _check_rerank,
         _check_sampler,
         _check_specs,
     ):

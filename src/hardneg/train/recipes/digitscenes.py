@@ -118,6 +118,8 @@ class DigitScenesRecipe:
         frozen = cfg.model.freeze_image_tower
         if frozen:
             dual.image_tower.requires_grad_(False).eval()
+        if cfg.model.freeze_dual_encoder:  # BACL: only the cross-modal transformer trains
+            dual.requires_grad_(False)
         for split in self.splits.values():  # (shared data may hold another run's features)
             split.image_features = self._tower_features(split) if frozen else None
         return loss
