@@ -85,7 +85,7 @@ def test_out_of_distribution_claim_is_the_difference_of_split_gains(tmp_path):
     d_novel = compare(tree, {}, "ega", "infonce", "test_novel", "i2t_R@1", resampler)[0]
     widths = [c.hi - c.lo for c in (d_test, d_novel, ood.comparison)]
     assert widths[2] == pytest.approx(np.hypot(widths[0], widths[1]), rel=0.15)
-    assert by_text["BNS alone > InfoNCE"].verdict == "not run"
+    assert by_text["full BACL > BNS alone"].verdict == "not run"
     unmeasured = check_claims(tree, {}, resampler, [Claim("P", "AEL", "ega", "infonce", "ael")])
     assert unmeasured[0].verdict == "not measured"  # both ran, but they have no AEL items
 

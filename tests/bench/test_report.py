@@ -18,7 +18,7 @@ from hardneg.bench.report import write_report
 from hardneg.bench.tree import BenchRun, load_bench
 from hardneg.eval.items import pack_items
 
-METHODS = ["infonce", "bacl", "falcon"]
+METHODS = ["infonce", "bacl_dual", "falcon"]
 SEEDS = [0, 1]
 KINDS = ["flip_relation", "swap_colours"]
 SPLIT_METRICS = [
@@ -36,10 +36,10 @@ STEPS = 100
 N_ITEMS = 100  # test queries of the fake per_item.npz
 
 # hand-chosen per-seed values of the cells the tests check
-I2T_R1 = {"infonce": (30.0, 32.0), "bacl": (40.0, 44.0), "falcon": (50.0, 50.0)}
-STEP_TIME = {"infonce": (0.1, 0.1), "bacl": (0.2, 0.3), "falcon": (0.12, 0.14)}
-SELECTED_FN = {"infonce": (None, None), "bacl": (2.0, 4.0), "falcon": (None, None)}
-BATCH_FN = {"infonce": (10.0, 12.0), "bacl": (9.0, 9.0), "falcon": (5.0, 7.0)}
+I2T_R1 = {"infonce": (30.0, 32.0), "bacl_dual": (40.0, 44.0), "falcon": (50.0, 50.0)}
+STEP_TIME = {"infonce": (0.1, 0.1), "bacl_dual": (0.2, 0.3), "falcon": (0.12, 0.14)}
+SELECTED_FN = {"infonce": (None, None), "bacl_dual": (2.0, 4.0), "falcon": (None, None)}
+BATCH_FN = {"infonce": (10.0, 12.0), "bacl_dual": (9.0, 9.0), "falcon": (5.0, 7.0)}
 
 
 def _split(method: str, seed: int, offset: float) -> dict[str, float]:
@@ -62,7 +62,7 @@ def _log_rows(method: str, seed: int) -> list[dict[str, object]]:
         }
         if method != "infonce":
             row["contrastive"] = 1.5 - step / 200
-        if method == "bacl":
+        if method == "bacl_dual":
             row["alpha"] = 0.3 - 0.8 * step / STEPS
             row["cla"] = "" if step == 5 else 0.2  # empty cell = not logged
             row["selected_fn_rate"] = 3.0
@@ -104,7 +104,7 @@ def _write_run(root: Path, method: str, seed: int) -> None:
         for split, offset in (("test", 0.0), ("test_novel", -5.0))
     }
     np.savez(out / "per_item.npz", **pack_items(items))
-    if method == "bacl":
+    if method == "bacl_dual":
         rng = np.random.default_rng(seed)
         steps = np.repeat(np.arange(STEPS), 4).astype(float)
         scores = np.stack([steps, rng.normal(size=len(steps))], 1)
@@ -122,8 +122,8 @@ def bench(tmp_path_factory) -> tuple[Path, dict]:
         for seed in SEEDS:
             _write_run(root, method, seed)
     # seed 2: bacl crashed (error.log), falcon was interrupted, infonce never started
-    (root / "bacl" / "seed2").mkdir()
-    (root / "bacl" / "seed2" / "error.log").write_text("Traceback ...")
+    (root / "bacl_dual" / "seed2").mkdir()
+    (root / "bacl_dual" / "seed2" / "error.log").write_text("Traceback ...")
     (root / "falcon" / "seed2").mkdir()
     (root / "falcon" / "seed2" / "train_log.csv").write_text("step,loss\n5,1.0\n")
     return root, write_report(root)
@@ -152,9 +152,11 @@ def test_markdown_cell_is_hand_computed_mean_and_sample_std(bench):
     root, _ = bench
     md = (root / "results.md").read_text()
     # bacl I→T R@1 over seeds (40, 44): mean 42, sample std sqrt(2² + 2²) = 2.83
-    assert _cell(md, "Test", "bacl", "I→T R@1") == "42.0 ± 2.8"
+    assert _cell(md, "Test", "bacl_dual", "I→T R@1") == "42.0 ± 2.8"
     # test_novel is offset by −5: (35, 39)
-    assert _cell(md, "Test (novel digit–colour combinations)", "bacl", "I→T R@1") == "37.0 ± 2.8"
+    assert (
+        _cell(md, "Test (novel digit–colour combinations)", "bacl_dual", "I→T R@1") == "37.0 ± 2.8"
+    )
     # no step-time or memory ratio: the bench's runs share the CPU and a worker process, so
     # their step times and peaks are not comparable (the JSON keeps mem_ratio)
     assert "Time ×" not in _header(md, "Test") and "Mem ×" not in _header(md, "Test")
@@ -164,9 +166,9 @@ def test_bold_marks_the_best_higher_and_lower_is_better(bench):
     root, _ = bench
     md = (root / "results.md").read_text()
     assert _cell(md, "Test", "falcon", "I→T R@1") == "**50.0 ± 0.0**"
-    assert "**" not in _cell(md, "Test", "bacl", "I→T R@1")
+    assert "**" not in _cell(md, "Test", "bacl_dual", "I→T R@1")
     # FN rate (lower is better): bacl uses its selected rate (3.00)
-    assert _cell(md, "Test", "bacl", "FN rate %") == "**3.00 ± 1.41**"
+    assert _cell(md, "Test", "bacl_dual", "FN rate %") == "**3.00 ± 1.41**"
     assert _cell(md, "Test", "infonce", "FN rate %") == "11.00 ± 1.41"
 
 
@@ -191,12 +193,12 @@ def test_unfinished_runs_are_skipped_and_listed(bench):
     root, report = bench
     md = (root / "results.md").read_text()
     assert sorted(report["skipped"]) == [
-        "bacl/seed2 (failed, see error.log)",
+        "bacl_dual/seed2 (failed, see error.log)",
         "falcon/seed2 (unfinished: no metrics.json)",
         "infonce/seed2 (not started)",
     ]
     assert "Skipped 3 run(s) without metrics.json" in md
-    assert set(report["raw"]["bacl"]) == {"0", "1"}
+    assert set(report["raw"]["bacl_dual"]) == {"0", "1"}
 
 
 def test_csv_is_tidy_with_one_row_per_method_seed_split_metric(bench):
@@ -212,7 +214,7 @@ def test_csv_is_tidy_with_one_row_per_method_seed_split_metric(bench):
     keys = {(r["method"], r["seed"], r["split"], r["metric"]) for r in rows}
     assert len(keys) == expected
     value = {(r["method"], r["seed"], r["split"], r["metric"]): r["value"] for r in rows}
-    assert float(value["bacl", "1", "test", "i2t_R@1"]) == 44.0
+    assert float(value["bacl_dual", "1", "test", "i2t_R@1"]) == 44.0
     assert float(value["falcon", "0", "train", "mem_ratio"]) == pytest.approx(100 / 105)
     assert value["falcon", "1", "test", "ael"] == ""  # NaN → empty, not "nan"
     assert value["infonce", "0", "train", "selected_fn_rate"] == ""
@@ -226,7 +228,7 @@ def test_json_holds_aggregate_and_raw_values(bench):
     assert cell["std"] == pytest.approx(math.sqrt(2.0))
     assert cell["n"] == 2
     assert data["raw"]["falcon"]["1"]["test"]["ael"] is None
-    assert data["aggregate"]["bacl"]["train"]["mem_ratio"]["mean"] == pytest.approx(1.0)
+    assert data["aggregate"]["bacl_dual"]["train"]["mem_ratio"]["mean"] == pytest.approx(1.0)
     assert data["reference"] == "infonce"
     assert {Path(p).name for p in report["files"]} >= {"results.md", "results.csv", *PLOTS}
 
@@ -298,7 +300,7 @@ def test_json_comparisons_are_paired_differences_with_intervals(bench):
     _, report = bench
     comparisons = report["comparisons"]
     assert "infonce" not in comparisons  # the reference is not compared with itself
-    c = comparisons["bacl"]["test"]["i2t_R@1"]
+    c = comparisons["bacl_dual"]["test"]["i2t_R@1"]
     # seeds (40 − 30, 44 − 32) → Δ = 11 points over the 100 paired items of both seeds
     assert c["diff"] == pytest.approx(11.0) and c["n"] == N_ITEMS and c["seeds"] == 2
     # per-item seed-mean differences d̄ (0.5 on items 30, 31, 40–43; 1 on 32–39): the
@@ -313,19 +315,22 @@ def test_json_comparisons_are_paired_differences_with_intervals(bench):
     fn = comparisons["falcon"]["train"]["batch_fn_rate"]
     assert (fn["diff"], fn["lo"], fn["hi"], fn["significant"]) == (-5.0, -5.0, -5.0, True)
     # metrics without per-item outcomes in this fake tree get no comparison
-    assert "t2i_R@1" not in comparisons["bacl"]["test"]
+    assert "t2i_R@1" not in comparisons["bacl_dual"]["test"]
 
 
 def test_markdown_shows_differences_and_claims(bench):
     root, report = bench
     md = (root / "results.md").read_text()
-    cell = _cell(md, "Paired differences vs infonce", "bacl", "I→T R@1")
+    cell = _cell(md, "Paired differences vs infonce", "bacl_dual", "I→T R@1")
     assert cell.startswith("**+11.0 [") and cell.endswith("]\\***")
-    assert _cell(md, "Paired differences vs infonce", "bacl", "T→I R@1") == "–"
+    assert _cell(md, "Paired differences vs infonce", "bacl_dual", "T→I R@1") == "–"
     claims = {c["claim"]: c for c in report["claims"]}
-    assert claims["R@1 I→T gain over InfoNCE"]["verdict"] == "reproduced"
-    assert claims["BNS alone > InfoNCE"]["verdict"] == "not run"  # no bns run in this bench
+    text = "dual-encoder variant (hardneg's): R@1 I→T gain over InfoNCE"
+    assert claims[text]["verdict"] == "reproduced"
+    assert claims["full BACL > BNS alone"]["verdict"] == "not run"  # not in this bench
     assert claims["fewer false negatives than GRIT"]["verdict"] == "not run"
-    row = _row(md, "Claims", "BACL (arXiv:2511.08399)")
-    assert row[1:3] == ["R@1 I→T gain over InfoNCE", "bacl − infonce"]
+    claim_rows = md.split("## Claims\n", 1)[1].splitlines()
+    line = next(r for r in claim_rows if f"| {text} |" in r)
+    row = [c.strip() for c in line.strip("|").split("|")]
+    assert row[1:3] == [text, "bacl_dual − infonce"]
     assert row[4].startswith("+11.0 [") and row[5] == "+11.3" and row[6] == "reproduced"

@@ -29,13 +29,13 @@ def test_compositional_preset_runs_three_seeds():
 def test_overrides_reach_every_run_config_and_win_over_the_preset(tmp_path):
     preset = presets.PRESETS["quick"]
     config = presets.run_config(
-        preset, "bacl", 2, tmp_path, {"data": {"seed": 3}, "steps": 7, "optim": {"lr": 1e-4}}
+        preset, "bacl_dual", 2, tmp_path, {"data": {"seed": 3}, "steps": 7, "optim": {"lr": 1e-4}}
     )
     assert config["data"]["seed"] == 3 and config["steps"] == 7
     assert config["optim"]["lr"] == 1e-4
     assert config["seed"] == 2 and config["data"]["preset"] == preset.data_preset
-    assert config["out_dir"] == str(tmp_path / "bacl" / "seed2")
-    plain = presets.run_config(preset, "bacl", 2, tmp_path)
+    assert config["out_dir"] == str(tmp_path / "bacl_dual" / "seed2")
+    plain = presets.run_config(preset, "bacl_dual", 2, tmp_path)
     assert plain["data"]["seed"] == 0 and plain["steps"] == preset.steps
 
 

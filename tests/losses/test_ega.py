@@ -421,7 +421,7 @@ def test_chunked_equals_naive_with_ids(renormalize):
     ("method", "config", "renormalized"),
     [
         ("ega", None, True),
-        ("bacl_ega", None, True),
+        ("bacl_dual_ega", None, True),
         ("falcon_ega", None, True),
         ("falcon", "falcon.yaml", True),
         ("ega_unnormalized", None, False),

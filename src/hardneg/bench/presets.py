@@ -15,11 +15,13 @@ __all__ = ["ALL_METHODS", "CORE_METHODS", "PRESETS", "BenchPreset", "check_overr
 
 CORE_METHODS = [
     "infonce", "siglip", "hcl", "dcl", "soft_infonce", "negclip", "ega",
-    "bns", "cla", "bacl", "bacl_ega", "albef", "grit", "falcon", "falcon_ega",
+    "frozen", "bacl", "bacl_uniform", "bacl_dual", "albef", "grit", "falcon", "falcon_ega",
 ]  # fmt: skip
 ALL_METHODS = [
     *CORE_METHODS,
-    "decoupled", "bacl_aggressive", "bacl_shallow", "cla_detached", "bacl_cla_detached",
+    "decoupled", "bacl_bns_only", "bacl_cla_only", "bacl_schedule", "bacl_aggressive",
+    "bacl_shallow", "bns_dual", "cla_dual", "bacl_dual_uniform", "bacl_dual_weighted",
+    "bacl_dual_ega", "cla_dual_detached", "bacl_dual_cla_detached",
     "falcon_fixed_q", "falcon_batch", "grit_dual", "fixed_q_dual", "progressive", "falcon_dual",
     "falcon_batch_dual",
     "mnrl_hardness",
@@ -80,15 +82,18 @@ PRESETS = {
     # each paper and the baselines its claims compare with, 3 seeds
     "compositional": BenchPreset(
         "small", steps=600, batch_size=64, seeds=3,
-        methods=["infonce", "negclip", "ega", "bacl", "albef", "grit", "falcon"],
+        methods=["infonce", "negclip", "ega", "frozen", "bacl_uniform", "bacl", "albef", "grit",
+                 "falcon"],
         overrides=_COMPOSITIONAL_RUN,
     ),
     # every claim of the claims table (BACL's parts and curricula, FALCON's batch-level
     # variant and search-space sizes, MNRL)
     "compositional-full": BenchPreset(
         "small", steps=600, batch_size=64, seeds=3,
-        methods=["infonce", "negclip", "ega", "mnrl_hardness", "bns", "cla", "bacl",
-                 "bacl_aggressive", "bacl_shallow", "albef", "grit", "falcon", "falcon_batch",
+        methods=["infonce", "negclip", "ega", "mnrl_hardness", "frozen", "bacl_uniform",
+                 "bacl_bns_only", "bacl_cla_only", "bacl_schedule", "bacl", "bacl_aggressive",
+                 "bacl_shallow", "bacl_dual", "bacl_dual_uniform", "bacl_dual_weighted",
+                 "albef", "grit", "falcon", "falcon_batch",
                  "falcon_fixed_q", "falcon_space2", "falcon_space32", "grit_dual",
                  "falcon_dual"],
         overrides=_COMPOSITIONAL_RUN,
@@ -96,7 +101,8 @@ PRESETS = {
     # towers from scratch, 8 methods, one seed: the smoke run (`make bench-quick`)
     "quick": BenchPreset(
         "small", steps=100, batch_size=64, seeds=1,
-        methods=["infonce", "siglip", "hcl", "negclip", "ega", "bacl", "albef", "grit", "falcon"],
+        methods=["infonce", "siglip", "hcl", "negclip", "ega", "bacl_dual", "albef", "grit",
+                 "falcon"],
         overrides={"checkpoint_every": 40, "log_every": 5, "optim": {"lr": 2e-3},
                    "miner": {"k": 8}, "model": {"dropout": 0.0}, **_FALSE_NEGATIVES},
     ),
