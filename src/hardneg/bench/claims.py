@@ -139,8 +139,9 @@ CLAIMS = [
 """The claims of the BACL, EGA, FALCON and NegCLIP papers (and the MNRL comparator).
 ``claimed`` sizes: BACL R@1 +11.3 (LAION-400M, frozen CLIP → CLIP + BACL), BNS +7.3 and CLA
 +3.2 alone over CLIP (so full − BNS = 4.0, full − CLA = 8.1), AEL ≈ +11 points; FALCON
-instance- vs batch-level TR R@1 61.72 vs 58.78 (COCO); FALCON vs GRIT-VLP +1.68 TR / +1.57 IR R@1 and vs ALBEF +6.68
-TR R@1, GRIT-VLP vs ALBEF +5.0 TR R@1 (FALCON's Table 1, COCO pre-training)."""
+instance- vs batch-level TR R@1 61.72 vs 58.78 (COCO); FALCON vs GRIT-VLP +1.68 TR / +1.57 IR
+R@1 and vs ALBEF +6.68 TR R@1, GRIT-VLP vs ALBEF +5.0 TR R@1 (FALCON's Table 1, COCO
+pre-training)."""
 
 
 @dataclass
