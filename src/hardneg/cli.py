@@ -369,7 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="every method side by side, with tables and plots")
     p.add_argument("--preset", default="quick", choices=sorted(BENCH_PRESETS))
-    p.add_argument("--methods", nargs="*", help="subset of methods (default: the preset's)")
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        help="methods, or arms at a swept setting such as grit@fn5 (GRIT with "
+        "data.false_negative_percent=5); default: the preset's",
+    )
     p.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     p.add_argument(
         "--set",

@@ -12,11 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.bench.arms import parse_arm
 from hardneg.bench.statistics import Comparison, Resampler, paired_bootstrap, seed_interval
 from hardneg.bench.tree import EVAL_SPLITS, TRAIN_SPLIT, BenchTree
 from hardneg.eval.items import metric_items
 
-__all__ = ["HEADLINE_METRICS", "TRAIN_COMPARED", "compare", "compare_to_reference"]
+__all__ = [
+    "HEADLINE_METRICS",
+    "TRAIN_COMPARED",
+    "compare",
+    "compare_to_reference",
+    "reference_of",
+]
 
 HEADLINE_METRICS = (
     "i2t_R@1", "t2i_R@1", "i2t_mAP", "t2i_mAP", "comp_overall", "itm_comp_overall", "ael",
@@ -89,23 +96,36 @@ def compare(
 
 
 def compare_to_reference(tree: BenchTree, raw: dict, resampler: Resampler) -> dict[str, Any]:
-    """``comparisons[method][split][metric]`` = :class:`Comparison` of every method vs the
-    reference, for :data:`HEADLINE_METRICS` + ``comp_<kind>`` and :data:`TRAIN_COMPARED`
-    (entries without a value are left out; the reference itself is not listed)."""
+    """``comparisons[method][split][metric]`` = :class:`Comparison` of every method (arm) vs
+    its reference (:func:`reference_of`), for :data:`HEADLINE_METRICS` + ``comp_<kind>`` and
+    :data:`TRAIN_COMPARED` (entries without a value are left out; the reference itself, and an
+    arm whose reference did not run, are not listed)."""
     out: dict[str, Any] = {}
     for method in tree.methods:
-        if method == tree.reference:
+        reference = reference_of(tree, method)
+        if reference is None:
             continue
         per_split: dict[str, dict[str, Comparison]] = {}
         for split in (*EVAL_SPLITS, TRAIN_SPLIT):
             metrics = TRAIN_COMPARED if split == TRAIN_SPLIT else _eval_metrics(raw, split)
             for metric in metrics:
-                result = compare(tree, raw, method, tree.reference, split, metric, resampler)
+                result = compare(tree, raw, method, reference, split, metric, resampler)
                 if result is not None:
                     per_split.setdefault(split, {})[metric] = result[0]
         if per_split:
             out[method] = per_split
     return out
+
+
+def reference_of(tree: BenchTree, arm: str) -> str | None:
+    """The arm ``arm`` is compared with: the bench's reference method at the same point of a
+    sweep (``grit@fn5`` → ``infonce@fn5``: an arm of another data build is evaluated on other
+    test items), or None for the reference itself and when that arm has no finished run."""
+    try:
+        reference = parse_arm(arm).with_method(tree.reference).name
+    except ValueError:  # a directory that is no arm (e.g. made by hand): the plain reference
+        reference = tree.reference
+    return reference if reference != arm and reference in tree.methods else None
 
 
 def _eval_metrics(raw: dict, split: str) -> list[str]:

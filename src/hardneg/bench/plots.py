@@ -1,9 +1,10 @@
 """The bench plots (README, "Results"): recall bars, training curves, BACL curriculum and
-hardness, FALCON q over training, FN rate per method.
+hardness, FALCON q over training, FN rate per method, and each sweep's retrieval against its
+value (:mod:`hardneg.bench.sweep`).
 
-Every plot is drawn on a bare :class:`matplotlib.figure.Figure` rendered by the Agg canvas (no
-pyplot state, no display needed) at 100 dpi and at least 8 inches wide. A plot whose inputs no
-run has (e.g. no BNS run, so no ``alpha`` column) is skipped: its function returns None.
+Every plot is drawn on a bare :class:`matplotlib.figure.Figure` (:mod:`hardneg.bench.figures`).
+A plot whose inputs no run has (e.g. no BNS run, so no ``alpha`` column) is skipped: its
+function returns None.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from hardneg.bench.aggregate import MetricStats
+from hardneg.bench.arms import SWEEPS
+from hardneg.bench.figures import figure, grouped_bars, method_colour, save
+from hardneg.bench.sweep import plot_sweep
 from hardneg.bench.tree import BenchRun, BenchTree
 from hardneg.miners.curriculum import CURRICULUM_PRESETS, LogisticCurriculum
 
@@ -31,30 +33,6 @@ __all__ = [
     "plot_training_curves",
     "write_plots",
 ]
-
-DPI = 100
-
-
-def _colour(tree: BenchTree, method: str):
-    """One colour per method, the same in every plot."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if len(tree.methods) <= 10 else "tab20"]
-    return cmap(tree.methods.index(method) % cmap.N)
-
-
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1):
-    fig = Figure(figsize=(max(8.0, width), height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
-
 
 def mean_curve(runs: list[BenchRun], column: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Mean over seeds of a logged column, per step (NaN cells ignored).
@@ -94,26 +72,6 @@ def _methods_with(tree: BenchTree, column: str) -> list[str]:
     return [m for m in tree.methods if mean_curve(tree.runs_of(m), column) is not None]
 
 
-def _grouped_bars(
-    ax, tree: BenchTree, aggregate: dict, methods: list[str], split: str, series: list
-) -> None:
-    """Two bars per method (``series`` = [(metric, label, hatch)]), error bars = std over seeds.
-
-    A missing value leaves its bar out; the lower error bar stops at 0 (rates are ≥ 0).
-    """
-    x = np.arange(len(methods))
-    for shift, (metric, label, hatch) in zip((-0.2, 0.2), series):
-        stats = [aggregate[m].get(split, {}).get(metric) for m in methods]
-        means = np.array([np.nan if s is None or s.mean is None else s.mean for s in stats])
-        stds = np.array([0.0 if s is None or s.std is None else s.std for s in stats])
-        low = np.minimum(stds, np.nan_to_num(np.maximum(means, 0.0)))
-        colours = [_colour(tree, m) for m in methods]
-        ax.bar(x + shift, means, 0.4, yerr=np.stack([low, stds]), capsize=3, label=label,
-               hatch=hatch, color=colours, edgecolor="black")  # fmt: skip
-    ax.set_xticks(x, methods, rotation=45, ha="right")
-    ax.legend()
-
-
 def plot_recall_bars(tree: BenchTree, aggregate: dict, path: Path) -> Path | None:
     """Grouped bars of R@1 I→T and T→I per method, one panel per split; error bars = std."""
     splits = [
@@ -122,13 +80,13 @@ def plot_recall_bars(tree: BenchTree, aggregate: dict, path: Path) -> Path | Non
     ]  # fmt: skip
     if not splits:
         return None
-    fig, axes = _figure(0.7 * len(tree.methods) + 2, 4.0 * len(splits), nrows=len(splits))
+    fig, axes = figure(0.7 * len(tree.methods) + 2, 4.0 * len(splits), nrows=len(splits))
     series = [("i2t_R@1", "I→T R@1", ""), ("t2i_R@1", "T→I R@1", "//")]
     for ax, split in zip(axes[:, 0], splits):
-        _grouped_bars(ax, tree, aggregate, tree.methods, split, series)
+        grouped_bars(ax, tree, aggregate, tree.methods, split, series)
         ax.set_ylabel("Recall@1 (%)")
         ax.set_title(f"Recall@1 on {split} (mean ± std over seeds)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _mean(aggregate: dict, method: str, split: str, metric: str) -> float | None:
@@ -142,17 +100,17 @@ def plot_training_curves(tree: BenchTree, path: Path) -> Path | None:
               if _methods_with(tree, c)]  # fmt: skip
     if not panels:
         return None
-    fig, axes = _figure(6.0 * len(panels), 4.5, ncols=len(panels))
+    fig, axes = figure(6.0 * len(panels), 4.5, ncols=len(panels))
     for ax, (column, title) in zip(axes[0], panels):
         for method in tree.methods:
             curve = mean_curve(tree.runs_of(method), column)
             if curve is not None:
-                ax.plot(*curve, label=method, color=_colour(tree, method), lw=1.5)
+                ax.plot(*curve, label=method, color=method_colour(tree, method), lw=1.5)
         ax.set_xlabel("step")
         ax.set_ylabel(title)
         ax.set_title(f"{title.capitalize()} during training (mean over seeds)")
         ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _total_epochs(run: BenchRun) -> float | None:
@@ -201,7 +159,7 @@ def plot_bacl_curriculum(tree: BenchTree, path: Path) -> Path | None:
     if not runs:
         return None
     totals = [t for t in map(_total_epochs, runs) if t is not None]
-    fig, axes = _figure(9.0, 5.0)
+    fig, axes = figure(9.0, 5.0)
     ax = axes[0, 0]
     if totals:
         for (name, (eta, alpha)), style in zip(
@@ -215,14 +173,14 @@ def plot_bacl_curriculum(tree: BenchTree, path: Path) -> Path | None:
         eta = epoch[keep] * (step[keep] - 1) / step[keep]
         curriculum = run.config.get("miner", {}).get("curriculum", "?")
         ax.plot(eta, alpha[keep], "o-", ms=3, lw=1,
-                color=_colour(tree, run.method),
+                color=method_colour(tree, run.method),
                 label=f"{run.method} seed {run.seed} (logged, {curriculum})")  # fmt: skip
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xlabel("training progress η (epochs)")
     ax.set_ylabel("α(η)  (> 0 suppresses, < 0 favours hard negatives)")
     ax.set_title("BACL curriculum α(η): logged vs analytic presets")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_selected_hardness(tree: BenchTree, path: Path) -> Path | None:
@@ -244,7 +202,7 @@ def plot_selected_hardness(tree: BenchTree, path: Path) -> Path | None:
         return None
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = _figure(4.0 * ncols, 3.6 * nrows, nrows=nrows, ncols=ncols)
+    fig, axes = figure(4.0 * ncols, 3.6 * nrows, nrows=nrows, ncols=ncols)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (method, early, late) in zip(axes.flat, panels):
@@ -260,7 +218,7 @@ def plot_selected_hardness(tree: BenchTree, path: Path) -> Path | None:
         ax.set_ylabel("density")
         ax.set_title(f"{method}: selected negatives")
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_falcon_q(tree: BenchTree, path: Path) -> Path | None:
@@ -270,12 +228,12 @@ def plot_falcon_q(tree: BenchTree, path: Path) -> Path | None:
     methods = _methods_with(tree, "batch_q_mean")
     if not methods:
         return None
-    fig, axes = _figure(9.0, 5.0)
+    fig, axes = figure(9.0, 5.0)
     ax = axes[0, 0]
     for method in methods:
         runs = tree.runs_of(method)
         steps, q = mean_curve(runs, "batch_q_mean")
-        colour = _colour(tree, method)
+        colour = method_colour(tree, method)
         ax.plot(steps, q, color=colour, lw=1.8, label=f"{method} (batch mean q)")
         low, high = mean_curve(runs, "batch_q_p10"), mean_curve(runs, "batch_q_p90")
         if low is not None and high is not None:
@@ -293,7 +251,7 @@ def plot_falcon_q(tree: BenchTree, path: Path) -> Path | None:
     ax.set_ylabel("hardness quantile q (0 = easy, 1 = hardest)")
     ax.set_title("Hardness quantile q of the batch samplers over training (mean over seeds)")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_fn_rate(tree: BenchTree, aggregate: dict, path: Path) -> Path | None:
@@ -306,12 +264,12 @@ def plot_fn_rate(tree: BenchTree, aggregate: dict, path: Path) -> Path | None:
     ]  # fmt: skip
     if not methods:
         return None
-    fig, axes = _figure(0.7 * len(methods) + 2, 4.5)
+    fig, axes = figure(0.7 * len(methods) + 2, 4.5)
     ax = axes[0, 0]
-    _grouped_bars(ax, tree, aggregate, methods, "train", series)
+    grouped_bars(ax, tree, aggregate, methods, "train", series)
     ax.set_ylabel("false-negative rate (%)")
     ax.set_title("Share of negatives that are false negatives (mean ± std over seeds)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_plots(tree: BenchTree, aggregate: dict, out_dir: Path) -> list[Path]:
@@ -330,7 +288,9 @@ def write_plots(tree: BenchTree, aggregate: dict, out_dir: Path) -> list[Path]:
         ("selected_hardness.png", lambda p: plot_selected_hardness(tree, p)),
         ("falcon_q.png", lambda p: plot_falcon_q(tree, p)),
         ("fn_rate.png", lambda p: plot_fn_rate(tree, aggregate, p)),
-    ]
+        *[(f"{key}_sweep.png", lambda p, key=key: plot_sweep(tree, aggregate, key, p))
+          for key in SWEEPS],
+    ]  # fmt: skip
     written = []
     for name, draw in plots:
         path = draw(out_dir / name)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hardneg.bench.arms import parse_arm
 from hardneg.train.config import merge
 from hardneg.train.methods import method_overrides
 from hardneg.train.validate import resolve_config
@@ -30,7 +31,9 @@ ALL_METHODS = [
 
 @dataclass
 class BenchPreset:
-    """A benchmark budget: data size, steps, batch, seeds and the methods it runs."""
+    """A benchmark budget: data size, steps, batch, seeds and the methods it runs (arms:
+    a method, or a method at one value of a swept data setting, e.g. ``grit@fn5``; see
+    :mod:`hardneg.bench.arms`)."""
 
     data_preset: str
     steps: int
@@ -135,10 +138,18 @@ def run_config(
     out: Path,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The resolved config of one (method, seed) of a bench (validated): the preset's values,
+    """The resolved config of one (arm, seed) of a bench (validated): the preset's values,
     then the method's own (a method's defining term wins over a preset default, e.g. FALCON's
     MLM weight where the preset turns the cross-modal terms off), then the user's
-    ``overrides`` (``--set``, which win over both), then the per-run seed and directory."""
+    ``overrides`` (``--set``, which win over both), then the arm's swept setting
+    (``grit@fn5``: ``data.false_negative_percent = 5``), the per-run seed and directory
+    (``out/<arm>/seed<k>``).
+
+    Raises:
+        ValueError: a bad arm name (:func:`~hardneg.bench.arms.parse_arm`), an unknown method,
+            an override of a per-run key, or an invalid config.
+    """
+    arm = parse_arm(method)
     preset_values = merge(
         preset.overrides,
         {
@@ -149,7 +160,9 @@ def run_config(
         },
     )
     values = merge(
-        merge(merge(preset_values, method_overrides(method)), check_overrides(overrides or {})),
-        {"seed": seed, "out_dir": str(out / method / f"seed{seed}")},
+        merge(
+            merge(preset_values, method_overrides(arm.method)), check_overrides(overrides or {})
+        ),
+        merge(arm.overrides(), {"seed": seed, "out_dir": str(out / arm.name / f"seed{seed}")}),
     )
-    return resolve_config(method, values).to_dict()
+    return resolve_config(arm.method, values).to_dict()

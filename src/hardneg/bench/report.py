@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.bench.aggregate import aggregate_runs
+from hardneg.bench.arms import SWEEPS
 from hardneg.bench.claims import ClaimResult, check_claims
 from hardneg.bench.comparisons import compare_to_reference
 from hardneg.bench.plots import write_plots
 from hardneg.bench.statistics import LEVEL, N_RESAMPLES, Resampler
+from hardneg.bench.sweep import sweep_section
 from hardneg.bench.tables import (
     MAIN_COLUMNS,
     NOVEL_COLUMNS,
@@ -56,6 +58,13 @@ def _markdown(
     has_ref = bool(tree.runs_of(ref))
     overrides = info.get("overrides") or {}
     kinds = kind_columns(aggregate)
+    sweeps = [line for key in SWEEPS for line in sweep_section(tree, aggregate, key)]
+    same_point = (
+        f" An arm of a sweep (`grit@fn5`) is compared with {ref} at the same point "
+        f"(`{ref}@fn5`: the same data build), where that ran."
+        if sweeps
+        else ""
+    )
     lines = [
         f"# Bench results: {tree.run_dir.name}",
         "",
@@ -86,6 +95,7 @@ def _markdown(
         "",
         *results_table(tree, aggregate, kinds),
         "",
+        *sweeps,
     ]
     if comparisons:
         lines += [
@@ -95,7 +105,7 @@ def _markdown(
             f"{100 * LEVEL:.0f} % interval: paired bootstrap over test items "
             f"({N_RESAMPLES} resamples, the same items for both methods and every seed); FN "
             "rate: paired t-interval over seeds. **Bold\\*** = significant (the interval "
-            "excludes 0).",
+            f"excludes 0).{same_point}",
             "",
             "### Test",
             "",
@@ -171,8 +181,9 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     """Write the tables, tidy CSV, JSON and plots of a bench.
 
     Files written into ``run_dir``: ``results.md`` (test table with the memory ratio,
-    test_novel retrieval table, compositional accuracy per perturbation kind, paired
-    differences vs the reference with 95 % CIs, the claims table), ``results.csv`` (tidy:
+    test_novel retrieval table, compositional accuracy per perturbation kind, one table per
+    swept setting (:mod:`hardneg.bench.sweep`; e.g. method × FN rate), paired differences vs
+    the reference with 95 % CIs, the claims table), ``results.csv`` (tidy:
     method, seed, split, metric, value — splits ``test``, ``test_novel`` and ``train`` for the
     numbers measured while training), ``results.json`` and ``plots/*.png`` (see
     :mod:`hardneg.bench.plots`; a plot whose columns no run logged is skipped).

@@ -3,11 +3,12 @@
 The (method, seed) runs train in ``jobs`` worker processes (``python -m hardneg.train.run
 --worker``), one run after another in each, so that MiniLM and the text bank are loaded once
 per worker, not once per run; a run's peak memory is measured from its own start
-(:class:`~hardneg.train.memory.PeakMemory`). All share one cached DigitScenes build and one
-cached text bank (``data.encode_all``), encoded once up front. A finished run leaves
-``metrics.json`` and is skipped when the bench is started again; an interrupted run resumes
-from its checkpoint. The report (tables and plots) is rebuilt at the end, or any time with
-``hardneg report``.
+(:class:`~hardneg.train.memory.PeakMemory`). The runs of one data build (all of them, but for
+the arms of a sweep such as ``grit@fn5``, see :mod:`hardneg.bench.arms`) share one cached
+DigitScenes build and one cached text bank (``data.encode_all``), prepared once up front. A
+finished run leaves ``metrics.json`` and is skipped when the bench is started again; an
+interrupted run resumes from its checkpoint. The report (tables and plots) is rebuilt at the
+end, or any time with ``hardneg report``.
 
 Stopping the bench (SIGTERM, SIGINT/Ctrl-C, SIGHUP) forwards the signal to the running
 trainers and waits for them to exit, so none is left training on its own; a bench refuses to
@@ -25,7 +26,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ def prepare_data(config: dict[str, Any]) -> None:
             torch.set_num_threads(threads)
         return
     load_run_data(cfg.data, MiniLMTextTower(cfg.data.text_model, max_length=cfg.data.max_text_len))
+
+
+def _data_builds(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first config of each distinct data build (the arms of a sweep, ``grit@fn5``, each
+    have their own; methods that differ only in what the step draws share one)."""
+    from hardneg.train.data import run_data_config
+
+    builds: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        data = asdict(run_data_config(config_from_dict(config)))
+        builds.setdefault(json.dumps(data, sort_keys=True), config)
+    return list(builds.values())
 
 
 def _check_unlocked(run_dirs: list[Path]) -> None:
@@ -136,16 +149,17 @@ def run_bench(
     Args:
         preset_name: a key of :data:`PRESETS`.
         out: the bench directory.
-        methods: the methods (default: the preset's).
+        methods: the methods or arms (``grit@fn5``, see :mod:`hardneg.bench.arms`; default:
+            the preset's).
         seeds: the number of seeds (default: the preset's).
         jobs: runs trained at once.
         overrides: config values applied to every run, nested (``{"data": {"seed": 3}}``)
             or as ``--set`` strings (``["data.seed=3"]``).
 
     Raises:
-        ValueError: unknown preset, ``jobs < 1``, an override of a per-run key (seed,
-            out_dir, method), or ``out`` already holds a bench of another preset or other
-            overrides.
+        ValueError: unknown preset, ``jobs < 1``, a bad arm name, an override of a per-run key
+            (seed, out_dir, method), or ``out`` already holds a bench of another preset or
+            other overrides.
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown bench preset {preset_name!r}; choose one of {sorted(PRESETS)}")
@@ -181,7 +195,8 @@ def run_bench(
     )
     start = time.perf_counter()
     print(f"hardneg bench: preset {preset_name}, {len(configs)} runs, {jobs} at a time → {out}")
-    prepare_data(next(iter(configs.values())))
+    for config in _data_builds(list(configs.values())):
+        prepare_data(config)
     print(f"  data and text bank ready ({time.perf_counter() - start:.0f} s)", flush=True)
     todo = [
         key for key, cfg in configs.items() if not (Path(cfg["out_dir"]) / "metrics.json").is_file()

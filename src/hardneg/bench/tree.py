@@ -4,7 +4,8 @@ Reads the tree ``hardneg bench`` leaves (README, "Results")::
 
     RUN/bench.json                       preset, methods, seeds, steps, batch_size, reference,
                                          overrides (``--set``)
-    RUN/<method>/seed<k>/config.json     the TrainConfig as a dict
+    RUN/<method>/seed<k>/config.json     the TrainConfig as a dict (<method>: an arm, e.g.
+                                         grit or grit@fn5, see hardneg.bench.arms)
     RUN/<method>/seed<k>/train_log.csv   one row per logged step (empty cell = not logged)
     RUN/<method>/seed<k>/metrics.json    test / test_novel metrics, step time, peak memory, FN rate
     RUN/<method>/seed<k>/per_item.npz    per-query / per-probe outcomes (hardneg.eval.items)
@@ -52,7 +53,9 @@ class BenchRun:
     """One finished (method, seed) run of a bench.
 
     Attributes:
-        method: the method name (the run's parent directory).
+        method: the arm (the run's parent directory): the method name, or the method at a
+            swept setting (``grit@fn5``, :mod:`hardneg.bench.arms`), whose ``metrics.json``
+            names the method alone.
         seed: the run's seed (``metrics.json`` ``seed``, else the ``seed<k>`` directory name).
         path: the run directory.
         metrics: ``metrics.json`` as loaded.
@@ -182,7 +185,7 @@ def _load_run(method: str, seed_dir: Path) -> BenchRun:
                 "expected (n, 2) columns (step, boundary score)"
             )
     return BenchRun(
-        method=str(metrics.get("method", method)),
+        method=method,
         seed=int(seed),
         path=seed_dir,
         metrics=metrics,

@@ -96,7 +96,8 @@ class DataConfig:
         doc='``partial``: per scene and step, a partial caption ("a red 3", true of every scene '
         "holding that object) with the probability that gives the target share; ``repeats``: "
         "the train split shows ``data.repeated_configs`` scene configurations in k scenes each, "
-        "k the fewest that reach it (captions stay full)",
+        "k the fewest that reach it (captions stay full), and the test split the same "
+        "configurations at the same pair rate (retrieval counts every duplicate relevant)",
     )
     repeated_configs: int = setting(
         4, ge=1, doc="number of repeated configurations (``repeats`` only)"

@@ -52,6 +52,11 @@ class DigitScenesConfig:
             are true of each other's images, so in a random batch a repeated scene meets its
             false negatives at the rate ``G k (k − 1) / (N (N − 1))`` of the ordered pairs (G
             configurations, k repeats, N train scenes), like the near-duplicates of web data.
+        test_repeats: the test split shows the same ``repeated_configs`` configurations in
+            ``test_repeats`` scenes each (0: none), so that retrieval, which counts a caption
+            relevant to every scene it is true of, makes a model pay for pushing duplicates
+            apart. ``val`` and ``test_novel`` never repeat (test_novel's scenes must each hold
+            a held-out combination, which train's configurations never do).
 
     Example:
         >>> DigitScenesConfig(n_train=10, n_val=2, n_test=2, n_test_novel=2).size("val")
@@ -72,6 +77,7 @@ class DigitScenesConfig:
     novel_combos: tuple[tuple[int, int], ...] = DEFAULT_NOVEL_COMBOS
     repeated_configs: int = 0
     repeats: int = 0
+    test_repeats: int = 0
 
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so the config stays hashable and fingerprints agree
@@ -114,7 +120,7 @@ class DigitScenesConfig:
                 f"and at most {N_COMBOS - 10} so that train keeps enough combinations"
             )
 
-        for name in ("repeated_configs", "repeats"):
+        for name in ("repeated_configs", "repeats", "test_repeats"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int ≥ 0, got {value!r}")
@@ -128,17 +134,30 @@ class DigitScenesConfig:
                 f"repeated_configs × repeats = {self.repeated_configs * self.repeats} scenes, "
                 f"more than n_train={self.n_train}; lower them or raise n_train"
             )
+        test_scenes = self.repeated_configs * self.test_repeats
+        if self.test_repeats and not 0 < test_scenes <= self.n_test:
+            raise ValueError(
+                f"test_repeats={self.test_repeats} needs repeated_configs ≥ 1 (it repeats train's "
+                f"configurations) and repeated_configs × test_repeats ≤ n_test={self.n_test}"
+            )
 
     def size(self, split: str) -> int:
         """Number of scenes of ``split``."""
         return int(getattr(self, f"n_{check_split(split)}"))
 
+    def repeats_in(self, split: str) -> int:
+        """Scenes of ``split`` given each repeated configuration (0: the split repeats none)."""
+        return {"train": self.repeats, "test": self.test_repeats}.get(check_split(split), 0)
+
     def fingerprint(self) -> str:
         """12-hex-digit hash of every field and the generator version (the cache key). The
-        repeat fields count only when set, so builds without repeats keep their cache."""
+        repeat fields count only when set, so builds without repeats keep their cache (and
+        builds that repeat configurations in the test split get a key of their own)."""
         fields = dataclasses.asdict(self)
         if not self.repeats:
             del fields["repeated_configs"], fields["repeats"]
+        if not self.test_repeats:
+            del fields["test_repeats"]
         payload = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

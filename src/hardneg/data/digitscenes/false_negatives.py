@@ -8,7 +8,9 @@ Two sources (``data.false_negative_source``):
   :func:`partial_caption_probability` derives f from the rate.
 - ``"repeats"``: the train split shows a few scene configurations many times (new scans,
   layout and caption templates each time), like the near-duplicates of web data; every caption
-  stays a full one. :func:`repeat_build` derives the number of repeats from the rate.
+  stays a full one. :func:`repeat_build` derives the number of repeats from the rate. The test
+  split repeats the same configurations at the same pair rate, and retrieval counts a caption
+  relevant to every duplicate, so a model that pushed duplicates apart loses mAP there.
 
 :func:`in_batch_fn_rate` measures the rate a batch actually holds.
 """
@@ -83,34 +85,46 @@ def partial_caption_probability(split: SplitTensors, percent: float) -> float:
     return (percent / 100.0 - p_full) / (p_partial - p_full) if high > low else 0.0
 
 
-def repeat_build(
-    build: DigitScenesConfig, percent: float, configurations: int
-) -> DigitScenesConfig:
-    """``build`` with ``configurations`` repeated scene configurations of k scenes each, k the
-    fewest scenes for which ``G k (k − 1) / (N (N − 1))`` (the share of ordered train pairs
-    that share a configuration, G = ``configurations``, N = ``build.n_train``) reaches
-    ``percent`` %: the configured rate is a floor (1 % with 4 configurations of 2000 scenes:
-    k = 101, 1.01 %).
-
-    Raises:
-        ValueError: the rate needs more scenes than the train split holds (names
-            ``data.false_negative_percent`` and the largest reachable value).
-    """
-    if percent == 0:
-        return build
-    n, g = build.n_train, configurations
+def _fewest_repeats(percent: float, configurations: int, n: int, split: str) -> int:
+    """The fewest scenes k per configuration for which ``G k (k − 1) / (n (n − 1))`` reaches
+    ``percent`` % (``ValueError`` naming the options when ``G k`` exceeds the ``n`` scenes)."""
+    g = configurations
     pairs = percent / 100.0 * n * (n - 1) / g  # k (k − 1) per configuration
     k = max(2, math.ceil((1.0 + math.sqrt(1.0 + 4.0 * pairs)) / 2.0) - 1)
     while k * (k - 1) < pairs:  # the root's rounding: the fewest k that reach the rate
         k += 1
     if g * k > n:
-        top = 100.0 * g * (n // g) * (n // g - 1) / (n * (n - 1))
+        top = 100.0 * g * (n // g) * (n // g - 1) / (n * (n - 1)) if n > 1 else 0.0
         raise ValueError(
             f"data.false_negative_percent={percent} cannot be reached with "
-            f"data.repeated_configs={g} on {n} train scenes: use a value ≤ {top:.2f} or change "
-            "data.repeated_configs"
+            f"data.repeated_configs={g} on {n} {split} scenes: use a value ≤ {top:.2f} or "
+            "change data.repeated_configs"
         )
-    return replace(build, repeated_configs=g, repeats=k)
+    return k
+
+
+def repeat_build(
+    build: DigitScenesConfig, percent: float, configurations: int
+) -> DigitScenesConfig:
+    """``build`` with ``configurations`` repeated scene configurations of k scenes each in the
+    train split, k the fewest scenes for which ``G k (k − 1) / (N (N − 1))`` (the share of
+    ordered train pairs that share a configuration, G = ``configurations``, N =
+    ``build.n_train``) reaches ``percent`` %: the configured rate is a floor (1 % with 4
+    configurations of 2000 scenes: k = 101, 1.01 %). The test split repeats the same
+    configurations, in its own number of scenes each, derived the same way from
+    ``build.n_test`` so that its ordered pairs hold the same share of duplicates (1 % of 500
+    test scenes: 26 each, 1.04 %).
+
+    Raises:
+        ValueError: the rate needs more scenes than the train or test split holds (names
+            ``data.false_negative_percent``, the split and the largest reachable value).
+    """
+    if percent == 0:
+        return build
+    g = configurations
+    k = _fewest_repeats(percent, g, build.n_train, "train")
+    k_test = _fewest_repeats(percent, g, build.n_test, "test") if build.n_test else 0
+    return replace(build, repeated_configs=g, repeats=k, test_repeats=k_test)
 
 
 def in_batch_fn_rate(split: SplitTensors, index: Tensor, meanings: Tensor) -> float:

@@ -2,7 +2,9 @@
 
 Splits: ``train``, ``val``, ``test`` draw from disjoint pools of scans (by scan index) and
 never show the held-out (digit, colour) combinations, not even in hard-negative text;
-``test_novel`` scenes (test scans) each contain at least one held-out combination.
+``test_novel`` scenes (test scans) each contain at least one held-out combination. With
+repeated configurations (``DigitScenesConfig.repeats`` / ``test_repeats``), train and test show
+the same few configurations in many scenes each; val and test_novel never do.
 Generation is deterministic from the config (every split has its own random streams).
 """
 
@@ -50,17 +52,26 @@ def _sample_objects(
 
 
 def _repeat_configurations(
-    config: DigitScenesConfig, n_objects: np.ndarray, combos: np.ndarray, axis: np.ndarray
+    config: DigitScenesConfig,
+    split: str,
+    n_objects: np.ndarray,
+    combos: np.ndarray,
+    axis: np.ndarray,
 ) -> None:
-    """Give ``config.repeats`` random train scenes each of ``config.repeated_configs`` new
-    configurations (in place), from a stream of their own: the other scenes keep theirs."""
+    """Give ``config.repeats_in(split)`` random scenes of ``split`` each of the
+    ``config.repeated_configs`` repeated configurations (in place); the other scenes keep
+    theirs. The configurations are train's on every split (drawn from train's repeat stream,
+    so test repeats exactly the configurations training saw repeated); the members are drawn
+    from the split's own repeat stream (train's continues after the configurations)."""
     rng = np.random.default_rng([config.seed, SPLITS.index("train"), 2])
-    g, k = config.repeated_configs, config.repeats
+    g, k = config.repeated_configs, config.repeats_in(split)
     while True:  # G distinct configurations (two equal ones would double the rate)
         g_objects, g_combos = _sample_objects(config, "train", g, rng)
         g_axis = rng.integers(0, len(RELATIONS), size=g)
         if len({(int(a), *c.tolist()) for a, c in zip(g_axis, g_combos)}) == g:
             break
+    if split != "train":
+        rng = np.random.default_rng([config.seed, SPLITS.index(split), 2])
     members = rng.permutation(len(axis))[: g * k].reshape(g, k)
     for group in range(g):
         n_objects[members[group]] = g_objects[group]
@@ -90,8 +101,8 @@ def generate_split(config: DigitScenesConfig, split: str) -> SceneSplit:
 
     n_objects, combos = _sample_objects(config, split, n, rng)
     axis = rng.integers(0, len(RELATIONS), size=n)
-    if split == "train" and config.repeats:
-        _repeat_configurations(config, n_objects, combos, axis)
+    if config.repeats_in(split):
+        _repeat_configurations(config, split, n_objects, combos, axis)
     present = combos >= 0
     digits = np.where(present, combos // len(COLOURS), -1)
     colours = np.where(present, combos % len(COLOURS), -1)
