@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from bench_mining import DIGITSCENES_HEADER as HEADER  # this folder is on sys.path
 
 from hardneg.cli import main as cli_main
-from hardneg.eval.runner import _text_embeddings
+from hardneg.eval.runner import bank_text_embeddings
 from hardneg.mining import mine_hard_negatives
 from hardneg.train.config import config_from_dict
 from hardneg.train.trainer import Trainer
@@ -62,7 +62,7 @@ def embed_split(trainer: Trainer, name: str):
     meanings = split.caption_meanings()
     present = meanings >= 0
     scene = torch.arange(len(split))[:, None].expand_as(rows)[present]
-    v = _text_embeddings(model, recipe.bank, rows[present], device, 64).cpu()
+    v = bank_text_embeddings(model, recipe.bank, rows[present], device, 64).cpu()
     return split, u, v, scene, meanings[present]
 
 

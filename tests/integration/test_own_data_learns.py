@@ -174,7 +174,9 @@ def test_bns_and_cla_train_a_live_clip_text_tower(files, tmp_path):
     """BACL on a CLIP: the contrastive loss (through BNS's restriction) reaches the text
     transformer; the cross-modal head reads the non-contextual token embeddings, and CLA's
     gradient reaches them."""
-    trainer = _trainer(files, tmp_path, "bacl", crossmodal={"itm_weight": 0.0, "mlm_weight": 0.0})
+    trainer = _trainer(
+        files, tmp_path, "bacl_dual", crossmodal={"itm_weight": 0.0, "mlm_weight": 0.0}
+    )
     model, tower = trainer.model, trainer.model.dual.text_tower
     (batch,) = trainer.micro_batches(trainer.recipe.draw(torch.arange(4), 0))
     read = []
@@ -209,7 +211,7 @@ def test_bns_and_cla_train_a_live_clip_text_tower(files, tmp_path):
 @pytest.mark.parametrize("which", ["text", "image"])
 def test_frozen_tower_gets_no_gradient_and_does_not_move(files, tmp_path, which):
     trainer = _trainer(
-        files, tmp_path, "bacl", model={f"freeze_{which}_tower": True}, optim={"lr": 1e-2}
+        files, tmp_path, "bacl_dual", model={f"freeze_{which}_tower": True}, optim={"lr": 1e-2}
     )
     tower = getattr(trainer.model.dual, f"{which}_tower")
     other = trainer.model.dual.image_tower if which == "text" else trainer.model.dual.text_tower

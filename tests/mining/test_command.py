@@ -80,7 +80,7 @@ def test_a_killed_run_resumes_to_the_same_output(tmp_path, spec, monkeypatch):
     clean = run(tmp_path / "clean.csv")
     out = tmp_path / "killed.csv"
     calls = []
-    original = embed._text_embeddings
+    original = embed.text_embeddings
 
     def dies_after_two_chunks(*args, **kwargs):
         calls.append(1)
@@ -88,10 +88,10 @@ def test_a_killed_run_resumes_to_the_same_output(tmp_path, spec, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(embed, "_text_embeddings", dies_after_two_chunks)
+    monkeypatch.setattr(embed, "text_embeddings", dies_after_two_chunks)
     with pytest.raises(KeyboardInterrupt):
         run(out)
-    monkeypatch.setattr(embed, "_text_embeddings", original)
+    monkeypatch.setattr(embed, "text_embeddings", original)
     cache = cache_dir(out)
     assert not out.exists() and len(list(cache.glob("captions-*.pt"))) == 2
     assert run(out) == clean

@@ -107,7 +107,7 @@ def test_csv_open_clip_infonce_trains_evaluates_and_exports(files, tmp_path, cap
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["karpathy", "csv", "hf"])
 @pytest.mark.parametrize("model", ["open_clip", "hf_clip"])
-@pytest.mark.parametrize("method", ["infonce", "bacl", "falcon_dual", "negclip"])
+@pytest.mark.parametrize("method", ["infonce", "bacl_dual", "falcon_dual", "negclip"])
 def test_every_source_model_and_method_trains(files, tmp_path, source, model, method):
     run = tmp_path / "run"
     assert cli.main(_argv(files, source, model, method, run, 2)) == 0
@@ -117,7 +117,7 @@ def test_every_source_model_and_method_trains(files, tmp_path, source, model, me
     assert result["steps"] == 2 and result["exported"]
     if source == "karpathy":  # evaluated on the JSON's test split
         assert 0.0 <= result["metrics"]["test"]["i2t_R@1"] <= 100.0
-    if method == "bacl":
+    if method == "bacl_dual":
         assert "cla" in rows[0] and "alpha" in rows[0]
     if method == "falcon_dual":
         assert "falcon_reward" in rows[0]
@@ -163,7 +163,7 @@ def test_files_run_learns(files, tmp_path):
     assert last < first - 0.1, (first, last)
 
 
-@pytest.mark.parametrize("method", ["falcon_dual", "bacl"])
+@pytest.mark.parametrize("method", ["falcon_dual", "bacl_dual"])
 def test_files_resume_reproduces_the_uninterrupted_run(files, tmp_path, method):
     over = {"steps": 6}
     full = Trainer(resolve_config(method, _values(files, tmp_path / "a", method, **over)))
@@ -182,7 +182,7 @@ def test_files_resume_reproduces_the_uninterrupted_run(files, tmp_path, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["infonce", "bacl"])
+@pytest.mark.parametrize("method", ["infonce", "bacl_dual"])
 def test_files_ddp_two_ranks_match_single_process(files, tmp_path, method):
     values = _values(files, tmp_path, method, batch_size=8)
     values["optim"] = {"name": "sgd", "lr": 0.05}
@@ -202,7 +202,8 @@ def test_files_ddp_two_ranks_match_single_process(files, tmp_path, method):
 
 ALL_METHODS = [
     "infonce", "siglip", "hcl", "dcl", "soft_infonce", "negclip", "ega", "mnrl_hardness",
-    "bns", "cla", "bacl", "bacl_ega", "grit_dual", "fixed_q_dual", "progressive", "falcon_dual",
+    "bns_dual", "cla_dual", "bacl_dual", "bacl_dual_ega", "grit_dual", "fixed_q_dual",
+    "progressive", "falcon_dual",
     "falcon_batch_dual",
 ]  # fmt: skip
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SUMMARY_KEYS = ("selected_fn_rate", "batch_fn_rate", "summary_steps")
 
 
-@pytest.mark.parametrize("method", ["bacl", "grit"])
+@pytest.mark.parametrize("method", ["bacl_dual", "grit"])
 def test_interrupted_and_resumed_run_reports_the_uninterrupted_summaries(
     tmp_path, tiny_text_model, method
 ):
@@ -32,7 +32,7 @@ def test_interrupted_and_resumed_run_reports_the_uninterrupted_summaries(
     first.save()
     resumed = train_and_evaluate(half_cfg)
     assert resumed["metrics"] == full["metrics"]
-    if method == "bacl":
+    if method == "bacl_dual":
         bs_full = np.load(tmp_path / "run" / "selected_boundary_scores.npy")
         bs_half = np.load(tmp_path / "half" / "selected_boundary_scores.npy")
         assert bs_full.shape[0] > 6

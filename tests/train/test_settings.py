@@ -60,7 +60,7 @@ def test_a_choice_error_lists_the_choices_of_the_literal():
     with pytest.raises(ValueError, match=r"pretrain\.negative_kinds\[0\]='nope'.*'swap_colours'"):
         resolve_config("infonce", {"pretrain": {"negative_kinds": ["nope"]}})
     with pytest.raises(ValueError, match=r"miner\.curriculum='steep'.*'aggressive'"):
-        resolve_config("bacl", {"miner": {"curriculum": "steep"}})
+        resolve_config("bacl_dual", {"miner": {"curriculum": "steep"}})
 
 
 def test_an_unknown_key_gets_the_closest_valid_one():
@@ -80,8 +80,8 @@ def test_every_key_is_declared_with_a_description_and_every_default_satisfies_it
             spec = declared(field)
             assert spec is not None and spec.doc, f"{prefix}{field.name} has no declaration"
     check_settings(TrainConfig())
-    for method in METHODS:
-        resolve_config(method, {})
+    for method in METHODS:  # (BACL's frozen dual encoder needs the pre-training stage)
+        resolve_config(method, {"pretrain": {"steps": 10}})
 
 
 def test_a_setting_passed_on_to_a_model_config_takes_that_config_s_default():
@@ -134,6 +134,6 @@ def test_the_miner_section_takes_bnsconfig_defaults_and_its_checks():
 
     assert TrainConfig().miner.k == BNSConfig().k and TrainConfig().miner.lr == BNSConfig().lr
     with pytest.raises(ValueError, match=r"miner\.tau_end=2\.0 must be ≤ miner\.tau_start"):
-        resolve_config("bacl", {"miner": {"tau_end": 2.0}})
+        resolve_config("bacl_dual", {"miner": {"tau_end": 2.0}})
     with pytest.raises(ValueError, match=r"miner\.k must be a positive int"):
-        resolve_config("bacl", {"miner": {"k": 0}})
+        resolve_config("bacl_dual", {"miner": {"k": 0}})

@@ -21,11 +21,11 @@ def test_bad_config_fails_before_training():
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         resolve_config("nope")
     with pytest.raises(ValueError, match=r"miner\.k must be a positive int"):
-        resolve_config("bacl", {"batch_size": 16, "miner": {"k": -1}})
+        resolve_config("bacl_dual", {"batch_size": 16, "miner": {"k": -1}})
     with pytest.raises(ValueError, match=r"crossmodal\.cla_weight must be ≥ 0"):
-        resolve_config("bacl", {"crossmodal": {"cla_weight": -0.3}})
+        resolve_config("bacl_dual", {"crossmodal": {"cla_weight": -0.3}})
     with pytest.raises(ValueError, match="chunk_size cannot be combined"):
-        resolve_config("bacl", {"loss": {"kwargs": {"chunk_size": 8}}})
+        resolve_config("bacl_dual", {"loss": {"kwargs": {"chunk_size": 8}}})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr'\]"):
         resolve_config("infonce", {"lr": 0.1})
     with pytest.raises(ValueError, match="MLM-loss gain"):
@@ -33,7 +33,7 @@ def test_bad_config_fails_before_training():
 
 
 def test_methods_compose_loss_selector_aux_and_sampler():
-    cfg = resolve_config("bacl_ega")
+    cfg = resolve_config("bacl_dual_ega")
     assert (cfg.loss.name, cfg.miner.name, cfg.crossmodal.cla_weight) == ("ega", "bns", 0.3)
     assert resolve_config("falcon_ega").batch_sampler.mode == "falcon"
     assert resolve_config("negclip").data.hard_negative_captions
@@ -52,7 +52,7 @@ def _resume_script(config: dict, out: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,steps,half", [("bacl", 6, 3), ("falcon", 22, 20)])
+@pytest.mark.parametrize("method,steps,half", [("bacl_dual", 6, 3), ("falcon", 22, 20)])
 def test_resume_in_new_process_reproduces_uninterrupted_run(
     tmp_path, tiny_text_model, method, steps, half
 ):
@@ -89,7 +89,7 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_text_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["infonce", "bacl"])
+@pytest.mark.parametrize("method", ["infonce", "bacl_dual"])
 def test_ddp_two_ranks_match_single_process(tmp_path, tiny_text_model, method):
     # SGD: the update is linear in the gradient (Adam's first step is ±lr·sign(g), which
     # flips on gradients at round-off level and would hide nothing but noise)
@@ -120,12 +120,17 @@ def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_m
     overrides = {key: values[key] for key in ("model", "miner", "optim", "checkpoint_every")}
     overrides["data"] = {k: v for k, v in values["data"].items() if k != "preset"}
     preset = presets.BenchPreset(
-        "tiny", steps=3, batch_size=16, seeds=1, methods=["infonce", "bacl"], overrides=overrides
+        "tiny",
+        steps=3,
+        batch_size=16,
+        seeds=1,
+        methods=["infonce", "bacl_dual"],
+        overrides=overrides,
     )
     monkeypatch.setitem(presets.PRESETS, "quick", preset)
     out = tmp_path / "bench"
     report = runner.run_bench("quick", out, jobs=2)
-    for method in ("infonce", "bacl"):
+    for method in ("infonce", "bacl_dual"):
         result = json.loads((out / method / "seed0" / "metrics.json").read_text())
         assert result["steps"] == 3 and result["peak_mem_mib"] >= 0
         assert (out / method / "seed0" / "run.log").is_file()
@@ -136,7 +141,7 @@ def test_bench_trains_runs_in_parallel_reports_and_resumes(tmp_path, tiny_text_m
     monkeypatch.setattr(
         workers.Worker, "give", lambda self, key, cfg: started.append(cfg) or give(self, key, cfg)
     )
-    runner.run_bench("quick", out, methods=["infonce", "bacl", "hcl"], jobs=2)
+    runner.run_bench("quick", out, methods=["infonce", "bacl_dual", "hcl"], jobs=2)
     assert [Path(c["out_dir"]).parent.name for c in started] == ["hcl"]
     with pytest.raises(ValueError, match="jobs must be ≥ 1"):
         runner.run_bench("quick", out, jobs=0)
@@ -156,8 +161,8 @@ def test_a_worker_run_after_another_equals_a_run_in_its_own_process(tmp_path, ti
         "pretrain": {"steps": 2, "batch_size": 16},
     }
     first = resolve_config("infonce", {**frozen, "out_dir": str(tmp_path / "w" / "a")})
-    second = resolve_config("bacl", {**values, "out_dir": str(tmp_path / "w" / "b")})
-    alone = resolve_config("bacl", {**values, "out_dir": str(tmp_path / "alone")})
+    second = resolve_config("bacl_dual", {**values, "out_dir": str(tmp_path / "w" / "b")})
+    alone = resolve_config("bacl_dual", {**values, "out_dir": str(tmp_path / "alone")})
     worker = workers.Worker(1, tmp_path / "workers.log")
     for key, cfg in (("a", first), ("b", second)):
         worker.give((key, 0), cfg.to_dict())

@@ -96,7 +96,7 @@ def test_bad_value_is_one_line_naming_the_key(override, key, no_data, capsys):
         ["--steps", "0"],
         ["--data", "karpathy"],
         ["--model", "hf_clip"],
-        ["--method", "bacl", "--set", "batch_size=8", "miner.k=0"],
+        ["--method", "bacl_dual", "--set", "batch_size=8", "miner.k=0"],
         ["--set", "model.spec=open_clip:ViT-B-32", "pretrain.steps=5"],
         ["--set", "model.freeze_image_tower=true"],
         [
@@ -105,7 +105,7 @@ def test_bad_value_is_one_line_naming_the_key(override, key, no_data, capsys):
             "batch_sampler.q_start=0.9",
             "batch_sampler.q_end=0.6",
         ],
-        ["--method", "bacl", "--set", "loss.name=siglip", "miner.denominator=weighted"],
+        ["--method", "bacl_dual", "--set", "loss.name=siglip", "miner.denominator=weighted"],
         ["--set", "data.dataset=csv:x.csv", "data.false_negative_percent=1.0"],
         ["--set", "batch_size=4", "optim.grad_accum=4"],
         ["--set", "data.text_model=/no/such/dir"],
@@ -159,7 +159,7 @@ def test_scientific_notation_becomes_a_float():
 
 def test_weighted_denominator_losses_are_the_infonce_form_ones():
     assert INFONCE_FORM_LOSSES == ("ega", "infonce", "negclip")
-    resolve_config("bacl_ega", {"miner": {"denominator": "weighted"}})
+    resolve_config("bacl_dual_ega", {"miner": {"denominator": "weighted"}})
 
 
 def test_progressive_modes_accept_their_own_direction():

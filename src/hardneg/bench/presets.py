@@ -98,7 +98,9 @@ PRESETS = {
                  "bacl_shallow", "bacl_dual", "bacl_dual_uniform", "bacl_dual_weighted",
                  "albef", "grit", "falcon", "falcon_batch",
                  "falcon_fixed_q", "falcon_space2", "falcon_space32", "grit_dual",
-                 "falcon_dual"],
+                 "falcon_dual",
+                 # FALCON's central figure: the fusion group against the FN rate (1 %: above)
+                 "albef@fn0", "grit@fn0", "falcon@fn0", "albef@fn5", "grit@fn5", "falcon@fn5"],
         overrides=_COMPOSITIONAL_RUN,
     ),
     # towers from scratch, 8 methods, one seed: the smoke run (`make bench-quick`)

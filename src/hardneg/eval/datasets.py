@@ -28,12 +28,12 @@ from hardneg.eval.runner import SplitEvaluation
 from hardneg.models.inputs import Images, Texts
 from hardneg.models.outputs import ImageOutput
 
-__all__ = ["evaluate_dataset", "evaluate_probes"]
+__all__ = ["evaluate_dataset", "evaluate_probes", "image_embeddings", "text_embeddings"]
 
 Tokenize = Callable[[list[str]], Texts]
 
 
-def _image_embeddings(
+def image_embeddings(
     model,
     load: Callable[[int], Tensor],
     n: int,
@@ -55,9 +55,10 @@ def _image_embeddings(
     return torch.cat(out), ImageOutput.cat(outputs) if keep else None
 
 
-def _text_embeddings(
+def text_embeddings(
     model, tokenize: Tokenize, texts: list[str], device, batch_size: int, progress: bool = False
-):
+) -> Tensor:
+    """Normalised embeddings ``(n, E)`` of ``texts``, tokenized and encoded in batches."""
     out = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="embedding captions", leave=False, disable=not progress):
@@ -86,11 +87,11 @@ def evaluate_dataset(
     was_training = model.training
     model.eval()
     rerank = rerank_k > 0 and model.crossmodal is not None
-    u, images = _image_embeddings(
+    u, images = image_embeddings(
         model, dataset.load_image, len(dataset), device, batch_size, progress, keep=rerank
     )
     flat = flatten_captions(dataset)
-    v = _text_embeddings(model, tokenize, flat.texts, device, batch_size, progress)
+    v = text_embeddings(model, tokenize, flat.texts, device, batch_size, progress)
     image_ids = torch.as_tensor(np.asarray(dataset.semantic_ids, dtype=np.int64))
     text_ids = torch.as_tensor(flat.semantic_ids)
 
@@ -125,9 +126,9 @@ def evaluate_probes(
 ) -> SplitEvaluation:
     """Compositional accuracy per kind on ``probes`` (``load_image(i)``, ``captions``,
     ``negatives``, ``kinds``): ``comp_<kind>`` by cosine, ``itm_comp_<kind>`` by ITM."""
-    u, _ = _image_embeddings(model, probes.load_image, len(probes), device, batch_size)
-    v_pos = _text_embeddings(model, tokenize, list(probes.captions), device, batch_size)
-    v_neg = _text_embeddings(model, tokenize, list(probes.negatives), device, batch_size)
+    u, _ = image_embeddings(model, probes.load_image, len(probes), device, batch_size)
+    v_pos = text_embeddings(model, tokenize, list(probes.captions), device, batch_size)
+    v_neg = text_embeddings(model, tokenize, list(probes.negatives), device, batch_size)
     kinds = list(probes.kinds)
     pos, neg = (u * v_pos).sum(-1), (u * v_neg).sum(-1)
     metrics = {f"comp_{k}": a for k, a in compositional_accuracy(pos, neg, kinds).items()}

@@ -38,7 +38,7 @@ from hardneg.eval.retrieval import metrics_from_items, retrieval_items
 from hardneg.models.crossmodal import last_layer_attention
 from hardneg.models.outputs import ImageOutput
 
-__all__ = ["SplitEvaluation", "evaluate_split", "evaluate_split_items"]
+__all__ = ["SplitEvaluation", "bank_text_embeddings", "evaluate_split", "evaluate_split_items"]
 
 
 @dataclass
@@ -136,8 +136,8 @@ def _evaluate(model, bank, split, tower, device, batch_size: int, rerank_k: int)
     # a scene's ≤ 5 probes share its positive (caption 0): embed and score it once per scene
     probed, of_probe = torch.unique(scene_t, return_inverse=True)
     pos_rows = split.caption_rows[probed, 0]
-    v_pos = _text_embeddings(model, bank, pos_rows, device, batch_size)[of_probe.to(device)]
-    v_neg = _text_embeddings(model, bank, neg_t, device, batch_size)
+    v_pos = bank_text_embeddings(model, bank, pos_rows, device, batch_size)[of_probe.to(device)]
+    v_neg = bank_text_embeddings(model, bank, neg_t, device, batch_size)
     u_s = u[scene_t.to(u.device)]
     pos_cos, neg_cos = (u_s * v_pos).sum(-1), (u_s * v_neg).sum(-1)
     acc = compositional_accuracy(pos_cos, neg_cos, kinds)
@@ -176,7 +176,7 @@ def _retrieval(
     rows = torch.cat([split.caption_rows, split.partial_rows], dim=1)
     present = meanings >= 0
     text_rows, text_meanings = rows[present], meanings[present]
-    v = _text_embeddings(model, bank, text_rows, device, batch_size)
+    v = bank_text_embeddings(model, bank, text_rows, device, batch_size)
 
     def relevance(image_index: Tensor, text_index: Tensor) -> Tensor:
         rel = split.relevance(image_index.cpu(), text_meanings[text_index.cpu()])
@@ -198,7 +198,8 @@ def _retrieval(
     return metrics, items
 
 
-def _text_embeddings(model, bank, rows: Tensor, device, batch_size: int) -> Tensor:
+def bank_text_embeddings(model, bank, rows: Tensor, device, batch_size: int) -> Tensor:
+    """Normalised embeddings ``(n, E)`` of the text-bank ``rows`` (chunks of 4 × ``batch_size``)."""
     out = []
     for start in range(0, len(rows), 4 * batch_size):
         text = bank.take(rows[start : start + 4 * batch_size], device)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from hardneg.data.atomic_files import atomic_write
 from hardneg.data.dataset import flatten_captions
-from hardneg.eval.datasets import _image_embeddings, _text_embeddings
+from hardneg.eval.datasets import image_embeddings, text_embeddings
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.inputs import Texts
 
@@ -206,11 +206,11 @@ def embed_source(
 
     def images(start: int, rows: int) -> Tensor:
         load = dataset.load_image
-        return _image_embeddings(model, lambda i: load(start + i), rows, device, batch_size)
+        return image_embeddings(model, lambda i: load(start + i), rows, device, batch_size)[0]
 
     def captions(start: int, rows: int) -> Tensor:
         texts = flat.texts[start : start + rows]
-        return _text_embeddings(model, encoder.tokenize, texts, device, batch_size)
+        return text_embeddings(model, encoder.tokenize, texts, device, batch_size)
 
     return Embeddings(
         _embed_side("images", len(dataset), images, cache, chunk, progress),
