@@ -188,6 +188,12 @@ class ModelConfig:
         ge=1,
         doc="attention heads of the cross-modal transformer (must divide its width)",
     )
+    crossmodal_itm_pool: Literal["cls", "mean"] = setting(
+        sets=(CrossModalConfig, "itm_pool"),
+        doc="what the ITM head reads: ``cls`` (the first token's state, ALBEF's) or ``mean`` "
+        "(the mean of the caption's token states: with one cross-modal layer the first token "
+        "never sees the other tokens' cross-attention)",
+    )
     crossmodal_input: Literal["tokens", "heads"] = setting(
         "tokens",
         doc="what the cross-modal transformer reads: ``tokens`` (the towers' tokens; text: "
