@@ -18,12 +18,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Scorer:
-    """f(T, I) = ⟨mean of T's real tokens, mean of I's tokens⟩ (any pair function will do)."""
+    """f(T, I) = ⟨mean of T's real tokens, mean of I's tokens⟩ (any pair function will do),
+    with the ``AlignmentModel`` entry points the loss uses."""
 
-    def match(self, text: TextOutput, image: ImageOutput):
+    def crossmodal_text(self, text: TextOutput) -> TextOutput:
+        return text
+
+    def crossmodal_image(self, image: ImageOutput) -> torch.Tensor:
+        return image.tokens
+
+    def crossmodal(self, text: TextOutput, patches: torch.Tensor):
         weights = text.mask.float().unsqueeze(-1)
         t = (text.tokens * weights).sum(1) / weights.sum(1)
-        return SimpleNamespace(itm_logit=(t * image.tokens.mean(1)).sum(-1))
+        return SimpleNamespace(itm_logit=(t * patches.mean(1)).sum(-1))
 
 
 def _score(text: TextOutput, image: ImageOutput, i: int, j: int) -> float:

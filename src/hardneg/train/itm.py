@@ -116,14 +116,15 @@ def albef_itm_loss(
     contrastive loss's prepared pairs, ``scale`` its logit scale."""
     r = len(text)
     neg_image, has_image, neg_text, has_text = itm_negatives(pairs, scale, relevance)
-    all_text, all_images = gather_text_output(text), gather_image_output(image)
+    # the cross-modal inputs once per caption and image (the heads' states under fusion)
+    states, patches = model.crossmodal_text(text), model.crossmodal_image(image)
+    all_states, all_patches = gather_text_output(states), gather_with_grad(patches)
     rows = torch.arange(r, device=neg_image.device)
-    text_rows = torch.cat([rows, rows[has_image]])
-    captions = TextOutput.cat([text.select(text_rows), all_text.select(neg_text[has_text])])
-    images = ImageOutput.cat(
-        [image, all_images.select(neg_image[has_image]), image.select(rows[has_text])]
+    captions = TextOutput.cat(
+        [states.select(torch.cat([rows, rows[has_image]])), all_states.select(neg_text[has_text])]
     )
-    logit = model.match(captions, images).itm_logit.float()
+    images = torch.cat([patches, all_patches[neg_image[has_image]], patches[rows[has_text]]])
+    logit = model.crossmodal(captions, images).itm_logit.float()
     target = torch.zeros_like(logit)
     target[:r] = 1.0
     return F.binary_cross_entropy_with_logits(logit, target)

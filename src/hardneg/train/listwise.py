@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardneg.losses.distributed import gather_with_grad, world_info
 from hardneg.miners import MinedNegatives
-from hardneg.models.outputs import ImageOutput, TextOutput
-from hardneg.train.itm import gather_image_output, gather_text_output
+from hardneg.models.outputs import TextOutput
+from hardneg.train.itm import gather_text_output
 
 __all__ = ["listwise_rerank_loss"]
 
@@ -37,7 +38,7 @@ def _candidate_rows(picks: Tensor, rows: int) -> Tensor:
 
 
 def listwise_rerank_loss(
-    model, text: TextOutput, image: ImageOutput, mined: MinedNegatives
+    model, text: TextOutput, image, mined: MinedNegatives
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss of the module docstring on this rank's ``R`` pairs.
 
@@ -52,24 +53,25 @@ def listwise_rerank_loss(
         ``(loss, logs)``: the loss and the accuracy (%) of the positive scoring first.
     """
     r = len(text)
-    all_text, all_images = gather_text_output(text), gather_image_output(image)
-    if int(mined.i2t.indices.max()) >= len(all_text):
+    if int(mined.i2t.indices.max()) >= r * world_info()[1]:
         raise ValueError(
             "the miner picked a NegCLIP extra caption; BACL's re-ranking loss scores the "
             "dataset's captions only (set data.hard_negative_captions=false)"
         )
+    # the cross-modal inputs once per caption and image, then selected per scored pair
+    states, patches = model.crossmodal_text(text), model.crossmodal_image(image)
+    all_states = TextOutput.cat([states, gather_text_output(states)])
+    all_patches = torch.cat([patches, gather_with_grad(patches)])
     losses, hits = [], []
     for picks, anchors_are_images in ((mined.i2t.indices, True), (mined.t2i.indices, False)):
         rows = _candidate_rows(picks, r)
         k1 = rows.shape[1]
         anchor = torch.arange(r, device=rows.device).repeat_interleave(k1)
         if anchors_are_images:
-            texts = TextOutput.cat([text, all_text]).select(rows.flatten())
-            images = image.select(anchor)
+            texts, images = all_states.select(rows.flatten()), patches[anchor]
         else:
-            texts = text.select(anchor)
-            images = ImageOutput.cat([image, all_images]).select(rows.flatten())
-        scores = model.match(texts, images).itm_logit.float().view(r, k1)
+            texts, images = states.select(anchor), all_patches[rows.flatten()]
+        scores = model.crossmodal(texts, images).itm_logit.float().view(r, k1)
         target = torch.zeros(r, dtype=torch.long, device=scores.device)
         losses.append(F.cross_entropy(scores, target))
         hits.append(float((scores.argmax(dim=1) == 0).float().mean()))
