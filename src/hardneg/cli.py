@@ -88,8 +88,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Re-evaluate the checkpoint of a finished run."""
     from hardneg.train.run import evaluate_run
 
+    options = {
+        key: getattr(args, option)
+        for option, (section, key) in _TRAIN_KEYS.items()
+        if section == "data" and key != "dataset" and getattr(args, option) is not None
+    }
     metrics = evaluate_run(
-        Path(args.run), data=args.data, compositional=args.compositional, rerank=args.rerank
+        Path(args.run),
+        data=args.data,
+        compositional=args.compositional,
+        rerank=args.rerank,
+        data_options=options,
     )
     text = json.dumps(metrics, indent=2)
     print(text)
@@ -98,6 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "data": args.data,
         "compositional": args.compositional,
         "rerank": args.rerank,
+        "data_options": options,
         "metrics": metrics,
     }
     out.write_text(json.dumps(record, indent=2) + "\n")
@@ -210,7 +220,7 @@ def _version() -> str:
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    """The options that say how to read a data source (train, data check)."""
+    """The options that say how to read a data source (train, eval, data check)."""
     p.add_argument("--images", metavar="DIR", help="folder a karpathy/csv source's paths are in")
     p.add_argument("--csv-img-key", metavar="COL", help="image-path column of a csv source")
     p.add_argument("--csv-caption-key", metavar="COL", help="caption column of a csv source")
@@ -287,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run's eval_rerank_k",
     )
     p.add_argument("--out", metavar="FILE", help="write the metrics here (default RUN/eval.json)")
+    _data_options(p)  # how to read --data (and the run's own data), as train reads it
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="generate or inspect DigitScenes; check a data source")

@@ -249,3 +249,21 @@ def test_threaded_decoding_gives_the_same_images_in_order(files, tmp_path):
     items = [5, 0, 7, 3, 3]
     expected = torch.stack([recipe.dataset.load_image(i) for i in items])
     assert torch.equal(recipe._images(items), expected)
+
+
+def test_eval_takes_the_data_options_train_takes(files, tmp_path, capsys):
+    """``hardneg eval RUN --data karpathy:OTHER.json:test --images DIR`` reads another
+    dataset's images from its own folder, as ``hardneg train`` would."""
+    run = tmp_path / "run"
+    assert cli.main(_argv(files, "karpathy", "open_clip", "infonce", run, 2)) == 0
+    other_json, other_images = write_karpathy(tmp_path / "other", n_train=4, n_test=4)
+    capsys.readouterr()
+    argv = ["eval", str(run), "--data", f"karpathy:{other_json}:test"]
+    assert cli.main([*argv, "--images", str(other_images)]) == 0
+    metrics = json.loads(capsys.readouterr().out)["test"]
+    assert 0.0 <= metrics["i2t_R@1"] <= 100.0
+    record = json.loads((run / "eval.json").read_text())
+    assert record["data_options"] == {"images": str(other_images)}
+    # the run's own image folder does not hold the other dataset's images: without --images
+    # the evaluation cannot find them (the option is what made the difference)
+    assert cli.main(argv) == 2

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from hardneg.data.atomic_files import atomic_write, remove_stale_temps
-from hardneg.errors import user_errors
+from hardneg.errors import UserError, one_line, user_errors
 from hardneg.eval.items import pack_items
 from hardneg.train.config import TrainConfig, config_from_dict
 from hardneg.train.memory import PeakMemory
@@ -116,12 +116,15 @@ def evaluate_run(
     data: str | None = None,
     compositional: str | None = None,
     rerank: int | None = None,
+    data_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in ``run_dir``: on the run's evaluation data, or on the data
     spec ``data`` (multi-positive retrieval), with compositional accuracy on the probes JSON
     ``compositional`` (files recipe). ``rerank``: candidates per query re-ranked by the
     cross-modal head (``*_rerank`` metrics; 0: none; None: the run's ``eval_rerank_k``); a
-    model without that head is refused."""
+    model without that head is refused. ``data_options``: ``data`` settings that say how to
+    read the evaluation data (``images``, ``csv_img_key``, …, as ``hardneg train`` takes them),
+    replacing the run's."""
     path = run_dir / "checkpoint.pt"
     with user_errors():  # the run directory, its checkpoint, the data spec: the user's
         if not path.is_file():
@@ -140,6 +143,12 @@ def evaluate_run(
             config = replace(config, eval_rerank_k=rerank)
         trainer = Trainer(replace(config, progress=False))
         trainer.load_state_dict(state)
+        if data_options:  # read at evaluation time: the training source stays as it was
+            options = dict(data_options)
+            if options.get("images") is not None:
+                options["images"] = str(Path(options["images"]).resolve())
+            recipe_cfg = trainer.recipe.cfg
+            trainer.recipe.cfg = replace(recipe_cfg, data=replace(recipe_cfg.data, **options))
         if rerank and (trainer.model.crossmodal is None or not config.crossmodal.itm_weight):
             raise ValueError(
                 f"--rerank re-ranks with the cross-modal head's ITM score, and {run_dir}'s "
@@ -147,7 +156,10 @@ def evaluate_run(
                 "--rerank, or train it with one (e.g. --method albef, or --set "
                 "crossmodal.itm_weight=1)"
             )
-    evaluations = trainer.recipe.evaluate(data, compositional)
+    try:
+        evaluations = trainer.recipe.evaluate(data, compositional)
+    except FileNotFoundError as err:  # an image or file the evaluation data names is missing
+        raise UserError(one_line(err)) from err
     return {name: e.metrics for name, e in evaluations.items()}
 
 
