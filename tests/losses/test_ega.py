@@ -423,7 +423,7 @@ def test_chunked_equals_naive_with_ids(renormalize):
         ("ega", None, True),
         ("bacl_dual_ega", None, True),
         ("falcon_ega", None, True),
-        ("falcon", "falcon.yaml", True),
+        ("falcon_dual", "falcon.yaml", True),
         ("ega_unnormalized", None, False),
     ],
 )
