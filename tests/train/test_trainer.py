@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -328,3 +329,11 @@ def test_bench_refuses_a_run_directory_locked_by_a_live_process(
     with RunLock(out / "hcl" / "seed0"):  # a trainer of an earlier bench is still running
         with pytest.raises(RunLockedError, match=r"hcl/seed0 is locked by running process \d+"):
             runner.run_bench("quick", out)
+
+
+def test_the_batch_sampler_knows_digitscenes_meanings(tmp_path, tiny_text_model):
+    """Its diagnostics (false-negative rate, q of anchors with a same-meaning item) need the
+    train scenes' meaning ids: the recipe hands them over."""
+    trainer = Trainer(resolve_config("infonce", _values(tmp_path, tiny_text_model)))
+    expected = trainer.recipe.train_split.semantic_ids.numpy()
+    assert np.array_equal(trainer.sampler.semantic_ids, expected)

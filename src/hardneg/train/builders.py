@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,9 +63,11 @@ def hardness_sampler_config(cfg: TrainConfig, n: int) -> HardnessSamplerConfig:
     )
 
 
-def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
+def build_batch_sampler(
+    cfg: TrainConfig, n: int, semantic_ids: np.ndarray | None = None
+) -> HardnessBatchSampler:
     """The batch sampler of ``cfg.batch_sampler`` over ``n`` training items (FALCON's policy
-    included for the ``falcon`` / ``batch_level`` modes).
+    included for the ``falcon`` / ``batch_level`` modes; ``semantic_ids`` for its diagnostics).
 
     Raises:
         ValueError: fewer training items than ``batch_size`` (named, with the fix).
@@ -80,7 +83,7 @@ def build_batch_sampler(cfg: TrainConfig, n: int) -> HardnessBatchSampler:
         policy = FalconPolicy(
             FalconConfig(instance_level=s.mode == "falcon", **derived_kwargs(s, FalconConfig))
         )
-    return HardnessBatchSampler(n, hardness_sampler_config(cfg, n), policy)
+    return HardnessBatchSampler(n, hardness_sampler_config(cfg, n), policy, semantic_ids)
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:

@@ -410,6 +410,13 @@ class PretrainConfig:
         factory=list, doc="hard-negative kinds added as extra negative captions (NegCLIP-style)"
     )
     augment: bool = setting(False, doc="small random affine jitter of the images")
+    fusion_steps: int = setting(
+        0,
+        ge=0,
+        doc="then, for ALBEF-style fusion models (``model.crossmodal_input: heads``), ALBEF's "
+        "objective on random batches for this many steps, cached and shared by every fusion "
+        "arm and seed (see ``hardneg.train.fusion_stage``; 0: none)",
+    )
     object_loss_weight: float = setting(
         0.0,
         ge=0,

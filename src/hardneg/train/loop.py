@@ -118,7 +118,9 @@ class Engine:
         hardness = None
         self.sampler: BatchSampler
         if recipe.batch_sampler is None:
-            self.sampler = hardness = build_batch_sampler(cfg, recipe.train_size())
+            self.sampler = hardness = build_batch_sampler(
+                cfg, recipe.train_size(), recipe.semantic_ids()
+            )
         else:
             self.sampler = recipe.batch_sampler
         self.steps_per_epoch = max(1, len(self.sampler))

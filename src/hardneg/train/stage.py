@@ -144,6 +144,10 @@ class StageRecipe:
     def train_size(self) -> int:
         return self.batch_sampler.n
 
+    def semantic_ids(self) -> None:
+        """None: the batch diagnostics do not count meanings here."""
+        return None
+
     def draw(self, index: Tensor, step: int) -> StepDraw:
         """A caption per image, the jitter and the hard negatives, from the stage's generator."""
         gen, captions = self.generator, self.split.caption_rows

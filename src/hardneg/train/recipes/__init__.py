@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from torch import Tensor
 
 from hardneg.eval.runner import SplitEvaluation
@@ -59,6 +60,10 @@ class Recipe(Protocol):
 
     def train_size(self) -> int:
         """Number of training items (images) the batch sampler indexes."""
+
+    def semantic_ids(self) -> np.ndarray | None:
+        """Per training item, an id that items of one meaning share (the batch sampler's
+        false-negative diagnostics), or None when the data does not know meanings."""
 
     def draw(self, index: Tensor, step: int) -> StepDraw:
         """The random choices of one step for the global batch ``index``."""

@@ -10,9 +10,11 @@ generators.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,6 +38,7 @@ from hardneg.train.builders import build_crossmodal
 from hardneg.train.config import TrainConfig
 from hardneg.train.data import load_run_data, run_data_config
 from hardneg.train.finite import non_finite_message
+from hardneg.train.fusion_stage import run_fusion_stage
 from hardneg.train.pretrain import pretrain_dual_encoder
 
 #: the splits a DigitScenes run is evaluated on
@@ -79,6 +82,8 @@ class DigitScenesRecipe:
         self.pretrain_loss = self._pretrain(progress)
         self.masked = self._masked_variants(progress)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        if cfg.pretrain.fusion_steps and self.model.fusion:
+            run_fusion_stage(self, progress)
 
     # ------------------------------------------------------------------------------ building
     def _build_model(self) -> AlignmentModel:
@@ -100,7 +105,11 @@ class DigitScenesRecipe:
         vocab = (
             self.bank.vocabulary(self.tower.special_token_ids) if m.mlm_vocab == "corpus" else ()
         )
-        cross = build_crossmodal(m, self.tower, dual.image_tower, cfg.data.max_text_len, vocab)
+        shared = cfg.pretrain.fusion_steps > 0  # one starting point for every run of the stage
+        with torch.random.fork_rng(devices=[]) if shared else contextlib.nullcontext():
+            if shared:
+                torch.manual_seed(cfg.pretrain.seed + 1)
+            cross = build_crossmodal(m, self.tower, dual.image_tower, cfg.data.max_text_len, vocab)
         # the frozen MiniLM is reloaded from its package, not checkpointed
         return AlignmentModel(
             dual, cross, ("dual.text_tower.",), crossmodal_input=m.crossmodal_input
@@ -159,6 +168,10 @@ class DigitScenesRecipe:
     # ----------------------------------------------------------------------------- batches
     def train_size(self) -> int:
         return len(self.train_split)
+
+    def semantic_ids(self) -> np.ndarray:
+        """The train scenes' meaning ids (repeated configurations share one)."""
+        return self.train_split.semantic_ids.numpy()
 
     def draw(self, index: Tensor, step: int) -> StepDraw:
         """A caption and a hard negative per scene and the MLM targets, for the global batch.

@@ -146,6 +146,10 @@ class FilesRecipe:
     def train_size(self) -> int:
         return len(self.dataset)
 
+    def semantic_ids(self) -> None:
+        """None: the batch diagnostics do not count meanings here."""
+        return None
+
     @staticmethod
     def perturbed(caption: str) -> list[str]:
         """The rule-based hard negatives of ``caption`` (:mod:`hardneg.data.perturb`)."""

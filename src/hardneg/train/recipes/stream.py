@@ -124,6 +124,10 @@ class StreamRecipe(FilesRecipe):
     def train_size(self) -> int:
         return self.batch_sampler.steps * self.cfg.batch_size
 
+    def semantic_ids(self) -> None:
+        """None: the batch diagnostics do not count meanings here."""
+        return None
+
     def draw(self, index: Tensor, step: int) -> StepDraw:
         """This rank's samples of the step (captions tokenized, hard negatives, MLM targets)."""
         samples = self.batch_sampler.current
