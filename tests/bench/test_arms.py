@@ -67,11 +67,18 @@ def test_bad_arms_and_unknown_methods_are_refused_before_training(tmp_path):
 
 def test_each_data_build_of_a_sweep_is_prepared_once(tmp_path):
     preset = presets.PRESETS["compositional"]
-    arms = ["infonce", "negclip", "grit", "grit@fn5", "infonce@fn5", "grit@fn0"]
+    arms = ["infonce", "negclip", "grit_dual", "grit_dual@fn5", "infonce@fn5", "grit_dual@fn0"]
     configs = [presets.run_config(preset, a, s, tmp_path) for a in arms for s in (0, 1)]
     builds = runner._data_builds(configs)
     # negclip's extra negatives are drawn from the shared build: three FN rates, three builds
     assert [c["data"]["false_negative_percent"] for c in builds] == [1.0, 5.0, 0.0]
     assert [c["out_dir"] for c in builds] == [
-        str(tmp_path / a / "seed0") for a in ("infonce", "grit@fn5", "grit@fn0")
+        str(tmp_path / a / "seed0") for a in ("infonce", "grit_dual@fn5", "grit_dual@fn0")
+    ]
+    # the fusion arms share one fusion stage per build, prepared once too
+    fusion = ["infonce", "albef", "grit", "falcon", "bacl"]
+    configs = [presets.run_config(preset, a, s, tmp_path) for a in fusion for s in (0, 1)]
+    builds = runner._data_builds(configs)
+    assert [c["out_dir"] for c in builds] == [
+        str(tmp_path / a / "seed0") for a in ("infonce", "albef")
     ]

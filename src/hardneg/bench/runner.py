@@ -62,13 +62,20 @@ def prepare_data(config: dict[str, Any]) -> None:
 
 def _data_builds(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The first config of each distinct data build (the arms of a sweep, ``grit@fn5``, each
-    have their own; methods that differ only in what the step draws share one)."""
+    have their own; methods that differ only in what the step draws share one), and of each
+    distinct fusion stage (:mod:`hardneg.train.fusion_stage`) on it."""
     from hardneg.train.data import run_data_config
+    from hardneg.train.fusion_stage import fusion_stage_config, has_fusion_stage
 
     builds: dict[str, dict[str, Any]] = {}
     for config in configs:
-        data = asdict(run_data_config(config_from_dict(config)))
-        builds.setdefault(json.dumps(data, sort_keys=True), config)
+        cfg = config_from_dict(config)
+        data = asdict(run_data_config(cfg))
+        # the fusion arms' shared stage is prepared once too (with every core)
+        stage = fusion_stage_config(cfg, "").to_dict() if has_fusion_stage(cfg) else None
+        if stage is not None:
+            stage.pop("progress", None)
+        builds.setdefault(json.dumps([data, stage], sort_keys=True), config)
     return list(builds.values())
 
 

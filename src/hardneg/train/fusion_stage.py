@@ -25,9 +25,21 @@ from hardneg.data.atomic_files import atomic_write
 from hardneg.data.fingerprint import content_fingerprint, module_fingerprint
 from hardneg.train.config import BatchSamplerConfig, LossConfig, MinerConfig, TrainConfig
 
-__all__ = ["FUSION_STAGE_VERSION", "fusion_stage_config", "run_fusion_stage"]
+__all__ = ["FUSION_STAGE_VERSION", "fusion_stage_config", "has_fusion_stage", "run_fusion_stage"]
 
 FUSION_STAGE_VERSION = 1  # bump when the stage's computation changes
+
+
+def has_fusion_stage(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s run starts from the fusion stage: ``pretrain.fusion_steps > 0`` and an
+    ALBEF-style fusion model that trains its dual encoder (not BACL's re-ranker, whose dual
+    encoder stays as the InfoNCE stage left it)."""
+    m = cfg.model
+    return (
+        bool(cfg.pretrain.fusion_steps)
+        and m.crossmodal_input == "heads"
+        and not (m.freeze_dual_encoder)
+    )
 
 
 def fusion_stage_config(cfg: TrainConfig, out_dir: str) -> TrainConfig:

@@ -38,7 +38,7 @@ from hardneg.train.builders import build_crossmodal
 from hardneg.train.config import TrainConfig
 from hardneg.train.data import load_run_data, run_data_config
 from hardneg.train.finite import non_finite_message
-from hardneg.train.fusion_stage import run_fusion_stage
+from hardneg.train.fusion_stage import has_fusion_stage, run_fusion_stage
 from hardneg.train.pretrain import pretrain_dual_encoder
 
 #: the splits a DigitScenes run is evaluated on
@@ -82,7 +82,7 @@ class DigitScenesRecipe:
         self.pretrain_loss = self._pretrain(progress)
         self.masked = self._masked_variants(progress)
         self.caption_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        if cfg.pretrain.fusion_steps and self.model.fusion:
+        if has_fusion_stage(cfg):
             run_fusion_stage(self, progress)
 
     # ------------------------------------------------------------------------------ building
@@ -105,7 +105,7 @@ class DigitScenesRecipe:
         vocab = (
             self.bank.vocabulary(self.tower.special_token_ids) if m.mlm_vocab == "corpus" else ()
         )
-        shared = cfg.pretrain.fusion_steps > 0  # one starting point for every run of the stage
+        shared = has_fusion_stage(cfg)  # one starting point for every run of the stage
         with torch.random.fork_rng(devices=[]) if shared else contextlib.nullcontext():
             if shared:
                 torch.manual_seed(cfg.pretrain.seed + 1)
