@@ -39,3 +39,22 @@ def test_the_stage_is_shared_by_seeds_and_arms_and_cached(tmp_path, tiny_text_mo
 def test_methods_without_fusion_skip_the_stage(tmp_path, tiny_text_model):
     _trainer(tmp_path, tiny_text_model, "infonce", seed=0)
     assert not (tmp_path / "cache" / "fusion").exists()
+
+
+def test_the_fusion_stage_setting_leaves_the_infonce_stage_cache_key_alone():
+    from types import SimpleNamespace
+
+    from hardneg.train.config import PretrainConfig
+    from hardneg.train.pretrain import pretrain_key
+
+    split = SimpleNamespace(
+        caption_rows=torch.zeros(2, 1, dtype=torch.long), images=torch.zeros(2, 1), scenes=None
+    )
+    bank = SimpleNamespace(texts=["a red 3"])
+    dual = torch.nn.Linear(2, 2)
+    negatives = torch.zeros(2, 1, dtype=torch.long)
+    keys = {
+        pretrain_key(dual, split, bank, PretrainConfig(steps=5, fusion_steps=n), negatives)
+        for n in (0, 1800)
+    }
+    assert len(keys) == 1
