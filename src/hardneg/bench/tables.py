@@ -42,6 +42,8 @@ _RETRIEVAL = [
 ]
 MAIN_COLUMNS = [
     *_RETRIEVAL,
+    Column("I→T R@1 rerank", "test", "i2t_R@1_rerank"),
+    Column("T→I R@1 rerank", "test", "t2i_R@1_rerank"),
     Column("Comp. (cos)", "test", "comp_overall"),
     Column("Comp. (ITM)", "test", "itm_comp_overall"),
     Column("AEL", "test", "ael"),
