@@ -66,7 +66,7 @@ def pretrain_key(
     and boxes too."""
     rows = torch.cat([split.caption_rows, negatives], dim=1).flatten().tolist()
     settings = dataclasses.asdict(config)
-    settings.pop("fusion_steps")  # the fusion stage's, run after this one (its own cache)
+    settings.pop("fusion_steps", None)  # the fusion stage's, run after this one (its own cache)
     defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
     for name in LATER_FIELDS:  # (a config written before a field existed has none)
         value = settings.pop(name, defaults[name])
