@@ -92,6 +92,16 @@ def _load_cached(path: Path) -> TextBank | None:
     return None
 
 
+def _cached(cache_dir: str | Path | None, name: str) -> tuple[Path | None, TextBank | None]:
+    """The cache file ``<cache_dir>/text/<name>.pt`` (None without a cache) and the bank in it
+    when there is one that verifies."""
+    if cache_dir is None:
+        return None, None
+    path = Path(cache_dir) / "text" / f"{name}.pt"
+    remove_stale_temps(path.parent)
+    return path, (_load_cached(path) if path.is_file() else None)
+
+
 def _save(path: Path, state: dict[str, object]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
     digest = file_sha256(path)
@@ -114,13 +124,10 @@ def encode_bank(
     a cache file that fails its checksum is rebuilt (``RuntimeWarning`` naming it).
     """
     texts = list(dict.fromkeys(texts))
-    path = None
-    if cache_dir is not None:
-        key = content_fingerprint(module_fingerprint(tower), texts, max_len)
-        path = Path(cache_dir) / "text" / f"{key}.pt"
-        remove_stale_temps(path.parent)
-        if path.is_file() and (bank := _load_cached(path)) is not None:
-            return bank
+    key = content_fingerprint(module_fingerprint(tower), texts, max_len)
+    path, bank = _cached(cache_dir, key)
+    if bank is not None:
+        return bank
     n, dim = len(texts), tower.token_dim
     tokens = torch.zeros(n, max_len, dim, dtype=torch.float16)
     mask = torch.zeros(n, max_len, dtype=torch.bool)
@@ -165,13 +172,10 @@ def encode_masked(
         raise ValueError(f"{type(tower).__name__}'s tokenizer has no [MASK] token")
     ids = bank.input_ids[rows].masked_fill(chosen, mask_id)
     mask = bank.mask[rows]
-    path = None
-    if cache_dir is not None:
-        key = content_fingerprint(module_fingerprint(tower), ids, mask)
-        path = Path(cache_dir) / "text" / f"masked-{key}.pt"
-        remove_stale_temps(path.parent)
-        if path.is_file() and (cached := _load_cached(path)) is not None:
-            return cached
+    key = content_fingerprint(module_fingerprint(tower), ids, mask)
+    path, cached = _cached(cache_dir, f"masked-{key}")
+    if cached is not None:
+        return cached
     n = len(rows)
     tokens = torch.zeros(n, ids.shape[1], tower.token_dim, dtype=torch.float16)
     pooled = torch.zeros(n, tower.pooled_dim)
