@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.slow
 def test_run_writes_per_item_outcomes_whose_means_are_the_metrics(tmp_path, tiny_text_model):
-    config = resolve_config("infonce", trainer_values(tmp_path, tiny_text_model, steps=2))
+    values = trainer_values(tmp_path, tiny_text_model, steps=2, crossmodal={"itm_weight": 1.0})
+    config = resolve_config("infonce", values)  # (an ITM head: re-ranked figures too)
     result = train_and_evaluate(config)
     items = read_items(tmp_path / "run" / "per_item.npz")
     assert set(items) == set(result["metrics"]) == {"test", "test_novel"}
