@@ -114,6 +114,7 @@ def test_mlm_loss_reads_the_masked_word_off_the_image(tmp_path, tiny_text_model)
             "dropout": 0.0,
         },
         optim={"lr": 3e-3, "warmup_steps": 20},
+        crossmodal={"mlm_weight": 0.5},  # (infonce trains no MLM by default)
     )
     trainer = Trainer(resolve_config("infonce", values))
     trainer.fit()

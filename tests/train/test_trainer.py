@@ -43,6 +43,7 @@ def test_methods_compose_loss_selector_aux_and_sampler():
 def _resume_script(config: dict, out: str) -> str:
     return (
         "import json, torch\n"
+        "torch.set_num_threads(1)\n"  # as the parent (one_thread): the same float sums
         "from hardneg.train.config import config_from_dict\n"
         "from hardneg.train.trainer import Trainer\n"
         f"t = Trainer(config_from_dict(json.loads({json.dumps(json.dumps(config))})))\n"
@@ -53,6 +54,7 @@ def _resume_script(config: dict, out: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # both processes one thread: bit-identical float sums
 @pytest.mark.parametrize("method,steps,half", [("bacl_dual", 6, 3), ("falcon", 22, 20)])
 def test_resume_in_new_process_reproduces_uninterrupted_run(
     tmp_path, tiny_text_model, method, steps, half
