@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hardneg.bench.aggregate import hardness_trend
+
 
 def _column(history: list[dict], key: str) -> np.ndarray:
     return np.array([h.get(key, np.nan) for h in history], dtype=float)
@@ -35,15 +37,15 @@ def summarise(history: list[dict]) -> dict[str, float]:
     fn = _column(history, "batch_fn_rate")
     hard = np.isfinite(q) & np.isfinite(reward)
     q, reward, fn = q[hard], reward[hard], fn[hard]
-    n = max(1, len(q) // 10)
     x = q - q.mean()
     slope = float((x * (reward - reward.mean())).sum() / (x * x).sum())
     residual = reward - reward.mean() - slope * x
     stderr = float(np.sqrt((residual**2).sum() / (len(q) - 2) / (x * x).sum()))
+    columns = ("batch_q_mean", "batch_q_dup_mean", "batch_q_nodup_mean")
     out = {
         "hard_steps": float(len(q)),
-        "q_start": float(q[:n].mean()),
-        "q_end": float(q[-n:].mean()),
+        # q at the start and the end, as the bench reports them (results.json)
+        **hardness_trend({key: _column(history, key)[hard] for key in columns}),
         "reward_mean": float(reward.mean()),
         "reward_std": float(reward.std(ddof=1)),
         "slope_reward_on_q": slope,
@@ -52,11 +54,6 @@ def summarise(history: list[dict]) -> dict[str, float]:
         "noise_per_update": float(residual.std(ddof=1)),
         "corr_reward_fn_rate": float(np.corrcoef(reward, fn)[0, 1]),
     }
-    for key in ("batch_q_dup_mean", "batch_q_nodup_mean"):
-        values = _column(history, key)[hard]
-        values = values[np.isfinite(values)]
-        if len(values):
-            out[key.removeprefix("batch_") + "_end"] = float(values[-n:].mean())
     return out
 
 

@@ -29,7 +29,7 @@ from hardneg.losses.distributed import gather_no_grad, gather_with_grad, world_i
 from hardneg.losses.pairs import positives_from_ids
 from hardneg.models.outputs import ImageOutput, TextOutput
 
-__all__ = ["albef_itm_loss", "gather_image_output", "hardest_negative_images", "itm_negatives"]
+__all__ = ["albef_itm_loss", "gather_text_output", "hardest_negative_images", "itm_negatives"]
 
 
 def _not_positive(pairs, relevance: Tensor | None, text_anchors: bool) -> Tensor:
@@ -85,11 +85,6 @@ def hardest_negative_images(pairs, keep: Tensor | None = None) -> Tensor:
         if keep is not None:
             ok &= keep
         return sim.masked_fill(~ok, float("-inf")).argmax(dim=1)
-
-
-def gather_image_output(image: ImageOutput) -> ImageOutput:
-    """Every rank's images' tower output (gradient kept to every rank; itself in one process)."""
-    return ImageOutput(gather_with_grad(image.tokens), gather_with_grad(image.pooled), image.grid)
 
 
 def gather_text_output(text: TextOutput) -> TextOutput:

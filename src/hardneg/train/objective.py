@@ -26,15 +26,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hardneg.losses.cla import ContrastiveLocalAttentionLoss
+from hardneg.losses.distributed import gather_with_grad
 from hardneg.miners import BoundaryAwareMiner, MinedNegatives
 from hardneg.models.alignment import AlignmentModel
 from hardneg.models.crossmodal import last_layer_attention
 from hardneg.models.inputs import Texts
-from hardneg.models.outputs import ImageOutput, TextOutput
+from hardneg.models.outputs import TextOutput
 from hardneg.train.batch import Batch
 from hardneg.train.config import CrossModalTermsConfig
 from hardneg.train.gradcache import Chunk, check_chunkable, chunk_slices, gradcache_backward
-from hardneg.train.itm import albef_itm_loss, gather_image_output, hardest_negative_images
+from hardneg.train.itm import albef_itm_loss, hardest_negative_images
 from hardneg.train.listwise import listwise_rerank_loss
 
 
@@ -271,10 +272,11 @@ class Objective:
         terms = []
         if weights.cla_weight or (weights.itm_weight and not sampled_itm):
             neg_idx = hardest_negative_images(pairs, keep_t2i)
-            all_images = gather_image_output(image)
-            # positives and hardest negatives in one forward of 2R pairs
-            both = text.select(torch.arange(r, device=neg_idx.device).repeat(2))
-            out = model.match(both, ImageOutput.cat([image, all_images.select(neg_idx)]))
+            # the cross-modal inputs once per caption and image, then the positives and the
+            # hardest negatives in one forward of 2R pairs
+            states, patches = model.crossmodal_text(text), model.crossmodal_image(image)
+            both = states.select(torch.arange(r, device=neg_idx.device).repeat(2))
+            out = model.crossmodal(both, torch.cat([patches, gather_with_grad(patches)[neg_idx]]))
             if weights.itm_weight and not sampled_itm:
                 target = torch.cat([torch.ones(r), torch.zeros(r)]).to(out.itm_logit.device)
                 itm = F.binary_cross_entropy_with_logits(out.itm_logit.float(), target)
